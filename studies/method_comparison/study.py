@@ -60,6 +60,14 @@ class StudyConfig:
         bad = {k: v.get("method") for k, v in self.variants.items() if v.get("method") not in methods}
         if bad:
             raise ConfigError(f"variants with unregistered methods {bad}; registered: {sorted(methods)}")
+        for name, spec in self.variants.items():
+            extra = set(spec) - {"method", "config", "train", "tasks", "directions", "test_time_only"}
+            if extra:
+                raise ConfigError(f"variant {name!r}: unknown key(s) {sorted(extra)}; known: method, config, train, tasks, directions, test_time_only")
+            if set(spec.get("tasks", [])) - set(self.tasks):
+                raise ConfigError(f"variant {name!r} names tasks {spec['tasks']} outside this config's tasks {sorted(self.tasks)}")
+            if spec.get("directions", "pca") not in ("pca", "random") or (spec["method"] != "caft" and ("directions" in spec or "test_time_only" in spec)):
+                raise ConfigError(f"variant {name!r}: 'directions' (pca | random) and 'test_time_only' apply to CAFT variants only")
 
     @classmethod
     def load(cls, name_or_path: str) -> "StudyConfig":
@@ -115,14 +123,20 @@ def run_variant(variant: str, spec: dict[str, Any], task: TaskData, model: Any, 
     if "seed" in _fields(spec["method"]):
         config.setdefault("seed", seed)
     if spec["method"] == "caft":
-        config = {**config, **(caft_dirs or {})}
+        config = {**config, **{k: v for k, v in (caft_dirs or {}).items() if k != "reference"}}
     if spec.get("test_time_only"):
+        # The baseline of Casademunt et al. 2025: the *standard* fine-tuned model (the reference variant),
+        # with the same directions ablated at evaluation only.
         from workbench.methods import config_from_dict
         from workbench.methods.caft import CaftConfig, load_directions
 
         ablation = load_directions(config_from_dict(CaftConfig, config), info.to_dict())  # bases from directions_file
-        with ablation.attach(model):
-            metrics = task.evaluate(model)
+        reference = (caft_dirs or {}).get("reference")
+        if reference is None:
+            raise ConfigError("a test_time_only CAFT variant needs the reference fine-tuned model (caft_pca.reference_variant)")
+        ref_model, ref_inter = reference  # the model it was trained on (peft adapters stay with their model)
+        with ref_inter.attach(ref_model), ablation.attach(ref_model):
+            metrics = task.evaluate(ref_model)
         return {**metrics, "n_trainable": 0, "seconds_per_step": 0.0, "peak_train_mib": 0.0, "train_losses": []}
     with peak_memory(model.device) as mem:
         result = finetune(spec["method"], model, info, task.examples, config, train, pad_id=task.pad_id)
@@ -131,6 +145,77 @@ def run_variant(variant: str, spec: dict[str, Any], task: TaskData, model: Any, 
         metrics = task.evaluate(model)
     return {**metrics, "n_trainable": result.intervention.n_trainable(), "seconds_per_step": result.train_result.seconds_per_step,
             "peak_train_mib": mem.delta_mib, "train_losses": result.train_result.losses}
+
+CAFT_PCA_DEFAULTS: dict[str, Any] = {
+    "reference_variant": "full", "layers": [6, 12, 18, 24], "n_components": 20, "top_n": 2,
+    "n_pca_prompts": 64, "n_concept_prompts": 64, "concept_at": "words",
+}
+
+
+def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: Any, seed: int, out_dir: Path, log=print) -> dict[str, Any]:
+    """CAFT's directions for one (task, seed), following Casademunt et al. 2025, §3.1 and §5.
+
+    1. Standard fine-tuning: the reference variant (``caft_pca.reference_variant``, by default full
+       fine-tuning with the table's settings) trained from the untouched weights with this seed.
+    2. PCA of tuned − base residual differences at ``hook_resid_post`` of ``caft_pca.layers`` on the last
+       token of ``n_pca_prompts`` training prompts (:func:`~workbench.methods.caft.pca_directions`).
+    3. Per layer, the ``top_n`` components that best separate the concept (noun gender) on concept-labelled
+       prompts whose nouns the task never uses, read at the noun and pronoun (``concept_at="words"``) or
+       the last token (:func:`~workbench.methods.caft.choose_concept_components`); the random baseline
+       draws the same number of directions per layer.
+
+    Both bases are written with :func:`~workbench.methods.caft.save_directions` under ``out_dir`` and
+    returned as CaftConfig fields (``{"pca": {...}, "random": {...}}``, ``"choice"`` with the scores), plus
+    ``"reference"``: ``(model, intervention)`` of the reference (for the test-time-only baseline).
+
+    Raises:
+        ConfigError: a task without concept prompts (only ``spurious_cue`` has a concept to ablate), an
+            unknown reference variant or ``caft_pca`` key.
+    """
+    from workbench.finetune import finetune
+    from workbench.methods.caft import CaftIntervention, choose_concept_components, pca_directions, random_directions, save_directions
+    from workbench.models import load_model
+    from workbench.tasks import spurious_cue as sc
+
+    settings = {**CAFT_PCA_DEFAULTS, **cfg.caft_pca}
+    unknown = set(settings) - set(CAFT_PCA_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown caft_pca key(s) {sorted(unknown)}; known: {sorted(CAFT_PCA_DEFAULTS)}")
+    if task_name != "spurious_cue":
+        raise ConfigError(f"CAFT variants need a concept to ablate; task {task_name!r} has none (restrict them with \"tasks\": [\"spurious_cue\"])")
+    ref_name = settings["reference_variant"]
+    if ref_name not in cfg.variants or cfg.variants[ref_name]["method"] == "caft":
+        raise ConfigError(f"caft_pca.reference_variant {ref_name!r} must name a non-CAFT variant of this config")
+    ref = cfg.variants[ref_name]
+    model, _, info = load_model(cfg.model)
+    ref_config = copy.deepcopy(ref.get("config", {}))
+    if "seed" in _fields(ref["method"]):
+        ref_config.setdefault("seed", seed)
+    reference = model, finetune(ref["method"], model, info, task.examples, ref_config, {**ref.get("train", {}), "seed": seed, "progress": False},
+                         pad_id=task.pad_id).intervention
+    layers = [int(l) for l in settings["layers"]]
+    split = task.extra["split"]
+    prompts = [p.input_ids for p in split.train[: settings["n_pca_prompts"]]]
+    pca = pca_directions(model, model, prompts, None, layers, settings["n_components"], tuned_intervention=reference[1], pad_id=task.pad_id)
+    concept = sc.concept_cue_prompts(tok, task_nouns=cfg.tasks[task_name].get("nouns", "kinship"), n=settings["n_concept_prompts"], seed=seed,
+                                     design=cfg.tasks[task_name].get("design", "judgement"))
+    c_ids, c_labels = [p.input_ids for p in concept], [int(p.noun_gender == "female") for p in concept]
+    c_pos = None if settings["concept_at"] == "last" else [[p.noun_pos, p.pronoun_pos] for p in concept]
+    chosen, choice = {}, {}
+    for layer in layers:
+        c = choose_concept_components(pca[layer], model, layer, c_ids, c_labels, settings["top_n"], positions=c_pos, seed=seed)
+        chosen[layer] = pca[layer].components[c.indices]
+        choice[layer] = {"indices": c.indices, "auc": [round(float(c.scores[i]), 3) for i in c.indices],
+                         "explained_variance_ratio": [round(float(pca[layer].explained_variance_ratio[i]), 4) for i in c.indices]}
+    log(f"{task_name:16s} seed {seed} CAFT components (layer: indices, AUC) {({l: (v['indices'], v['auc']) for l, v in choice.items()})}")
+    dims = info.to_dict()
+    rand = {l: random_directions(dims["d_model"], settings["top_n"], seed=seed * 1000 + l) for l in layers}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pca_fields = save_directions(CaftIntervention.from_directions(chosen, dims, source=f"pca top{settings['top_n']} by concept AUC"),
+                                 out_dir / f"{task_name}_seed{seed}_pca.safetensors")
+    rand_fields = save_directions(CaftIntervention.from_directions(rand, dims, source=f"random seed={seed}"),
+                                  out_dir / f"{task_name}_seed{seed}_random.safetensors")
+    return {"pca": pca_fields, "random": rand_fields, "choice": choice, "reference": reference}
 
 
 def _fields(method: str) -> set[str]:
@@ -184,11 +269,13 @@ def run(cfg: StudyConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
                 if (task_name, variant, seed) in done or task_name not in spec.get("tasks", [task_name]):
                     continue
                 if spec["method"] == "caft" and caft_dirs is None:
-                    caft_dirs = find_caft_directions(cfg, task_name, task, tok, info, seed, log)
+                    caft_dirs = find_caft_directions(cfg, task_name, task, tok, seed, out / "caft_directions", log)
                 t0 = time.perf_counter()
                 model, _, info = load_model(cfg.model)  # every variant starts from the untouched weights
-                dirs = caft_dirs[spec.get("directions", "pca")] if spec["method"] == "caft" else None
+                dirs = {**caft_dirs[spec.get("directions", "pca")], "reference": caft_dirs["reference"]} if spec["method"] == "caft" else None
                 row = run_variant(variant, spec, task, model, info, seed, dirs)
+                if spec["method"] == "caft" and spec.get("directions", "pca") == "pca":
+                    row["caft_components"] = caft_dirs["choice"]
                 runs.append({"task": task_name, "variant": variant, "method": spec["method"], "seed": seed, **row,
                              "wall_time_s": time.perf_counter() - t0, "spec": specs[(task_name, variant)]})
                 log(f"{task_name:16s} seed {seed} {variant:16s} id {row['id_accuracy']:.3f}"
