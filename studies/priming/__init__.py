@@ -1,0 +1,5 @@
+"""Knowledge-priming study (Sun et al., arXiv 2504.09522, 2025)."""
+
+from studies.priming.study import PrimingStudyConfig, figures, run
+
+__all__ = ["PrimingStudyConfig", "figures", "run"]
