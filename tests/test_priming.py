@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from probes.priming import IgnoreTopK, LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
+from probes.priming import IgnoreTopK, largest_mask, LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
 from studies.priming.study import PrimingStudyConfig, spearman
 from tests.conftest import make_tiny
 from workbench.errors import ConfigError, NonFiniteLossError
@@ -67,6 +67,18 @@ def test_ignore_top_k_drops_exactly_the_largest_updates():
     for bad in (-0.1, 1.0):
         with pytest.raises(ConfigError):
             IgnoreTopK(torch.optim.SGD([w], lr=1.0), fraction=bad)
+
+
+@pytest.mark.parametrize("n,k", [(300_000, 24_000), (2_000_000, 160_000), (1_000, 80)])
+def test_largest_mask_is_exactly_topk(n, k):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n)).abs()
+    want = torch.zeros(n, dtype=torch.bool)
+    want[values.topk(k).indices] = True
+    assert torch.equal(largest_mask(values, k, sample_size=50_000), want)
+    skewed = values**8  # a heavy tail moves the k-th value far from the bulk
+    want = torch.zeros(n, dtype=torch.bool)
+    want[skewed.topk(k).indices] = True
+    assert torch.equal(largest_mask(skewed, k, sample_size=50_000, margin=1e-4), want)
 
 
 def test_learning_lowers_the_loss_and_fresh_copy_restores_bit_for_bit():
