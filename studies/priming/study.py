@@ -123,12 +123,15 @@ def spearman(x: list[float], y: list[float]) -> dict[str, float]:
 
 
 def arm_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean and s.e.m. of log10 priming, mean memorization, and the share of texts memorized (P > 0.5)."""
+    """Mean and s.e.m. of log10 priming, mean memorization (in the original text's context, and in the text
+    actually learned), and the share of texts memorized (P > 0.5 in the original context)."""
     pr = [r["log10_priming"] for r in rows]
     mem = [r["memorization"] for r in rows]
     return {"n": len(rows), "mean_log10_priming": statistics.fmean(pr), "median_log10_priming": statistics.median(pr),
             "sem_log10_priming": statistics.stdev(pr) / math.sqrt(len(pr)) if len(pr) > 1 else 0.0,
-            "mean_memorization": statistics.fmean(mem), "share_memorized": sum(m > 0.5 for m in mem) / len(mem)}
+            "mean_memorization": statistics.fmean(mem), "share_memorized": sum(m > 0.5 for m in mem) / len(mem),
+            # the keyword in the context of the text actually learned (differs from the original only for stepping stones)
+            "mean_memorization_learned_text": statistics.fmean(r.get("memorization_own_rewrite", r["memorization"]) for r in rows)}
 
 
 def run(cfg: PrimingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
