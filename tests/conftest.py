@@ -51,3 +51,17 @@ def tiny_examples():
         ids = torch.randint(3, 64, (6,), generator=g).tolist()
         out.append(Example(tuple(ids), (7,)))
     return out
+
+
+def execute_notebook(path, out_env: str, out_dir, monkeypatch, timeout: int = 300) -> None:
+    """Run a study notebook top to bottom with ``out_env`` pointing at ``out_dir``; fail on any error output."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from pathlib import Path
+
+    monkeypatch.setenv(out_env, str(out_dir))
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(Path(__file__).resolve().parents[1])}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors

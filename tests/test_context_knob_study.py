@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from studies.context_knob.study import ContextKnobConfig, flipped, run
+from tests.conftest import execute_notebook
 from workbench import plots_knob
 from workbench.errors import ConfigError
 from workbench.tasks import intent as it
@@ -174,8 +175,7 @@ def _without_timing(record: dict) -> dict:
 @pytest.mark.real
 def test_tiny_study_and_notebook(tmp_path, monkeypatch):
     """The tiny config end to end, then the notebook (same config, same seed) must give the same numbers."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
 
     record = run(ContextKnobConfig.tiny(), tmp_path / "run", log=lambda _msg: None)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -201,11 +201,6 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
     for name in ("separation", "steering", "layer_search"):
         assert 'src="plotly.min.js"' in (tmp_path / "run" / "figures" / f"{name}.html").read_text()
 
-    monkeypatch.setenv("CONTEXT_KNOB_NOTEBOOK_OUT", str(tmp_path / "notebook"))
-    nb = nbformat.read(STUDY_DIR / "context_knob.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                            resources={"metadata": {"path": str(STUDY_DIR.parents[1])}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    execute_notebook(STUDY_DIR / "context_knob.ipynb", "CONTEXT_KNOB_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)

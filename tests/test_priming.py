@@ -12,7 +12,7 @@ import torch
 
 from probes.priming import IgnoreTopK, largest_mask, LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
 from studies.priming.study import PrimingStudyConfig, spearman
-from tests.conftest import make_tiny
+from tests.conftest import execute_notebook, make_tiny
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.tasks import priming as pt
 
@@ -159,8 +159,7 @@ def _without_timing(record: dict) -> dict:
 @pytest.mark.real
 def test_tiny_study_and_notebook(tmp_path, monkeypatch):
     """The tiny config on the real model end to end, then the notebook (same config and seed) must agree."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
     from studies.priming import run
 
     record = run(PrimingStudyConfig.tiny(), tmp_path / "run", log=lambda _msg: None)
@@ -179,11 +178,6 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
         assert 'src="plotly.min.js"' in (tmp_path / "run" / "figures" / f"{name}.html").read_text()
     assert _without_timing(record) == _without_timing(saved)
 
-    monkeypatch.setenv("PRIMING_NOTEBOOK_OUT", str(tmp_path / "notebook"))
-    nb = nbformat.read(STUDY_DIR / "priming.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(STUDY_DIR.parents[1])}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    execute_notebook(STUDY_DIR / "priming.ipynb", "PRIMING_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import pytest
 
 from studies.tuco.study import TucoStudyConfig, group_stats, mann_whitney, run
+from tests.conftest import execute_notebook
 from workbench import plots_tuco
 from workbench.errors import ConfigError
 
@@ -68,8 +69,7 @@ def _without_timing(record: dict) -> dict:
 @pytest.mark.real
 def test_tiny_study_and_notebook(tmp_path, monkeypatch):
     """The tiny config end to end, then the notebook (same config, same seed) must give the same numbers."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
 
     record = run(TucoStudyConfig.tiny(), tmp_path / "run", log=lambda _msg: None)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -94,11 +94,6 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
         assert 'src="plotly.min.js"' in html
     assert (tmp_path / "run" / "figures" / "plotly.min.js").stat().st_size > 1_000_000
 
-    monkeypatch.setenv("TUCO_NOTEBOOK_OUT", str(tmp_path / "notebook"))
-    nb = nbformat.read(STUDY_DIR / "tuco.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                            resources={"metadata": {"path": str(STUDY_DIR.parents[1])}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    execute_notebook(STUDY_DIR / "tuco.ipynb", "TUCO_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)

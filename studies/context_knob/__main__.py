@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from studies.common import study_main
 from studies.context_knob.study import ContextKnobConfig, run
-from workbench.errors import WorkbenchError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studies.context_knob", description=__doc__)
-    parser.add_argument("--config", default="default", help="tiny, default, full, or a path to a JSON config")
-    parser.add_argument("--out", default="runs/context_knob", help="output folder (results.json, u.safetensors, figures/)")
-    args = parser.parse_args(argv)
-    try:
-        record = run(ContextKnobConfig.load(args.config), args.out)
-    except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def report(record: dict) -> None:
     m = record["metrics"]
     print("\n| held-out | context acc | prior acc | pair acc |\n|---|---:|---:|---:|")
     for name in ("before", "after"):
@@ -33,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {i['u']:.3f} | {i['random']:.3f} | {i['none']:.3f} | {s['auc']:.3f} | {s['cohens_d']:.2f} | "
               f"{e['context_rate_at_prior_end']:.3f} -> {e['context_rate_at_context_end']:.3f} |")
     print(f"\nwall time {record['run_info']['wall_time_s']:.0f} s")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main("context_knob", __doc__, ContextKnobConfig.load, run, report, argv, out_help="results.json, u.safetensors, figures/")
 
 
 if __name__ == "__main__":

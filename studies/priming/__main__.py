@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from studies.common import study_main
 from studies.priming.study import PrimingStudyConfig, run
-from workbench.errors import WorkbenchError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studies.priming", description=__doc__)
-    parser.add_argument("--config", default="default", help="tiny, default, full, or a path to a JSON config")
-    parser.add_argument("--out", default="runs/priming", help="output folder (results.json, figures/)")
-    args = parser.parse_args(argv)
-    try:
-        record = run(PrimingStudyConfig.load(args.config), args.out)
-    except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def report(record: dict) -> None:
     m = record["metrics"]
     sp = m["spearman_prior_vs_priming"]
     print(f"\nSpearman(log10 P before, log10 priming) = {sp['rho']:.3f}, p = {sp['p']:.3g}, n = {sp['n']}")
@@ -31,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {arm} | {a['n']} | {a['mean_log10_priming']:.2f} ± {a['sem_log10_priming']:.2f} | {a['mean_memorization']:.3f} | "
               f"{a['share_memorized']:.2f} | {'–' if red is None else f'{red:.0%}'} |")
     print(f"\nweights restored exactly: {m['weights_restored_exactly']}; wall time {record['run_info']['wall_time_s']:.0f} s")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main("priming", __doc__, PrimingStudyConfig.load, run, report, argv, out_help="results.json, figures/")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Same config and seed give the same numbers (everything except ``metrics.timing_s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -98,14 +97,9 @@ class PrimingStudyConfig:
         Raises:
             ConfigError: unknown name, missing file or unknown keys.
         """
-        path = CONFIG_DIR / f"{name_or_path}.json" if str(name_or_path) in ("tiny", "default", "full") else Path(name_or_path)
-        if not path.is_file():
-            raise ConfigError(f"no study config {name_or_path!r}; use tiny, default, full or a path to a JSON file")
-        data = json.loads(path.read_text())
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        from studies.common import load_config
+
+        return load_config(cls, name_or_path, CONFIG_DIR)
 
     @classmethod
     def tiny(cls) -> "PrimingStudyConfig":
@@ -245,12 +239,6 @@ def figures(record: dict[str, Any]) -> dict[str, Any]:
 
 def write_figures(record: dict[str, Any], fig_dir: str | Path) -> list[Path]:
     """Write each figure as HTML next to one shared ``plotly.min.js`` (works offline), atomically."""
-    from plotly.offline import get_plotlyjs
+    from studies.common import write_figure_files
 
-    from workbench.artifacts import atomic_write_bytes
-
-    fig_dir = Path(fig_dir)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(fig_dir / "plotly.min.js", get_plotlyjs().encode())
-    return [atomic_write_bytes(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True).encode())
-            for name, fig in figures(record).items()]
+    return write_figure_files(figures(record), fig_dir)

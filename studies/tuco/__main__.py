@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from studies.common import study_main
 from studies.tuco.study import TucoStudyConfig, run
-from workbench.errors import WorkbenchError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studies.tuco", description=__doc__)
-    parser.add_argument("--config", default="default", help="tiny, default, full, or a path to a JSON config")
-    parser.add_argument("--out", default="runs/tuco", help="output folder (results.json, figures/)")
-    args = parser.parse_args(argv)
-    try:
-        record = run(TucoStudyConfig.load(args.config), args.out)
-    except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def report(record: dict) -> None:
     m = record["metrics"]
     t, mw, sw = m["tuco"], m["tuco"]["mann_whitney"], m["alpha_sweep"]
     print("\n| group | n | TuCo mean ± std | median |\n|---|---:|---:|---:|")
@@ -34,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| α | " + " | ".join(f"{a:g}" for a in sw["alphas"]) + " |\n|---|" + "---:|" * len(sw["alphas"]))
     print("| accuracy | " + " | ".join(f"{v:.3f}" for v in sw["accuracy"]) + " |")
     print(f"\nwall time {record['run_info']['wall_time_s']:.0f} s")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main("tuco", __doc__, TucoStudyConfig.load, run, report, argv, out_help="results.json, figures/")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""What every study shares: loading its JSON configs, writing its figures, and its command line.
+
+Each study folder holds ``configs/{tiny,default,full}.json``, a config dataclass, ``run(cfg, out_dir)``
+and ``figures(record)``; these helpers keep those three conventions in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from workbench.errors import ConfigError, WorkbenchError
+
+C = TypeVar("C")
+SHIPPED = ("tiny", "default", "full")
+
+
+def load_config(cls: type[C], name_or_path: str | Path, config_dir: Path) -> C:
+    """``"tiny"`` / ``"default"`` / ``"full"`` (from ``config_dir``) or a path to a JSON file, as ``cls``.
+
+    Raises:
+        ConfigError: unknown name, missing file or keys that are not fields of ``cls``.
+    """
+    path = config_dir / f"{name_or_path}.json" if str(name_or_path) in SHIPPED else Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"no study config {name_or_path!r}; use tiny, default, full or a path to a JSON file")
+    data = json.loads(path.read_text())
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    return cls(**data)
+
+
+def write_figure_files(figs: dict[str, Any], fig_dir: str | Path) -> list[Path]:
+    """Write each plotly Figure as ``{name}.html`` next to one shared ``plotly.min.js`` (works offline),
+    atomically; returns the HTML paths."""
+    from plotly.offline import get_plotlyjs
+
+    from workbench.artifacts import atomic_write_bytes
+
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(fig_dir / "plotly.min.js", get_plotlyjs().encode())
+    return [atomic_write_bytes(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True).encode())
+            for name, fig in figs.items()]
+
+
+def study_main(name: str, doc: str | None, load: Callable[[str], Any], run: Callable[[Any, str], dict[str, Any]],
+               report: Callable[[dict[str, Any]], None], argv: list[str] | None = None, out_help: str = "results.json, figures/") -> int:
+    """``python -m studies.<name> --config tiny|default|full|PATH --out runs/<name>``: run, then ``report``
+    the record; a :class:`WorkbenchError` is printed as one line and exits 2."""
+    parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc)
+    parser.add_argument("--config", default="default", help="tiny, default, full, or a path to a JSON config")
+    parser.add_argument("--out", default=f"runs/{name}", help=f"output folder ({out_help})")
+    args = parser.parse_args(argv)
+    try:
+        record = run(load(args.config), args.out)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report(record)
+    return 0
