@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError
+from workbench.intervention import Intervention
 from workbench.tasks import entity_tracking as et
 from workbench.train import Example
 
@@ -42,6 +43,11 @@ class TrainJobConfig:
         return asdict(self)
 
 
+def _json_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Method details for results.json: interventions (e.g. CAFT's ablation) become their method and config."""
+    return {k: {"method": v.method, "config": v.config_dict()} if isinstance(v, Intervention) else v for k, v in details.items()}
+
+
 def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
     """Run the job; return its run folder.
 
@@ -66,9 +72,11 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
         tuned = evaluate_boxes(model, split.heldout)
     log(f"tuned held-out accuracy {tuned['accuracy']:.3f}")
     save_intervention(run_dir / "adapter", result.intervention, info)
+    if isinstance(result.details.get("ablation"), Intervention):  # CAFT: keep the directions trained under
+        save_intervention(run_dir / "ablation", result.details["ablation"], info)
     metrics = {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"], "base": base, "tuned": tuned,
                "n_trainable_parameters": result.intervention.n_trainable(), "losses": result.train_result.losses,
-               "seconds_per_step": result.train_result.seconds_per_step, "details": result.details}
+               "seconds_per_step": result.train_result.seconds_per_step, "details": _json_details(result.details)}
     if cfg.export:
         clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
         out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=tok, model_info=info)
