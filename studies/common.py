@@ -65,3 +65,24 @@ def study_main(name: str, doc: str | None, load: Callable[[str], Any], run: Call
         return 2
     report(record)
     return 0
+
+
+class ShippedConfig:
+    """Mixin for a study's config dataclass: ``to_dict``, ``load(name_or_path)`` and ``tiny()``, reading the
+    shipped JSON configs from the ``configs/`` folder beside the module that defines the class."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path):
+        """``"tiny"`` / ``"default"`` / ``"full"`` (from ``configs/``) or a path to a JSON file.
+
+        Raises:
+            ConfigError: unknown name, missing file or unknown keys.
+        """
+        return load_config(cls, name_or_path, Path(sys.modules[cls.__module__].__file__).parent / "configs")
+
+    @classmethod
+    def tiny(cls):
+        return cls.load("tiny")

@@ -25,20 +25,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from studies.common import ShippedConfig
 from workbench.errors import ConfigError
 from workbench.tasks import intent as it
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
-class ContextKnobConfig:
+class ContextKnobConfig(ShippedConfig):
     """Settings of the context-knob study (``configs/{tiny,default,full}.json``).
 
     Attributes:
@@ -99,24 +99,6 @@ class ContextKnobConfig:
             raise ConfigError(f"das_layer must be null or a layer index >= 0, got {self.das_layer!r}")
         if not (self.lora_lr > 0 and self.das_lr > 0 and 0 < self.search_threshold <= 1):
             raise ConfigError("learning rates must be > 0 and search_threshold in (0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, name_or_path: str | Path) -> "ContextKnobConfig":
-        """``"tiny"`` / ``"default"`` / ``"full"`` (from ``configs/``) or a path to a JSON file.
-
-        Raises:
-            ConfigError: unknown name, missing file or unknown keys.
-        """
-        from studies.common import load_config
-
-        return load_config(cls, name_or_path, CONFIG_DIR)
-
-    @classmethod
-    def tiny(cls) -> "ContextKnobConfig":
-        return cls.load("tiny")
 
 
 def flipped(pairs: list[it.IntentPair]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[int]]:

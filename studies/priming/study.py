@@ -28,20 +28,20 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from probes.priming import LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
+from studies.common import ShippedConfig
 from workbench.errors import ConfigError
 from workbench.tasks import priming as pt
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 ARMS = ("standard", "stepping_stone", "ignore_top_k")
 
 
 @dataclass
-class PrimingStudyConfig:
+class PrimingStudyConfig(ShippedConfig):
     """Settings of the priming study (``configs/{tiny,default,full}.json``).
 
     Attributes:
@@ -86,24 +86,6 @@ class PrimingStudyConfig:
     def text_config(self, keywords: dict[str, list[str]] | None) -> pt.PrimingConfig:
         return pt.PrimingConfig(themes=list(self.themes), keywords=keywords, texts_per_keyword=self.texts_per_keyword,
                                 styles=self.styles, seed=self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, name_or_path: str | Path) -> "PrimingStudyConfig":
-        """``"tiny"`` / ``"default"`` / ``"full"`` (from ``configs/``) or a path to a JSON file.
-
-        Raises:
-            ConfigError: unknown name, missing file or unknown keys.
-        """
-        from studies.common import load_config
-
-        return load_config(cls, name_or_path, CONFIG_DIR)
-
-    @classmethod
-    def tiny(cls) -> "PrimingStudyConfig":
-        return cls.load("tiny")
 
 
 def spearman(x: list[float], y: list[float]) -> dict[str, float]:

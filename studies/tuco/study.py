@@ -25,22 +25,22 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from probes.contribution import alpha_forward, decompose, tuned_from_intervention
+from studies.common import ShippedConfig
 from workbench.errors import ConfigError
 from workbench.methods.lofit import LofitConfig
 from workbench.tasks import entity_tracking as et
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
-class TucoStudyConfig:
+class TucoStudyConfig(ShippedConfig):
     """Settings of the TuCo study (``configs/{tiny,default,full}.json``).
 
     Attributes:
@@ -78,24 +78,6 @@ class TucoStudyConfig:
         if self.batch_size_prompts < 1:
             raise ConfigError(f"TucoStudyConfig.batch_size_prompts must be >= 1, got {self.batch_size_prompts}")
         self.alphas = [float(a) for a in self.alphas]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, name_or_path: str | Path) -> "TucoStudyConfig":
-        """``"tiny"`` / ``"default"`` / ``"full"`` (from ``configs/``) or a path to a JSON file.
-
-        Raises:
-            ConfigError: unknown name, missing file or unknown keys.
-        """
-        from studies.common import load_config
-
-        return load_config(cls, name_or_path, CONFIG_DIR)
-
-    @classmethod
-    def tiny(cls) -> "TucoStudyConfig":
-        return cls.load("tiny")
 
 
 # --- measurements ---------------------------------------------------------------------------------
