@@ -40,7 +40,7 @@ def test_site_names_follow_transformerlens():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(layer=0, hook="attn.hook_q"), "unknown hook"),
+    (dict(layer=0, hook="attn.hook_pattern"), "unknown hook"),
     (dict(layer=-1, hook="hook_resid_post"), "non-negative"),
     (dict(layer=0, hook="hook_resid_post", head=1), "head= only applies"),
     (dict(layer=0, hook="attn.hook_z", neuron=1), "neuron= only applies"),
@@ -57,7 +57,8 @@ def test_site_validate_ranges():
         Site(1, "attn.hook_z", head=3).validate(n_layers=2, n_heads=2)
 
 
-@pytest.mark.parametrize("hook", ["attn.hook_z", "mlp.hook_post", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out"])
+@pytest.mark.parametrize("hook", ["attn.hook_z", "mlp.hook_post", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+                                  "attn.hook_q", "attn.hook_k", "attn.hook_v"])
 def test_every_site_hook_sees_its_layout_and_can_edit(tiny, hook):
     model, info = tiny
     seen = {}
@@ -71,7 +72,9 @@ def test_every_site_hook_sees_its_layout_and_can_edit(tiny, hook):
         handle = add_hook(model, Site(1, hook), fn)
         after = logits(model)
         handle.remove()
-    expected_last = {"attn.hook_z": (info.n_heads, info.d_head), "mlp.hook_post": (info.d_mlp,)}.get(hook, (info.d_model,))
+    expected_last = {"attn.hook_z": (info.n_heads, info.d_head), "attn.hook_q": (info.n_heads, info.d_head),
+                     "attn.hook_k": (info.n_kv_heads, info.d_head), "attn.hook_v": (info.n_kv_heads, info.d_head),
+                     "mlp.hook_post": (info.d_mlp,)}.get(hook, (info.d_model,))
     assert seen["shape"][2:] == expected_last and seen["shape"][:2] == tuple(IDS.shape)
     assert not torch.allclose(before, after)
     assert torch.equal(logits(model), before)
