@@ -253,7 +253,7 @@ def dcm(model: nn.Module | Side, heads: Sequence[Site], orig_ids: Int[Tensor, "b
             opt.step()
             with torch.no_grad():
                 mask.clamp_(0, 1)
-            losses.append(float(loss))
+            losses.append(loss.item())
         rounded = (mask.detach() >= cfg.threshold).float()
         ev = torch.arange(n_train, n)
         with torch.no_grad():

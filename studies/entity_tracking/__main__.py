@@ -1,0 +1,32 @@
+"""``python -m studies.entity_tracking --config tiny|default|full|PATH.json --out runs/entity_tracking``."""
+
+from __future__ import annotations
+
+from studies.common import study_main
+from studies.entity_tracking.study import EntityTrackingStudyConfig, run
+
+
+def report(record: dict) -> None:
+    m = record["metrics"]
+    print("\n| model | accuracy among objects | logit diff (nats) | faithfulness of base circuit | random circuits |")
+    print("|---|---:|---:|---:|---:|")
+    for name, a in m["accuracy"].items():
+        f = m["faithfulness"][name]
+        rnd = f["random_faithfulness"]
+        print(f"| {name} | {a['accuracy_among_objects']:.3f} | {a['logit_difference']:.2f} | {f['faithfulness']:.2f} | "
+              f"{sum(rnd) / len(rnd) if rnd else float('nan'):.2f} |")
+    for name, c in m["cmap"].items():
+        print(f"\nCMAP {name} -> base (accuracy; share of gap recovered): base {c['base_score']:.3f}, tuned {c['tuned_score']:.3f}")
+        for g, v in c["patched"].items():
+            print(f"  {g}: {v:.3f} ({c['recovered'][g]:.0%})")
+    if m["attribution_vs_exact"]:
+        print(f"\nattribution vs exact patching (base, per head): Pearson r = {m['attribution_vs_exact']['pearson_r']:.3f}")
+    print(f"\nwall time {record['run_info']['wall_time_s']:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main("entity_tracking", __doc__, EntityTrackingStudyConfig.load, run, report, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

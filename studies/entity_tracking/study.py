@@ -1,0 +1,323 @@
+"""Entity-tracking base-vs-tuned study: is the same circuit doing the task, and where does the gain come from?
+
+Source: Prakash, Rott Shaham, Haklay, Belinkov, Bau, "Fine-Tuning Enhances Existing Mechanisms: A Case Study
+on Entity Tracking", ICLR 2024 — §2 (task, models), §3 (circuit by path patching, faithfulness), §4 (DCM),
+§5 (CMAP).
+
+Protocol (:func:`run`):
+1. load the base model; generate equal-length box prompts (``n_boxes``) and split them into train / eval /
+   patch / mean / DCM sets;
+2. tune: each entry of ``tune`` trains LoFiT offsets on every attention head (base weights frozen) on its
+   ``task`` (``"boxes"`` = the task itself, ``"arithmetic"`` = a different skill, Goat's role);
+3. accuracy among the prompt's objects of every model on the eval prompts (arithmetic exact match too);
+4. attribution vs exact activation patching per head on the base (last token): Pearson r;
+5. the circuit (four groups, :mod:`studies.entity_tracking.circuit`) of every model in ``circuit_models``;
+6. faithfulness of the base circuit on every model (position-wise mean ablation), vs random circuits;
+7. CMAP tuned → base for each group and the whole circuit;
+8. DCM on each group of the base circuit for the object / position / box-label desiderata, on every model in
+   ``dcm_models``;
+9. ``results.json`` and plotly figures in ``figures/``.
+Same config and seed give the same numbers (everything except ``metrics.timing_s``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from studies.common import ShippedConfig
+from workbench.errors import ConfigError
+
+TUNE_TASKS = ("boxes", "arithmetic")
+DESIDERATA = ("object", "position", "box_label")
+
+
+@dataclass
+class EntityTrackingStudyConfig(ShippedConfig):
+    """Settings (``configs/{tiny,default,full}.json``).
+
+    Attributes:
+        model: name or path for :func:`workbench.models.load_model`.
+        n_boxes: boxes per prompt (3–7); all prompts then share one token length.
+        n_train, n_eval, n_patch, n_mean, n_dcm: prompts for tuning, accuracy / faithfulness / CMAP, path
+            patching, position-wise means, DCM (half trains the masks, half evaluates).
+        tune: tuned-model name -> ``{"task": "boxes"|"arithmetic", "max_steps", "lr", "batch_size_prompts"}``.
+        group_sizes: heads kept per group (value_fetchers, position_transmitters, position_detectors,
+            structure_readers).
+        candidates: senders per group pre-ranked by attribution patching before path patching (``null`` = all).
+        circuit_models: models whose circuit is found ("base" and/or tuned names).
+        n_random: size-matched random circuits for faithfulness.
+        dcm: ``{"steps", "lr", "lam", "batch_size"}``; dcm_models: models DCM runs on.
+        exact_vs_attribution: measure attribution against exact activation patching on the base.
+        max_batch: sequences per patched forward pass.
+
+    Raises:
+        ConfigError: unknown tune task / model names, bad counts, a missing group size.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    seed: int = 0
+    n_boxes: int = 3
+    n_train: int = 160
+    n_eval: int = 64
+    n_patch: int = 12
+    n_mean: int = 64
+    n_dcm: int = 32
+    tune: dict = field(default_factory=lambda: {
+        "boxes": {"task": "boxes", "max_steps": 40, "lr": 0.01, "batch_size_prompts": 8},
+        "arithmetic": {"task": "arithmetic", "max_steps": 40, "lr": 0.01, "batch_size_prompts": 8}})
+    group_sizes: dict = field(default_factory=lambda: {"value_fetchers": 8, "position_transmitters": 8,
+                                                       "position_detectors": 8, "structure_readers": 8})
+    candidates: int | None = 60
+    circuit_models: list = field(default_factory=lambda: ["base", "boxes"])
+    n_random: int = 10
+    dcm: dict = field(default_factory=lambda: {"steps": 30, "lr": 0.1, "lam": 0.01, "batch_size": 8})
+    dcm_models: list = field(default_factory=lambda: ["base", "boxes"])
+    exact_vs_attribution: bool = True
+    max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        from studies.entity_tracking.circuit import GROUPS
+
+        for name in ("n_train", "n_eval", "n_patch", "n_mean", "n_dcm", "n_random", "max_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "n_random" else 1):
+                raise ConfigError(f"{name} must be a positive int, got {v!r}")
+        if self.n_dcm < 2:
+            raise ConfigError("n_dcm must be >= 2 (half trains the DCM masks, half evaluates them)")
+        for name, spec in self.tune.items():
+            unknown = set(spec) - {"task", "max_steps", "lr", "batch_size_prompts"}
+            if unknown or spec.get("task") not in TUNE_TASKS:
+                raise ConfigError(f"tune[{name!r}]: task must be one of {TUNE_TASKS}, keys task/max_steps/lr/"
+                                  f"batch_size_prompts (unknown: {sorted(unknown)})")
+        models = {"base", *self.tune}
+        for key in ("circuit_models", "dcm_models"):
+            bad = set(getattr(self, key)) - models
+            if bad:
+                raise ConfigError(f"{key}: unknown model(s) {sorted(bad)}; known: {sorted(models)}")
+        if "base" not in self.circuit_models:
+            raise ConfigError("circuit_models must include 'base' (faithfulness, CMAP and DCM use the base circuit)")
+        if set(self.group_sizes) != set(GROUPS) or any(int(v) < 1 for v in self.group_sizes.values()):
+            raise ConfigError(f"group_sizes needs a positive size for each of {GROUPS}")
+        if self.candidates is not None and self.candidates < max(self.group_sizes.values()):
+            raise ConfigError("candidates must be at least the largest group size (or null for all heads)")
+        unknown = set(self.dcm) - {"steps", "lr", "lam", "batch_size"}
+        if unknown:
+            raise ConfigError(f"dcm: unknown keys {sorted(unknown)}")
+
+
+def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> tuple[Any, dict]:
+    from workbench.finetune import finetune
+    from workbench.tasks import arithmetic as ar
+    from workbench.train import Example
+
+    extra: dict[str, Any] = {}
+    if spec["task"] == "boxes":
+        examples = [Example(p.input_ids, (p.answer_token_id,)) for p in train_prompts]
+    else:
+        train, held = ar.problems(ar.ArithmeticConfig(n_train=cfg.n_train, n_heldout=64, seed=cfg.seed))
+        examples = ar.to_examples(tok, train, info.prepend_bos)
+        extra["heldout"] = ar.to_examples(tok, held, info.prepend_bos)
+    n_all = info.n_layers * info.n_heads
+    lofit = {"top_k_heads": n_all, "head_selection": "random", "init_std": 0.0}
+    train = {"max_steps": spec["max_steps"], "lr": spec["lr"], "batch_size_prompts": spec["batch_size_prompts"],
+             "seed": cfg.seed, "checkpoint_every_steps": 0, "progress": False}
+    ft = finetune("lofit", model, info, examples, lofit, train, pad_id=tok.pad_token_id or 0)
+    log(f"      {name}: LoFiT offsets on all {n_all} heads, {spec['task']}, loss {ft.train_result.losses[0]:.3f} -> "
+        f"{ft.train_result.losses[-1]:.3f} ({ft.wall_time_s:.0f} s)")
+    return ft.intervention, {"losses": ft.train_result.losses, "wall_time_s": ft.wall_time_s, **extra}
+
+
+def _tensors(prompts):
+    from workbench.tasks import entity_tracking as et
+
+    return et.to_tensors(prompts)
+
+
+def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the study; write ``results.json`` and ``figures/*.html`` into ``out_dir``.
+
+    Raises:
+        ModelNotFoundError: the model cannot be loaded. ConfigError: too few regular prompts for the tokenizer.
+        NonFiniteLossError: tuning diverged.
+    """
+    from probes import metrics as pm
+    from probes.circuits import DCMConfig, cmap, dcm, faithfulness
+    from probes.patching import Dims, Side, activation_patch, attribution_patch, head_sites, mean_activations
+    from studies.common import write_figure_files
+    from studies.entity_tracking.circuit import GROUP_POS, find_circuit
+    from workbench import plots_circuits as pc
+    from workbench.artifacts import atomic_write_json, results_record
+    from workbench.models import load_model
+    from workbench.tasks import arithmetic as ar
+    from workbench.tasks import entity_counterfactuals as ecf
+    from workbench.tasks import entity_tracking as et
+
+    started = time.time()
+    timing: dict[str, float] = {}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    log(f"[1/8] loading {cfg.model}; {cfg.n_boxes}-box prompts")
+    model, tok, info = load_model(cfg.model)
+    model.requires_grad_(False)
+    sizes = [cfg.n_eval, cfg.n_patch, cfg.n_mean, cfg.n_dcm]
+    try:
+        split = et.generate(tok, et.EntityTrackingConfig(n_boxes=cfg.n_boxes, n_train=cfg.n_train, n_heldout=sum(sizes),
+                                                         seed=cfg.seed), prepend_bos=info.prepend_bos)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    parts, i = [], 0
+    for n in sizes:
+        parts.append(split.heldout[i:i + n])
+        i += n
+    eval_p, patch_p, mean_p, dcm_p = parts
+    dims = Dims.of(model)
+
+    log(f"[2/8] tuning {list(cfg.tune)}")
+    t0 = time.time()
+    sides: dict[str, Side] = {"base": Side(model)}
+    tune_info: dict[str, Any] = {}
+    for name, spec in cfg.tune.items():
+        inter, tune_info[name] = _tune(name, spec, model, tok, info, split.train, cfg, log)
+        inter.requires_grad_(False)
+        sides[name] = Side(model, lambda inter=inter: inter.attach(model))
+    timing["tune"] = time.time() - t0
+
+    log("[3/8] accuracy among the prompt's objects")
+    ids, ans, objs = _tensors(eval_p)
+    eval_pos = {"query_label": torch.tensor([p.query_label_pos for p in eval_p])}
+    acc_metric = pm.accuracy(ans, objs)
+    ld_metric = pm.logit_diff(ans, objs)
+    accuracy: dict[str, Any] = {}
+    for name, side in sides.items():
+        with torch.no_grad(), side.context():
+            logits = model(input_ids=ids).logits[:, -1].float()
+        accuracy[name] = {"accuracy_among_objects": float(acc_metric(logits).mean()),
+                          "logit_difference": float(ld_metric(logits).mean())}
+        held = next((t["heldout"] for t in tune_info.values() if "heldout" in t), None)
+        if held is not None:
+            with side.context():
+                accuracy[name]["arithmetic_exact_match"] = ar.exact_match(model, held)
+        log(f"      {name}: {accuracy[name]}")
+
+    clean, p_ans, p_objs = _tensors(patch_p)
+    corrupt = _tensors([c.counterfactual for c in ecf.make_pairs(tok, patch_p, "random", seed=cfg.seed)])[0]
+    positions = {"query_label": torch.tensor([p.query_label_pos for p in patch_p])}
+    metric = pm.logit_diff(p_ans, p_objs)
+    comparison: dict[str, Any] = {}
+    if cfg.exact_vs_attribution:
+        log("[4/8] attribution vs exact activation patching, every head at the last token (base)")
+        t0 = time.time()
+        heads = head_sites(dims, pos=-1)
+        exact = activation_patch(sides["base"], heads, clean, corrupt, metric, max_batch=cfg.max_batch).mean(1)
+        t_exact = time.time() - t0
+        t0 = time.time()
+        attr = attribution_patch(sides["base"], heads, clean, corrupt, metric).mean(1)
+        t_attr = time.time() - t0
+        r = float(torch.corrcoef(torch.stack([exact, attr]))[0, 1])
+        comparison = {"pearson_r": r, "exact_s": t_exact, "attribution_s": t_attr, "exact": exact.tolist(), "attribution": attr.tolist()}
+        log(f"      Pearson r = {r:.3f} over {len(heads)} heads; exact {t_exact:.0f} s, attribution {t_attr:.1f} s")
+        timing["exact_vs_attribution"] = t_exact + t_attr
+
+    log(f"[5/8] circuits by path patching on {cfg.circuit_models}")
+    t0 = time.time()
+    circuits = {}
+    for name in cfg.circuit_models:
+        log(f"    {name}:")
+        circuits[name] = find_circuit(sides[name], clean, corrupt, metric, positions, cfg.group_sizes,
+                                      candidates=cfg.candidates, max_batch=cfg.max_batch, log=log)
+    base_circuit = circuits["base"]
+    overlap = {name: _overlap(base_circuit, c) for name, c in circuits.items() if name != "base"}
+    timing["circuits"] = time.time() - t0
+
+    log("[6/8] faithfulness of the base circuit (position-wise mean ablation) vs random circuits")
+    t0 = time.time()
+    mean_ids = _tensors(mean_p)[0]
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(dims.n_layers)]
+    faith = {}
+    for name, side in sides.items():
+        means = mean_activations(side, mean_ids, z_names)
+        faith[name] = faithfulness(side, base_circuit.sites(), ids, acc_metric, means, n_random=cfg.n_random,
+                                   seed=cfg.seed, positions=eval_pos, max_batch=cfg.max_batch).to_dict()
+        log(f"      {name}: model {faith[name]['model_score']:.3f}, circuit {faith[name]['circuit_score']:.3f} "
+            f"(faithfulness {faith[name]['faithfulness']:.2f}); random circuits {_mean(faith[name]['random_scores']):.3f}")
+    timing["faithfulness"] = time.time() - t0
+
+    log("[7/8] CMAP tuned -> base per group")
+    t0 = time.time()
+    groups = {**base_circuit.groups, "circuit": base_circuit.sites(), "all_heads": head_sites(dims)}
+    cmap_res = {}
+    for name in cfg.tune:
+        res = cmap(sides["base"], sides[name], groups, ids, acc_metric, positions=eval_pos, max_batch=cfg.max_batch)
+        cmap_res[name] = res.to_dict()
+        log(f"      {name}: base {res.base_score:.3f} -> tuned {res.tuned_score:.3f}; "
+            + ", ".join(f"{g} {v:.3f}" for g, v in res.patched.items()))
+    timing["cmap"] = time.time() - t0
+
+    log(f"[8/8] DCM on each base group, desiderata {DESIDERATA}, on {cfg.dcm_models}")
+    t0 = time.time()
+    dcm_cfg = DCMConfig(seed=cfg.seed, **cfg.dcm)
+    dcm_res: dict[str, Any] = {}
+    pairs = {kind: ecf.make_pairs(tok, dcm_p, kind, seed=cfg.seed) for kind in DESIDERATA}
+    for name in cfg.dcm_models:
+        dcm_res[name] = {}
+        for kind, ps in pairs.items():
+            o = _tensors([p.original for p in ps])[0]
+            c = _tensors([p.counterfactual for p in ps])[0]
+            target = torch.tensor([p.target_id for p in ps])
+            cands = torch.tensor([p.candidate_ids for p in ps])
+            pos = {"query_label": torch.tensor([p.original.query_label_pos for p in ps])}
+            for group, heads in base_circuit.groups.items():
+                r = dcm(sides[name], heads, o, c, target, cands, dcm_cfg, positions=pos)
+                dcm_res[name].setdefault(group, {})[kind] = {**r.to_dict(), "n_selected": len(r.selected)}
+            log(f"      {name} / {kind}: " + ", ".join(
+                f"{g} {v[kind]['n_selected']}/{len(base_circuit.groups[g])} heads, acc {v[kind]['accuracy']:.2f}"
+                for g, v in dcm_res[name].items()))
+    timing["dcm"] = time.time() - t0
+
+    metrics = {"accuracy": accuracy, "tuning": {n: {k: v for k, v in t.items() if k != "heldout"} for n, t in tune_info.items()},
+               "attribution_vs_exact": comparison, "circuits": {n: c.to_dict() for n, c in circuits.items()},
+               "circuit_overlap_with_base": overlap, "faithfulness": faith, "cmap": cmap_res, "dcm": dcm_res,
+               "group_positions": GROUP_POS, "timing_s": timing}
+    models = {"base": info}
+    record = results_record(cfg.to_dict(), metrics, models, str(model.device), started, time.time())
+    atomic_write_json(out_dir / "results.json", record)
+    write_figure_files(figures(record), out_dir / "figures")
+    log(f"done in {time.time() - started:.0f} s -> {out_dir / 'results.json'}")
+    return record
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _overlap(a, b) -> dict[str, float]:
+    """Jaccard overlap of (layer, head) sets per group and overall."""
+    def jac(x, y):
+        x, y = {(s.layer, s.head) for s in x}, {(s.layer, s.head) for s in y}
+        return len(x & y) / len(x | y) if x | y else float("nan")
+    return {**{g: jac(a.groups[g], b.groups[g]) for g in a.groups}, "circuit": jac(a.sites(), b.sites())}
+
+
+def figures(record: dict[str, Any]) -> dict[str, Any]:
+    """Per-group head heatmaps (one per circuit model), CMAP bars, faithfulness bars, attribution scatter."""
+    from workbench import plots_circuits as pc
+
+    m = record["metrics"]
+    figs = {f"circuit_{name}": pc.group_heatmaps(c["scores"], c["groups"], f"Path patching, {name} model: effect of each "
+                                                  "head on its group's receivers")
+            for name, c in m["circuits"].items()}
+    if m["cmap"]:
+        figs["cmap"] = pc.cmap_bars(m["cmap"])
+    figs["faithfulness"] = pc.faithfulness_bars(m["faithfulness"])
+    if m["attribution_vs_exact"]:
+        a = m["attribution_vs_exact"]
+        figs["attribution_vs_exact"] = pc.attribution_scatter(a["exact"], a["attribution"], a["pearson_r"],
+                                                              "Per-head patching at the last token (base)")
+    return figs

@@ -1,0 +1,78 @@
+"""Circuit-patching results -> plotly Figures (Prakash et al., ICLR 2024). No ``.show()``, no streamlit.
+
+Conventions as in :mod:`workbench.plots`: layer on the y axis, heads on x, a diverging scale centred at 0,
+axis titles with units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=80, b=50), template="plotly_white")
+    return fig
+
+
+def group_heatmaps(scores: dict[str, Sequence[Sequence[float]]], selected: dict[str, Sequence[Sequence[int]]],
+                   title: str, unit: str = "Δ logit difference (nats)") -> go.Figure:
+    """One heatmap per head group: path-patching effect per (layer, head) (blank = not patched), selected heads
+    marked with an x."""
+    groups = list(scores)
+    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[g.replace("_", " ") for g in groups],
+                        shared_yaxes=True, horizontal_spacing=0.03)
+    finite = [abs(v) for g in groups for row in scores[g] for v in row if v == v]
+    vmax = max(finite, default=1.0) or 1.0
+    for col, g in enumerate(groups, start=1):
+        z = [[None if v != v else v for v in row] for row in scores[g]]
+        fig.add_heatmap(z=z, zmin=-vmax, zmax=vmax, colorscale="RdBu", zmid=0, showscale=col == len(groups),
+                        colorbar=dict(title=unit), row=1, col=col,
+                        hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>")
+        pts = selected.get(g, [])
+        fig.add_scatter(x=[h for _, h in pts], y=[layer for layer, _ in pts], mode="markers", showlegend=False,
+                        marker=dict(symbol="x", color="black", size=8), row=1, col=col)
+        fig.update_xaxes(title="head", row=1, col=col)
+    fig.update_yaxes(title="layer", row=1, col=1)
+    n_layers = len(next(iter(scores.values()), []))
+    return _layout(fig, title, height=max(420, 18 * n_layers + 160))
+
+
+def cmap_bars(results: dict[str, dict], title: str = "CMAP tuned → base: accuracy with a group patched in") -> go.Figure:
+    """Grouped bars: for each tuned model, the base's accuracy with each head group taken from it, beside the
+    base and tuned accuracies (dashed lines per tuned model)."""
+    fig = go.Figure()
+    for name, r in results.items():
+        groups = list(r["patched"])
+        fig.add_bar(x=groups, y=[r["patched"][g] for g in groups], name=f"{name}: base + group from {name}",
+                    text=[f"{r['recovered'][g]:.0%}" if r["recovered"][g] == r["recovered"][g] else "" for g in groups])
+        fig.add_hline(y=r["tuned_score"], line_dash="dash", annotation_text=f"{name} {r['tuned_score']:.2f}")
+    if results:
+        fig.add_hline(y=next(iter(results.values()))["base_score"], line_dash="dot", annotation_text="base")
+    fig.update_layout(barmode="group", yaxis_title="accuracy among the prompt's objects (share)",
+                      xaxis_title="patched head group (bar label: share of the gap recovered)")
+    return _layout(fig, title)
+
+
+def faithfulness_bars(results: dict[str, dict], title: str = "Faithfulness of the base circuit (mean ablation)") -> go.Figure:
+    """Per model: circuit faithfulness beside the mean (± std) of size-matched random circuits."""
+    import statistics
+
+    models = list(results)
+    rand = [results[m]["random_faithfulness"] for m in models]
+    fig = go.Figure()
+    fig.add_bar(x=models, y=[results[m]["faithfulness"] for m in models], name="circuit")
+    fig.add_bar(x=models, y=[statistics.fmean(r) if r else 0 for r in rand], name="random circuits (mean)",
+                error_y=dict(type="data", array=[statistics.pstdev(r) if len(r) > 1 else 0 for r in rand]))
+    fig.update_layout(barmode="group", yaxis_title="faithfulness (circuit accuracy ÷ model accuracy)", xaxis_title="model")
+    return _layout(fig, title)
+
+
+def attribution_scatter(exact: Sequence[float], attribution: Sequence[float], r: float, title: str) -> go.Figure:
+    """Exact activation patching vs attribution patching per head (mean effect over prompts)."""
+    fig = go.Figure(go.Scatter(x=list(exact), y=list(attribution), mode="markers", marker=dict(size=5)))
+    fig.update_layout(xaxis_title="exact activation patching (Δ logit difference, nats)",
+                      yaxis_title="attribution patching estimate (nats)")
+    return _layout(fig, f"{title} — Pearson r = {r:.3f}")
