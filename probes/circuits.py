@@ -48,9 +48,9 @@ class FaithfulnessResult:
 
     model_score: float
     circuit_score: float
-    faithfulness: float
+    faithfulness: float | None
     random_scores: list[float]
-    random_faithfulness: list[float]
+    random_faithfulness: list[float | None]
     n_sites: int
 
     def to_dict(self) -> dict:
@@ -91,7 +91,7 @@ def faithfulness(model: nn.Module | Side, circuit: Sequence[Site], input_ids: In
                             max_batch=max_batch)
     scores = [float(metric(v).mean()) for v in logits]
     full = float(_baseline(side, input_ids, metric).mean())
-    ratio = [s / full if full else float("nan") for s in scores]
+    ratio = [s / full if full else None for s in scores]  # None: the full model scores 0
     return FaithfulnessResult(full, scores[0], ratio[0], scores[1:], ratio[1:], len(circuit))
 
 
@@ -103,10 +103,10 @@ class CMAPResult:
     tuned_score: float
     patched: dict[str, float]
 
-    def recovered(self) -> dict[str, float]:
-        """Share of the base→tuned gap each group recovers: ``(patched − base) / (tuned − base)``."""
+    def recovered(self) -> dict[str, float | None]:
+        """Share of the base→tuned gap each group recovers: ``(patched − base) / (tuned − base)`` (None: no gap)."""
         gap = self.tuned_score - self.base_score
-        return {g: (s - self.base_score) / gap if gap else float("nan") for g, s in self.patched.items()}
+        return {g: (s - self.base_score) / gap if gap else None for g, s in self.patched.items()}
 
     def to_dict(self) -> dict:
         return {**asdict(self), "recovered": self.recovered()}

@@ -24,10 +24,10 @@ def group_heatmaps(scores: dict[str, Sequence[Sequence[float]]], selected: dict[
     groups = list(scores)
     fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[g.replace("_", " ") for g in groups],
                         shared_yaxes=True, horizontal_spacing=0.03)
-    finite = [abs(v) for g in groups for row in scores[g] for v in row if v == v]
+    finite = [abs(v) for g in groups for row in scores[g] for v in row if v is not None and v == v]
     vmax = max(finite, default=1.0) or 1.0
     for col, g in enumerate(groups, start=1):
-        z = [[None if v != v else v for v in row] for row in scores[g]]
+        z = [[None if v is None or v != v else v for v in row] for row in scores[g]]
         fig.add_heatmap(z=z, zmin=-vmax, zmax=vmax, colorscale="RdBu", zmid=0, showscale=col == len(groups),
                         colorbar=dict(title=unit), row=1, col=col,
                         hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>")
@@ -47,7 +47,7 @@ def cmap_bars(results: dict[str, dict], title: str = "CMAP tuned → base: accur
     for name, r in results.items():
         groups = list(r["patched"])
         fig.add_bar(x=groups, y=[r["patched"][g] for g in groups], name=f"{name}: base + group from {name}",
-                    text=[f"{r['recovered'][g]:.0%}" if r["recovered"][g] == r["recovered"][g] else "" for g in groups])
+                    text=[f"{r['recovered'][g]:.0%}" if r["recovered"][g] is not None else "" for g in groups])
         fig.add_hline(y=r["tuned_score"], line_dash="dash", annotation_text=f"{name} {r['tuned_score']:.2f}")
     if results:
         fig.add_hline(y=next(iter(results.values()))["base_score"], line_dash="dot", annotation_text="base")
@@ -61,7 +61,7 @@ def faithfulness_bars(results: dict[str, dict], title: str = "Faithfulness of th
     import statistics
 
     models = list(results)
-    rand = [results[m]["random_faithfulness"] for m in models]
+    rand = [[v for v in results[m]["random_faithfulness"] if v is not None] for m in models]
     fig = go.Figure()
     fig.add_bar(x=models, y=[results[m]["faithfulness"] for m in models], name="circuit")
     fig.add_bar(x=models, y=[statistics.fmean(r) if r else 0 for r in rand], name="random circuits (mean)",

@@ -12,13 +12,15 @@ def report(record: dict) -> None:
     print("|---|---:|---:|---:|---:|")
     for name, a in m["accuracy"].items():
         f = m["faithfulness"][name]
-        rnd = f["random_faithfulness"]
-        print(f"| {name} | {a['accuracy_among_objects']:.3f} | {a['logit_difference']:.2f} | {f['faithfulness']:.2f} | "
-              f"{sum(rnd) / len(rnd) if rnd else float('nan'):.2f} |")
+        rnd = [v for v in f["random_faithfulness"] if v is not None]
+        fa = f["faithfulness"]
+        print(f"| {name} | {a['accuracy_among_objects']:.3f} | {a['logit_difference']:.2f} | "
+              f"{'n/a' if fa is None else f'{fa:.2f}'} | {sum(rnd) / len(rnd) if rnd else float('nan'):.2f} |")
     for name, c in m["cmap"].items():
         print(f"\nCMAP {name} -> base (accuracy; share of gap recovered): base {c['base_score']:.3f}, tuned {c['tuned_score']:.3f}")
         for g, v in c["patched"].items():
-            print(f"  {g}: {v:.3f} ({c['recovered'][g]:.0%})")
+            share = c["recovered"][g]
+            print(f"  {g}: {v:.3f} ({'no gap' if share is None else f'{share:.0%}'})")
     if m["attribution_vs_exact"]:
         print(f"\nattribution vs exact patching (base, per head): Pearson r = {m['attribution_vs_exact']['pearson_r']:.3f}")
     print(f"\nwall time {record['run_info']['wall_time_s']:.0f} s")

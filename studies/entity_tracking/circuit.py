@@ -45,7 +45,8 @@ class Circuit:
     def to_dict(self) -> dict:
         return {"groups": {g: [[s.layer, s.head] for s in v] for g, v in self.groups.items()},
                 "positions": {g: GROUP_POS[g] for g in self.groups},
-                "scores": {g: s.scores.tolist() for g, s in self.scores.items()}}
+                "scores": {g: [[None if v != v else v for v in row] for row in s.scores.tolist()]
+                           for g, s in self.scores.items()}}  # None: a head that was not path-patched
 
 
 def _kv(site: Site, dims: Dims, pos: int | str) -> Site:

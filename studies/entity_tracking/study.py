@@ -246,7 +246,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
         faith[name] = faithfulness(side, base_circuit.sites(), ids, acc_metric, means, n_random=cfg.n_random,
                                    seed=cfg.seed, positions=eval_pos, max_batch=cfg.max_batch).to_dict()
         log(f"      {name}: model {faith[name]['model_score']:.3f}, circuit {faith[name]['circuit_score']:.3f} "
-            f"(faithfulness {faith[name]['faithfulness']:.2f}); random circuits {_mean(faith[name]['random_scores']):.3f}")
+            f"(faithfulness {faith[name]['faithfulness']}); random circuits {_mean(faith[name]['random_scores']):.3f}")
     timing["faithfulness"] = time.time() - t0
 
     log("[7/8] CMAP tuned -> base per group")
