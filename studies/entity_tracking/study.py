@@ -69,8 +69,8 @@ class EntityTrackingStudyConfig(ShippedConfig):
     n_mean: int = 64
     n_dcm: int = 32
     tune: dict = field(default_factory=lambda: {
-        "boxes": {"task": "boxes", "max_steps": 40, "lr": 0.01, "batch_size_prompts": 8},
-        "arithmetic": {"task": "arithmetic", "max_steps": 40, "lr": 0.01, "batch_size_prompts": 8}})
+        "boxes": {"task": "boxes", "max_steps": 40, "lr": 0.003, "batch_size_prompts": 8},
+        "arithmetic": {"task": "arithmetic", "max_steps": 40, "lr": 0.003, "batch_size_prompts": 8}})
     group_sizes: dict = field(default_factory=lambda: {"value_fetchers": 8, "position_transmitters": 8,
                                                        "position_detectors": 8, "structure_readers": 8})
     candidates: int | None = 60
