@@ -289,6 +289,17 @@ def _effects(logits: Tensor, metric: Metric, base: Tensor) -> Float[Tensor, "var
 
 
 # ----------------------------------------------------------------------------- the three patchings
+def _masks_and_source(model, sites, target_ids, source_ids, source_model, positions) -> tuple[Side, dict, dict]:
+    """Checks shared by activation / attribution patching; the variant masks and the source activations."""
+    side = as_side(model)
+    src_side = as_side(source_model) if source_model is not None else side
+    _check_ids(target_ids, source_ids)
+    if src_side is not side:
+        check_same_dims(side.model, src_side.model)
+    masks = variant_masks(sites, *target_ids.shape, Dims.of(side.model), positions)
+    return side, masks, cache(src_side, source_ids, list(masks))
+
+
 def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
                      source_ids: Int[Tensor, "batch pos"], metric: Metric, *, source_model: nn.Module | Side | None = None,
                      positions: Positions | None = None, max_batch: int = 256) -> Float[Tensor, "variant batch"]:
@@ -306,14 +317,7 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         ConfigError: mismatched id shapes, sites out of range, unknown position names.
         MismatchError: ``source_model`` has different layer / head shapes.
     """
-    side = as_side(model)
-    src_side = as_side(source_model) if source_model is not None else side
-    _check_ids(target_ids, source_ids)
-    dims = Dims.of(side.model)
-    if src_side is not side:
-        check_same_dims(side.model, src_side.model)
-    masks = variant_masks(sites, *target_ids.shape, dims, positions)
-    source = cache(src_side, source_ids, list(masks))
+    side, masks, source = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions)
     logits, _ = run_patched(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), max_batch=max_batch)
     return _effects(logits, metric, _baseline(side, target_ids, metric))
 
@@ -327,14 +331,7 @@ def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_
 
     Returns / raises: as :func:`activation_patch` (the estimate of the effect, ``[variant, batch]``).
     """
-    side = as_side(model)
-    src_side = as_side(source_model) if source_model is not None else side
-    _check_ids(target_ids, source_ids)
-    dims = Dims.of(side.model)
-    if src_side is not side:
-        check_same_dims(side.model, src_side.model)
-    masks = variant_masks(sites, *target_ids.shape, dims, positions)
-    source = cache(src_side, source_ids, list(masks))
+    side, masks, source = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions)
     acts: dict[str, Tensor] = {}
 
     def fn_for(name: str) -> Callable[[Tensor], Tensor | None]:
