@@ -133,12 +133,6 @@ def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> t
     return ft.intervention, {"losses": ft.train_result.losses, "wall_time_s": ft.wall_time_s, **extra}
 
 
-def _tensors(prompts):
-    from workbench.tasks import entity_tracking as et
-
-    return et.to_tensors(prompts)
-
-
 def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the study; write ``results.json`` and ``figures/*.html`` into ``out_dir``.
 
@@ -190,24 +184,24 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     timing["tune"] = time.time() - t0
 
     log("[3/8] accuracy among the prompt's objects")
-    ids, ans, objs = _tensors(eval_p)
+    ids, ans, objs = et.to_tensors(eval_p)
     eval_pos = {"query_label": torch.tensor([p.query_label_pos for p in eval_p])}
     acc_metric = pm.accuracy(ans, objs)
     ld_metric = pm.logit_diff(ans, objs)
     accuracy: dict[str, Any] = {}
+    held = next((t["heldout"] for t in tune_info.values() if "heldout" in t), None)
     for name, side in sides.items():
         with torch.no_grad(), side.context():
             logits = model(input_ids=ids).logits[:, -1].float()
         accuracy[name] = {"accuracy_among_objects": float(acc_metric(logits).mean()),
                           "logit_difference": float(ld_metric(logits).mean())}
-        held = next((t["heldout"] for t in tune_info.values() if "heldout" in t), None)
         if held is not None:
             with side.context():
                 accuracy[name]["arithmetic_exact_match"] = ar.exact_match(model, held)
         log(f"      {name}: {accuracy[name]}")
 
-    clean, p_ans, p_objs = _tensors(patch_p)
-    corrupt = _tensors([c.counterfactual for c in ecf.make_pairs(tok, patch_p, "random", seed=cfg.seed)])[0]
+    clean, p_ans, p_objs = et.to_tensors(patch_p)
+    corrupt = et.to_tensors([c.counterfactual for c in ecf.make_pairs(tok, patch_p, "random", seed=cfg.seed)])[0]
     positions = {"query_label": torch.tensor([p.query_label_pos for p in patch_p])}
     metric = pm.logit_diff(p_ans, p_objs)
     comparison: dict[str, Any] = {}
@@ -215,14 +209,22 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
         log("[4/8] attribution vs exact activation patching, every head at the last token (base)")
         t0 = time.time()
         heads = head_sites(dims, pos=-1)
-        exact = activation_patch(sides["base"], heads, clean, corrupt, metric, max_batch=cfg.max_batch).mean(1)
+        calls = [0]
+        counter = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            exact = activation_patch(sides["base"], heads, clean, corrupt, metric, max_batch=cfg.max_batch).mean(1)
+        finally:
+            counter.remove()
         t_exact = time.time() - t0
         t0 = time.time()
         attr = attribution_patch(sides["base"], heads, clean, corrupt, metric).mean(1)
         t_attr = time.time() - t0
         r = float(torch.corrcoef(torch.stack([exact, attr]))[0, 1])
-        comparison = {"pearson_r": r, "exact_s": t_exact, "attribution_s": t_attr, "exact": exact.tolist(), "attribution": attr.tolist()}
-        log(f"      Pearson r = {r:.3f} over {len(heads)} heads; exact {t_exact:.0f} s, attribution {t_attr:.1f} s")
+        comparison = {"pearson_r": r, "exact_s": t_exact, "attribution_s": t_attr, "exact_forward_passes": calls[0],
+                      "n_heads_patched": len(heads), "n_prompts": int(clean.shape[0]), "max_batch": cfg.max_batch,
+                      "exact": exact.tolist(), "attribution": attr.tolist()}
+        log(f"      Pearson r = {r:.3f} over {len(heads)} heads; exact {t_exact:.0f} s in {calls[0]} forward passes, "
+            f"attribution {t_attr:.1f} s")
         timing["exact_vs_attribution"] = t_exact + t_attr
 
     log(f"[5/8] circuits by path patching on {cfg.circuit_models}")
@@ -238,7 +240,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
 
     log("[6/8] faithfulness of the base circuit (position-wise mean ablation) vs random circuits")
     t0 = time.time()
-    mean_ids = _tensors(mean_p)[0]
+    mean_ids = et.to_tensors(mean_p)[0]
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(dims.n_layers)]
     faith = {}
     for name, side in sides.items():
@@ -268,8 +270,8 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     for name in cfg.dcm_models:
         dcm_res[name] = {}
         for kind, ps in pairs.items():
-            o = _tensors([p.original for p in ps])[0]
-            c = _tensors([p.counterfactual for p in ps])[0]
+            o = et.to_tensors([p.original for p in ps])[0]
+            c = et.to_tensors([p.counterfactual for p in ps])[0]
             target = torch.tensor([p.target_id for p in ps])
             cands = torch.tensor([p.candidate_ids for p in ps])
             pos = {"query_label": torch.tensor([p.original.query_label_pos for p in ps])}
