@@ -111,6 +111,35 @@ def test_batched_patching_does_not_depend_on_chunk_size(setup):
     assert torch.allclose(a, b, atol=ATOL) and a.abs().sum() > 0
 
 
+@pytest.mark.parametrize("n_layers", [2, 5])
+def test_all_heads_sweep_forward_passes_grow_with_layers_not_heads(n_layers):
+    """Every head of every layer patched: with ``max_batch = n_heads × batch`` the sweep takes one patched forward
+    per layer (plus one to cache the source and one unpatched baseline), not one per (layer, head)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    n_heads = 4
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=n_layers,
+                                         num_attention_heads=n_heads, num_key_value_heads=2, max_position_embeddings=64,
+                                         attn_implementation="eager", pad_token_id=0)).eval()
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randint(4, 64, (2, B, T), generator=g)
+    metric = metrics.logit_diff(torch.randint(4, 64, (B,), generator=g), torch.randint(4, 64, (B, 2), generator=g))
+    sites = head_sites(Dims.of(model), pos=-1)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        batched = activation_patch(model, sites, clean, corrupt, metric, max_batch=n_heads * B)
+        n_batched = len(calls)
+        one_by_one = activation_patch(model, sites, clean, corrupt, metric, max_batch=B)
+    finally:
+        handle.remove()
+    assert len(sites) == n_layers * n_heads
+    assert n_batched == n_layers + 2
+    assert len(calls) - n_batched == n_layers * n_heads + 2
+    assert torch.allclose(batched, one_by_one, atol=ATOL)
+
+
 def _freeze_all_but(clean_cache, corrupt_cache, sender: Site, n_layers):
     hooks = []
     for layer in range(n_layers):
