@@ -4,11 +4,13 @@ the tiny study end to end and its notebook (real model)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from studies.entity_tracking.__main__ import report
 from studies.entity_tracking.study import EntityTrackingStudyConfig, figures, run
 from tests.conftest import execute_notebook
 from workbench.errors import ConfigError
@@ -38,6 +40,9 @@ def test_shipped_configs_load(name):
 @pytest.mark.parametrize("change, match", [
     ({"n_patch": 0}, "n_patch must be a positive int"),
     ({"tune": {"x": {"task": "poetry"}}}, "task must be one of"),
+    ({"tune": {"x": {"task": "boxes", "method": "full"}}}, "method must be one of"),
+    ({"tune": {"x": {"task": "boxes", "n_train": 10}}}, "for arithmetic entries only"),
+    ({"tune": {"x": {"task": "arithmetic", "method": "lora", "method_config": {"rank": 4}}}}, "rank"),
     ({"circuit_models": ["boxes"]}, "must include 'base'"),
     ({"dcm_models": ["nope"]}, "unknown model"),
     ({"group_sizes": {"value_fetchers": 2}}, "group_sizes needs"),
@@ -117,7 +122,7 @@ def _without_timing(record: dict) -> dict:
 
 
 @pytest.mark.real
-def test_tiny_study_and_notebook(tmp_path, monkeypatch):
+def test_tiny_study_and_notebook(tmp_path, monkeypatch, capsys):
     """The tiny config end to end (every stage on SmolLM2), then the notebook must give the same numbers."""
     pytest.importorskip("nbclient")
     record = run(EntityTrackingStudyConfig.tiny(), tmp_path / "run", log=lambda _msg: None)
@@ -137,12 +142,20 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
         assert c["patched"]["all_heads"] == pytest.approx(c["tuned_score"])  # every head from the tuned model = tuned
     for kind in ("object", "position", "box_label"):
         assert len(m["dcm"]["base"]["value_fetchers"][kind]["mask"]) == 2
+    assert set(m["dcm"]) == {"base", "boxes"} and set(m["dcm_own_circuit"]) == {"boxes"}
+    for model, circuit_of, res in (("boxes", "base", m["dcm"]), ("boxes", "boxes", m["dcm_own_circuit"])):
+        heads = [[int(x) for x in re.match(r"blocks\.(\d+)\.attn\.hook_z\[head=(\d+)\]", h).groups()]
+                 for h in res[model]["value_fetchers"]["object"]["heads"]]
+        assert heads == m["circuits"][circuit_of]["groups"]["value_fetchers"]
     figs = figures(saved)
     assert {"circuit_base", "circuit_boxes", "cmap", "faithfulness"} <= set(figs)
     assert figs["circuit_base"].layout.yaxis.title.text == "layer"
     for name in figs:
         assert 'src="plotly.min.js"' in (tmp_path / "run" / "figures" / f"{name}.html").read_text()
     assert json.loads(json.dumps(record["metrics"]["accuracy"])) == m["accuracy"]
+    report(saved)
+    printed = capsys.readouterr().out
+    assert "DCM on base, base circuit" in printed and "| value_fetchers | " in printed and "CMAP boxes -> base" in printed
 
     execute_notebook(STUDY_DIR / "entity_tracking.ipynb", "ENTITY_TRACKING_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch, timeout=600)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())

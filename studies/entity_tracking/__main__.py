@@ -21,8 +21,22 @@ def report(record: dict) -> None:
         for g, v in c["patched"].items():
             share = c["recovered"][g]
             print(f"  {g}: {v:.3f} ({'no gap' if share is None else f'{share:.0%}'})")
-    if m["attribution_vs_exact"]:
-        print(f"\nattribution vs exact patching (base, per head): Pearson r = {m['attribution_vs_exact']['pearson_r']:.3f}")
+    runs = [(name, "base", g) for name, g in m["dcm"].items()]
+    runs += [(name, name, g) for name, g in m.get("dcm_own_circuit", {}).items()]
+    for name, circuit_of, groups in runs:
+        kinds = list(next(iter(groups.values()), {}))
+        print(f"\nDCM on {name}, {circuit_of} circuit (heads of each group that carry the desideratum; "
+              "accuracy of the rounded mask)")
+        print("| group | " + " | ".join(kinds) + " |")
+        print("|---|" + "---:|" * len(kinds))
+        for g, by_kind in groups.items():
+            cells = [f"{r['n_selected']}/{len(r['heads'])}, acc {r['accuracy']:.2f}" for r in by_kind.values()]
+            print(f"| {g} | " + " | ".join(cells) + " |")
+    a = m["attribution_vs_exact"]
+    if a:
+        passes = f" in {a['exact_forward_passes']} forward passes" if "exact_forward_passes" in a else ""
+        print(f"\nattribution vs exact patching (base, per head): Pearson r = {a['pearson_r']:.3f}; "
+              f"exact {a['exact_s']:.0f} s{passes}, attribution {a['attribution_s']:.1f} s")
     print(f"\nwall time {record['run_info']['wall_time_s']:.0f} s")
 
 

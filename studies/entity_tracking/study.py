@@ -7,15 +7,17 @@ on Entity Tracking", ICLR 2024 — §2 (task, models), §3 (circuit by path patc
 Protocol (:func:`run`):
 1. load the base model; generate equal-length box prompts (``n_boxes``) and split them into train / eval /
    patch / mean / DCM sets;
-2. tune: each entry of ``tune`` trains LoFiT offsets on every attention head (base weights frozen) on its
-   ``task`` (``"boxes"`` = the task itself, ``"arithmetic"`` = a different skill, Goat's role);
+2. tune: each entry of ``tune`` trains LoFiT offsets on every attention head, or peft LoRA (base weights frozen
+   either way), on its ``task`` (``"boxes"`` = the task itself, ``"arithmetic"`` = a different skill, Goat's
+   role — Goat is LLaMA-7B tuned with LoRA on arithmetic);
 3. accuracy among the prompt's objects of every model on the eval prompts (arithmetic exact match too);
 4. attribution vs exact activation patching per head on the base (last token): Pearson r;
 5. the circuit (four groups, :mod:`studies.entity_tracking.circuit`) of every model in ``circuit_models``;
 6. faithfulness of the base circuit on every model (position-wise mean ablation), vs random circuits;
 7. CMAP tuned → base for each group and the whole circuit;
 8. DCM on each group of the base circuit for the object / position / box-label desiderata, on every model in
-   ``dcm_models``;
+   ``dcm_models`` (``metrics.dcm``); a tuned model whose own circuit was found also gets DCM on its own groups
+   (``metrics.dcm_own_circuit``);
 9. ``results.json`` and plotly figures in ``figures/``.
 Same config and seed give the same numbers (everything except ``metrics.timing_s``).
 """
@@ -34,6 +36,7 @@ from studies.common import ShippedConfig
 from workbench.errors import ConfigError
 
 TUNE_TASKS = ("boxes", "arithmetic")
+TUNE_METHODS = ("lofit", "lora")
 DESIDERATA = ("object", "position", "box_label")
 
 
@@ -46,7 +49,10 @@ class EntityTrackingStudyConfig(ShippedConfig):
         n_boxes: boxes per prompt (3–7); all prompts then share one token length.
         n_train, n_eval, n_patch, n_mean, n_dcm: prompts for tuning, accuracy / faithfulness / CMAP, path
             patching, position-wise means, DCM (half trains the masks, half evaluates).
-        tune: tuned-model name -> ``{"task": "boxes"|"arithmetic", "max_steps", "lr", "batch_size_prompts"}``.
+        tune: tuned-model name -> ``{"task": "boxes"|"arithmetic", "max_steps", "lr", "batch_size_prompts"}`` and
+            optionally ``"method"``: ``"lofit"`` (default: offset vectors on every head's output) or ``"lora"``
+            (peft LoRA, as Goat was tuned), with ``"method_config"`` passed to that method's config; arithmetic
+            entries may set their own ``"n_train"`` problems (boxes entries use the shared ``n_train`` prompts).
         group_sizes: heads kept per group (value_fetchers, position_transmitters, position_detectors,
             structure_readers).
         candidates: senders per group pre-ranked by attribution patching before path patching (``null`` = all).
@@ -91,10 +97,19 @@ class EntityTrackingStudyConfig(ShippedConfig):
         if self.n_dcm < 2:
             raise ConfigError("n_dcm must be >= 2 (half trains the DCM masks, half evaluates them)")
         for name, spec in self.tune.items():
-            unknown = set(spec) - {"task", "max_steps", "lr", "batch_size_prompts"}
+            unknown = set(spec) - {"task", "max_steps", "lr", "batch_size_prompts", "method", "method_config", "n_train"}
             if unknown or spec.get("task") not in TUNE_TASKS:
                 raise ConfigError(f"tune[{name!r}]: task must be one of {TUNE_TASKS}, keys task/max_steps/lr/"
-                                  f"batch_size_prompts (unknown: {sorted(unknown)})")
+                                  f"batch_size_prompts/method/method_config/n_train (unknown: {sorted(unknown)})")
+            if "n_train" in spec and (spec["task"] != "arithmetic" or isinstance(spec["n_train"], bool)
+                                      or not isinstance(spec["n_train"], int) or spec["n_train"] < 1):
+                raise ConfigError(f"tune[{name!r}]: n_train is a positive int, for arithmetic entries only "
+                                  "(boxes entries train on the shared n_train prompts)")
+            if spec.get("method", "lofit") not in TUNE_METHODS:
+                raise ConfigError(f"tune[{name!r}]: method must be one of {TUNE_METHODS}, got {spec['method']!r}")
+            from workbench.methods import config_from_dict, get_method
+
+            config_from_dict(get_method(spec.get("method", "lofit")).config_cls, dict(spec.get("method_config", {})))
         models = {"base", *self.tune}
         for key in ("circuit_models", "dcm_models"):
             bad = set(getattr(self, key)) - models
@@ -120,15 +135,18 @@ def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> t
     if spec["task"] == "boxes":
         examples = [Example(p.input_ids, (p.answer_token_id,)) for p in train_prompts]
     else:
-        train, held = ar.problems(ar.ArithmeticConfig(n_train=cfg.n_train, n_heldout=64, seed=cfg.seed))
+        train, held = ar.problems(ar.ArithmeticConfig(n_train=spec.get("n_train", cfg.n_train), n_heldout=64, seed=cfg.seed))
         examples = ar.to_examples(tok, train, info.prepend_bos)
         extra["heldout"] = ar.to_examples(tok, held, info.prepend_bos)
+    method = spec.get("method", "lofit")
     n_all = info.n_layers * info.n_heads
-    lofit = {"top_k_heads": n_all, "head_selection": "random", "init_std": 0.0}
+    method_cfg = {**({"top_k_heads": n_all, "head_selection": "random", "init_std": 0.0} if method == "lofit" else {}),
+                  **spec.get("method_config", {})}
     train = {"max_steps": spec["max_steps"], "lr": spec["lr"], "batch_size_prompts": spec["batch_size_prompts"],
              "seed": cfg.seed, "checkpoint_every_steps": 0, "progress": False}
-    ft = finetune("lofit", model, info, examples, lofit, train, pad_id=tok.pad_token_id or 0)
-    log(f"      {name}: LoFiT offsets on all {n_all} heads, {spec['task']}, loss {ft.train_result.losses[0]:.3f} -> "
+    ft = finetune(method, model, info, examples, method_cfg, train, pad_id=tok.pad_token_id or 0)
+    what = f"LoFiT offsets on all {n_all} heads" if method == "lofit" else f"{method} {method_cfg}"
+    log(f"      {name}: {what}, {spec['task']}, loss {ft.train_result.losses[0]:.3f} -> "
         f"{ft.train_result.losses[-1]:.3f} ({ft.wall_time_s:.0f} s)")
     return ft.intervention, {"losses": ft.train_result.losses, "wall_time_s": ft.wall_time_s, **extra}
 
@@ -262,30 +280,35 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
             + ", ".join(f"{g} {v:.3f}" for g, v in res.patched.items()))
     timing["cmap"] = time.time() - t0
 
-    log(f"[8/8] DCM on each base group, desiderata {DESIDERATA}, on {cfg.dcm_models}")
+    log(f"[8/8] DCM on each circuit group, desiderata {DESIDERATA}, on {cfg.dcm_models}")
     t0 = time.time()
     dcm_cfg = DCMConfig(seed=cfg.seed, **cfg.dcm)
     dcm_res: dict[str, Any] = {}
+    dcm_own: dict[str, Any] = {}
     pairs = {kind: ecf.make_pairs(tok, dcm_p, kind, seed=cfg.seed) for kind in DESIDERATA}
-    for name in cfg.dcm_models:
-        dcm_res[name] = {}
+    runs = [(name, "base", dcm_res) for name in cfg.dcm_models]
+    runs += [(name, name, dcm_own) for name in cfg.dcm_models if name != "base" and name in circuits]
+    for name, circuit_of, into in runs:
+        groups_used = circuits[circuit_of].groups
+        into[name] = {}
         for kind, ps in pairs.items():
             o = et.to_tensors([p.original for p in ps])[0]
             c = et.to_tensors([p.counterfactual for p in ps])[0]
             target = torch.tensor([p.target_id for p in ps])
             cands = torch.tensor([p.candidate_ids for p in ps])
             pos = {"query_label": torch.tensor([p.original.query_label_pos for p in ps])}
-            for group, heads in base_circuit.groups.items():
+            for group, heads in groups_used.items():
                 r = dcm(sides[name], heads, o, c, target, cands, dcm_cfg, positions=pos)
-                dcm_res[name].setdefault(group, {})[kind] = {**r.to_dict(), "n_selected": len(r.selected)}
-            log(f"      {name} / {kind}: " + ", ".join(
-                f"{g} {v[kind]['n_selected']}/{len(base_circuit.groups[g])} heads, acc {v[kind]['accuracy']:.2f}"
-                for g, v in dcm_res[name].items()))
+                into[name].setdefault(group, {})[kind] = {**r.to_dict(), "n_selected": len(r.selected)}
+            log(f"      {name} ({circuit_of} circuit) / {kind}: " + ", ".join(
+                f"{g} {v[kind]['n_selected']}/{len(groups_used[g])} heads, acc {v[kind]['accuracy']:.2f}"
+                for g, v in into[name].items()))
     timing["dcm"] = time.time() - t0
 
     metrics = {"accuracy": accuracy, "tuning": {n: {k: v for k, v in t.items() if k != "heldout"} for n, t in tune_info.items()},
                "attribution_vs_exact": comparison, "circuits": {n: c.to_dict() for n, c in circuits.items()},
                "circuit_overlap_with_base": overlap, "faithfulness": faith, "cmap": cmap_res, "dcm": dcm_res,
+               "dcm_own_circuit": dcm_own,
                "group_positions": GROUP_POS, "timing_s": timing}
     models = {"base": info}
     record = results_record(cfg.to_dict(), metrics, models, str(model.device), started, time.time())
