@@ -18,9 +18,11 @@ def report(record: dict) -> None:
               f"{'n/a' if fa is None else f'{fa:.2f}'} | {sum(rnd) / len(rnd) if rnd else float('nan'):.2f} |")
     for name, c in m["cmap"].items():
         print(f"\nCMAP {name} -> base (accuracy; share of gap recovered): base {c['base_score']:.3f}, tuned {c['tuned_score']:.3f}")
+        gain = c["tuned_score"] > c["base_score"]
         for g, v in c["patched"].items():
             share = c["recovered"][g]
-            print(f"  {g}: {v:.3f} ({'no gap' if share is None else f'{share:.0%}'})")
+            note = f"{share:.0%}" if gain and share is not None else "tuned is no better: no gain to recover"
+            print(f"  {g}: {v:.3f} ({note})")
     runs = [(name, "base", g) for name, g in m["dcm"].items()]
     runs += [(name, name, g) for name, g in m.get("dcm_own_circuit", {}).items()]
     for name, circuit_of, groups in runs:
