@@ -89,6 +89,7 @@ class EntityTrackingStudyConfig(ShippedConfig):
 
     def __post_init__(self) -> None:
         from studies.entity_tracking.circuit import GROUPS
+        from workbench.methods import config_from_dict, get_method
 
         for name in ("n_train", "n_eval", "n_patch", "n_mean", "n_dcm", "n_random", "max_batch"):
             v = getattr(self, name)
@@ -107,8 +108,6 @@ class EntityTrackingStudyConfig(ShippedConfig):
                                   "(boxes entries train on the shared n_train prompts)")
             if spec.get("method", "lofit") not in TUNE_METHODS:
                 raise ConfigError(f"tune[{name!r}]: method must be one of {TUNE_METHODS}, got {spec['method']!r}")
-            from workbench.methods import config_from_dict, get_method
-
             config_from_dict(get_method(spec.get("method", "lofit")).config_cls, dict(spec.get("method_config", {})))
         models = {"base", *self.tune}
         for key in ("circuit_models", "dcm_models"):
