@@ -1,4 +1,4 @@
-"""What every study shares: loading its JSON configs, writing its figures, and its command line.
+"""What every study shares: loading its JSON configs, writing its results and figures, and its command line.
 
 Each study folder holds ``configs/{tiny,default,full}.json``, a config dataclass, ``run(cfg, out_dir)``
 and ``figures(record)``; these helpers keep those three conventions in one place.
@@ -34,6 +34,21 @@ def load_config(cls: type[C], name_or_path: str | Path, config_dir: Path) -> C:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     return cls(**data)
+
+
+def save_results(out_dir: str | Path, config: dict[str, Any], metrics: dict[str, Any], models: dict[str, Any], device: str,
+                 started: float, figures: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Write ``out_dir/results.json`` (a :func:`workbench.artifacts.results_record`: config, metrics, versions, git
+    commit, model hashes) and ``out_dir/figures/*.html`` from ``figures(record)``, atomically; returns the record."""
+    import time
+
+    from workbench.artifacts import atomic_write_json, results_record
+
+    out_dir = Path(out_dir)
+    record = results_record(config, metrics, models, device, started, time.time())
+    atomic_write_json(out_dir / "results.json", record)
+    write_figure_files(figures(record), out_dir / "figures")
+    return record
 
 
 def write_figure_files(figs: dict[str, Any], fig_dir: str | Path) -> list[Path]:

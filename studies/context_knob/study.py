@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from studies.common import ShippedConfig
+from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 from workbench.tasks import intent as it
 
@@ -132,7 +130,7 @@ def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] 
         NonFiniteLossError: LoRA or DAS training diverged.
     """
     from probes import subspace as sp
-    from workbench.artifacts import atomic_save_tensors, atomic_write_json, results_record
+    from workbench.artifacts import atomic_save_tensors
     from workbench.finetune import finetune
     from workbench.models import load_model
 
@@ -235,9 +233,7 @@ def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] 
         "example_prompts": {"context": split.heldout[0].context.text, "prior": split.heldout[0].prior.text},
         "timing_s": timing,
     }
-    record = results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time())
-    atomic_write_json(out_dir / "results.json", record)
-    write_figures(record, out_dir / "figures")
+    record = save_results(out_dir, cfg.to_dict(), metrics, {"base": info}, str(model.device), started, figures)
     log(f"      done in {record['run_info']['wall_time_s']:.0f} s -> {out_dir}")
     return record
 
@@ -254,10 +250,3 @@ def figures(record: dict[str, Any]) -> dict[str, Any]:
         "steering": plots_knob.steering_curves(st["curves"], marks),
         "layer_search": plots_knob.layer_search_trace(ls["trace"], ls["n_layers"], ls["threshold"]),
     }
-
-
-def write_figures(record: dict[str, Any], fig_dir: str | Path) -> list[Path]:
-    """Write each figure as HTML next to one shared ``plotly.min.js`` (works offline), atomically."""
-    from studies.common import write_figure_files
-
-    return write_figure_files(figures(record), fig_dir)

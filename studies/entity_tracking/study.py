@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from studies.common import ShippedConfig
+from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 
 TUNE_TASKS = ("boxes", "arithmetic")
@@ -160,10 +160,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     from probes import metrics as pm
     from probes.circuits import DCMConfig, cmap, dcm, faithfulness
     from probes.patching import Dims, Side, activation_patch, attribution_patch, head_sites, mean_activations
-    from studies.common import write_figure_files
     from studies.entity_tracking.circuit import GROUP_POS, find_circuit
-    from workbench import plots_circuits as pc
-    from workbench.artifacts import atomic_write_json, results_record
     from workbench.models import load_model
     from workbench.tasks import arithmetic as ar
     from workbench.tasks import entity_counterfactuals as ecf
@@ -310,9 +307,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
                "dcm_own_circuit": dcm_own,
                "group_positions": GROUP_POS, "timing_s": timing}
     models = {"base": info}
-    record = results_record(cfg.to_dict(), metrics, models, str(model.device), started, time.time())
-    atomic_write_json(out_dir / "results.json", record)
-    write_figure_files(figures(record), out_dir / "figures")
+    record = save_results(out_dir, cfg.to_dict(), metrics, models, str(model.device), started, figures)
     log(f"done in {time.time() - started:.0f} s -> {out_dir / 'results.json'}")
     return record
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.priming import LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
-from studies.common import ShippedConfig
+from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 from workbench.tasks import priming as pt
 
@@ -117,7 +117,6 @@ def run(cfg: PrimingStudyConfig, out_dir: str | Path, log: Callable[[str], None]
         ModelNotFoundError: the model cannot be loaded.
         NonFiniteLossError: learning a text diverged (lower ``learn.lr``).
     """
-    from workbench.artifacts import atomic_write_json, results_record
     from workbench.models import load_model, weights_hash
 
     started = time.time()
@@ -202,10 +201,7 @@ def run(cfg: PrimingStudyConfig, out_dir: str | Path, log: Callable[[str], None]
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
     }
     log("[4/4] writing results.json and figures/")
-    record = results_record(cfg.to_dict(), metrics, {"base": info}, str(next(model.parameters()).device), started, time.time())
-    atomic_write_json(out_dir / "results.json", record)
-    write_figures(record, out_dir / "figures")
-    return record
+    return save_results(out_dir, cfg.to_dict(), metrics, {"base": info}, str(next(model.parameters()).device), started, figures)
 
 
 def figures(record: dict[str, Any]) -> dict[str, Any]:
@@ -217,10 +213,3 @@ def figures(record: dict[str, Any]) -> dict[str, Any]:
     sp = m["spearman_prior_vs_priming"]
     return {"prior_vs_priming": plots_priming.prior_vs_priming(std, sp["rho"], sp["p"]),
             "remedies": plots_priming.remedies(m["arms"])}
-
-
-def write_figures(record: dict[str, Any], fig_dir: str | Path) -> list[Path]:
-    """Write each figure as HTML next to one shared ``plotly.min.js`` (works offline), atomically."""
-    from studies.common import write_figure_files
-
-    return write_figure_files(figures(record), fig_dir)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from probes.contribution import alpha_forward, decompose, tuned_from_intervention
-from studies.common import ShippedConfig
+from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 from workbench.methods.lofit import LofitConfig
 from workbench.tasks import entity_tracking as et
@@ -156,7 +156,6 @@ def run(cfg: TucoStudyConfig, out_dir: str | Path, log: Callable[[str], None] = 
         ModelNotFoundError: the model cannot be loaded.
         NonFiniteLossError: LoFiT training diverged.
     """
-    from workbench.artifacts import atomic_write_json, results_record
     from workbench.methods.lofit import train_lofit
     from workbench.models import load_model, weights_hash
     from workbench.pair import ModelPair
@@ -250,9 +249,7 @@ def run(cfg: TucoStudyConfig, out_dir: str | Path, log: Callable[[str], None] = 
         "timing_s": timing,
     }
     log("[6/6] writing results.json and figures/")
-    record = results_record(cfg.to_dict(), metrics, {"base": info, "tuned": tuned_info}, str(base.device), started, time.time())
-    atomic_write_json(out_dir / "results.json", record)
-    write_figures(record, out_dir / "figures")
+    record = save_results(out_dir, cfg.to_dict(), metrics, {"base": info, "tuned": tuned_info}, str(base.device), started, figures)
     log(f"      done in {record['run_info']['wall_time_s']:.0f} s -> {out_dir}")
     return record
 
@@ -273,10 +270,3 @@ def figures(record: dict[str, Any]) -> dict[str, Any]:
             pc["labels"], {"‖FTC‖ in-task": pc["in_task_mean_ftc_norm"], "‖FTC‖ unrelated": pc["unrelated_mean_ftc_norm"],
                            "‖PTC‖ in-task": pc["in_task_mean_ptc_norm"], "‖PTC‖ unrelated": pc["unrelated_mean_ptc_norm"]}),
     }
-
-
-def write_figures(record: dict[str, Any], fig_dir: str | Path) -> list[Path]:
-    """Write each figure as HTML next to one shared ``plotly.min.js`` (works offline), atomically."""
-    from studies.common import write_figure_files
-
-    return write_figure_files(figures(record), fig_dir)
