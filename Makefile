@@ -45,7 +45,7 @@ app: fetch
 	$(BIN)/workbench app $(if $(TUNED),--tuned $(TUNED)) $(if $(PORT),--port $(PORT))
 
 app-benchmark: fetch
-	$(BIN)/python -m studies.app_latency.bench --out runs/app_latency
+	$(BIN)/python -m app.latency.bench --out runs/app_latency
 
 benchmark: fetch
 	$(BIN)/python -m studies.benchmarks.hooks_and_steps --out runs/benchmark

@@ -16,18 +16,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app import render  # noqa: E402
-from probes.views import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt  # noqa: E402
-from probes.views_load import DEFAULT_BASE, LoadedPair, available_devices, default_tuned, load_pair, run_folders  # noqa: E402
-from workbench.errors import WorkbenchError  # noqa: E402
+from app import render
+from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
+from app.views.load import DEFAULT_BASE, LoadedPair, available_devices, default_tuned, load_pair, run_folders
+from workbench.errors import WorkbenchError
 
 OTHER = "other: model directory or Hugging Face id…"
 EXAMPLE_PROMPT = "The apple is in Box F, the key is in Box C, the coin is in Box A. Box C contains the"

@@ -1,6 +1,6 @@
 """Streamlit rendering of the views: each function draws one tab and returns how many figures it drew.
 
-The data and figures come from non-streamlit modules (``probes.views*``, ``workbench.plots*``), so the
+The data and figures come from non-streamlit modules (``app.views.analysis*``, ``workbench.plots*``), so the
 same figures are testable without a browser; this file only lays them out and adds the controls.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from probes import views_figures as vf
-from probes.views import ROLES, PromptAnalysis
-from probes.views_method import method_views
-from probes.views_runs import find_results, flatten_metrics, metric_tables, run_figures
+from app.views import figures as vf
+from app.views.analysis import ROLES, PromptAnalysis
+from app.views.method import method_views
+from app.views.runs import find_results, flatten_metrics, metric_tables, run_figures
 
 
 def _charts(figs, key: str) -> int:

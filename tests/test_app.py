@@ -1,4 +1,4 @@
-"""The app's views on tiny saved models: view logic (probes.views*) and the page through Streamlit's
+"""The app's views on tiny saved models: view logic (app.views.analysis*) and the page through Streamlit's
 testing API (``AppTest``), including the error paths (missing / mismatched model, too long prompt)."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from studies.app_latency.tiny import quickstart_like_record, save_tiny, save_tiny_run  # noqa: E402
+from app.latency.tiny import quickstart_like_record, save_tiny, save_tiny_run  # noqa: E402
 
 PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def tiny_dirs(tmp_path_factory):
 # --- view logic (no streamlit) ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_pair(tiny_dirs):
-    from probes.views_load import load_pair
+    from app.views.load import load_pair
 
     base, tuned, *_ = tiny_dirs
     return load_pair(str(base), str(tuned), "cpu")
@@ -40,7 +39,7 @@ def model_pair(tiny_dirs):
 
 @pytest.fixture(scope="module")
 def run_pair(tiny_dirs):
-    from probes.views_load import load_pair
+    from app.views.load import load_pair
 
     base, _, run, *_ = tiny_dirs
     return load_pair(str(base), str(run), "cpu")
@@ -48,7 +47,7 @@ def run_pair(tiny_dirs):
 
 def test_analysis_agrees_with_model_diff_compare(model_pair):
     from probes.model_diff import compare
-    from probes.views import analyse_prompt, tokenize_prompt
+    from app.views.analysis import analyse_prompt, tokenize_prompt
 
     pair = model_pair.pair
     a = analyse_prompt(pair, PROMPT)
@@ -72,8 +71,8 @@ def test_analysis_agrees_with_model_diff_compare(model_pair):
 
 
 def test_run_folder_pair_shares_weights_and_only_intervened_heads_change_first(run_pair):
-    from probes.views import analyse_prompt
-    from probes.views_method import lofit_view, method_view
+    from app.views.analysis import analyse_prompt
+    from app.views.method import lofit_view, method_view
 
     pair = run_pair.pair
     assert run_pair.tuned_kind == "intervention" and run_pair.method == "lofit" and pair.base is pair.tuned
@@ -92,7 +91,7 @@ def test_run_folder_pair_shares_weights_and_only_intervened_heads_change_first(r
 
 
 def test_prompt_limits(model_pair):
-    from probes.views import MAX_PROMPT_TOKENS, tokenize_prompt
+    from app.views.analysis import MAX_PROMPT_TOKENS, tokenize_prompt
     from workbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"at most {MAX_PROMPT_TOKENS} tokens"):
@@ -103,7 +102,7 @@ def test_prompt_limits(model_pair):
 
 
 def test_load_errors_are_workbench_errors(tiny_dirs, tmp_path):
-    from probes.views_load import load_pair
+    from app.views.load import load_pair
     from workbench.errors import ConfigError, MismatchError, ModelNotFoundError
 
     base, _, run, other, _ = tiny_dirs
@@ -122,8 +121,8 @@ def test_load_errors_are_workbench_errors(tiny_dirs, tmp_path):
 
 
 def test_view_figures(model_pair):
-    from probes import views_figures as vf
-    from probes.views import analyse_prompt
+    from app.views import figures as vf
+    from app.views.analysis import analyse_prompt
 
     a = analyse_prompt(model_pair.pair, PROMPT)
     n = a.n_pos
@@ -150,7 +149,7 @@ def test_view_figures(model_pair):
 
 
 def test_method_views_for_models_and_other_interventions(model_pair, run_pair):
-    from probes.views_method import generic_view, method_view
+    from app.views.method import generic_view, method_view
 
     view = method_view(model_pair)  # a tuned model: relative weight change per layer and module
     assert view.title == "Weight changes" and view.figures and all(r["‖ΔW‖/‖W_base‖"] > 0 for r in view.table)
@@ -160,9 +159,9 @@ def test_method_views_for_models_and_other_interventions(model_pair, run_pair):
 
 def test_neft_view(tiny_dirs):
     neft = pytest.importorskip("workbench.methods.neft")
-    from probes.views import analyse_prompt
-    from probes.views_load import LoadedPair
-    from probes.views_method import method_view
+    from app.views.analysis import analyse_prompt
+    from app.views.load import LoadedPair
+    from app.views.method import method_view
     from workbench.models import load_model
     from workbench.pair import ModelPair
 
@@ -181,7 +180,7 @@ def test_neft_view(tiny_dirs):
 def test_run_results_discovery(tiny_dirs, tmp_path, monkeypatch):
     import plotly.graph_objects as go
 
-    from probes.views_runs import find_results, flatten_metrics, metric_tables, run_figures
+    from app.views.runs import find_results, flatten_metrics, metric_tables, run_figures
 
     results = find_results(tiny_dirs[4])
     assert [r.kind for r in results] == ["quickstart"]
@@ -277,9 +276,9 @@ def test_page_shows_load_errors_in_the_page(monkeypatch, tiny_dirs, tmp_path, wh
 
 def test_caft_view_from_an_adapter_and_from_a_run_folder(tiny_dirs, tmp_path):
     caft = pytest.importorskip("workbench.methods.caft")
-    from probes.views import analyse_prompt
-    from probes.views_load import load_pair
-    from probes.views_method import method_views
+    from app.views.analysis import analyse_prompt
+    from app.views.load import load_pair
+    from app.views.method import method_views
     from workbench.artifacts import atomic_save_tensors, save_intervention
     from workbench.models import load_model
 
@@ -312,8 +311,8 @@ def test_caft_view_from_an_adapter_and_from_a_run_folder(tiny_dirs, tmp_path):
 def test_page_on_the_real_model_with_a_lofit_run_folder(monkeypatch, tmp_path):
     """Every view on SmolLM2-135M-Instruct with LoFiT offsets from a run folder (random offsets on three
     heads, so that no training is needed): the page renders, and the numbers obey the intervention."""
-    from probes.views import analyse_prompt
-    from probes.views_load import load_pair
+    from app.views.analysis import analyse_prompt
+    from app.views.load import load_pair
     from workbench.artifacts import save_intervention
     from workbench.methods.lofit import LofitConfig, LofitOffsets
     from workbench.models import load_model
@@ -341,9 +340,9 @@ def test_page_on_the_real_model_with_a_lofit_run_folder(monkeypatch, tmp_path):
 def test_lora_run_folder_binds_before_the_bridge(tiny_dirs, tmp_path):
     """A method whose parameters live inside the model (peft LoRA) is inserted before the TransformerBridge
     rewires the model; the generic view lists its tensors."""
-    from probes.views import analyse_prompt
-    from probes.views_load import load_pair
-    from probes.views_method import method_view
+    from app.views.analysis import analyse_prompt
+    from app.views.load import load_pair
+    from app.views.method import method_view
     from workbench.artifacts import save_intervention
     from workbench.methods import config_from_dict, get_method
     from workbench.models import load_model

@@ -1,7 +1,7 @@
 """End to end in a real browser: the app on tiny saved models, in headless Debian Chromium via Selenium.
 
 Starts ``streamlit run app/main.py`` on a free port, types a prompt, submits it, waits until every figure
-of that prompt is drawn (the definition lives in ``studies/app_latency/browser.py``, shared with the
+of that prompt is drawn (the definition lives in ``app/latency/browser.py``, shared with the
 latency benchmark), checks the views' titles, and saves a screenshot (to ``$WORKBENCH_SCREENSHOT_DIR``
 when set, else the test's tmp folder). Nothing is downloaded: it uses ``/usr/bin/chromium`` and
 ``/usr/bin/chromedriver`` (Debian ``chromium`` and ``chromium-driver``) and skips when they are missing,
@@ -11,14 +11,12 @@ unless ``WORKBENCH_REQUIRE_BROWSER=1`` (CI), where it fails instead.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
 #: predictions 4 + residual stream 3 + attention 2 + heads & neurons 2 + LoFiT 2 + run results 7
 EXPECTED_FIGURES = 20
@@ -28,7 +26,7 @@ TITLES = ["Next-token predictions", "Per-token KL", "Logit lens", "resid_post", 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from studies.app_latency import browser
+    from app.latency import browser
 
     missing = browser.missing_browser()
     if missing:
@@ -36,7 +34,7 @@ def page(tmp_path_factory):
         if os.environ.get("WORKBENCH_REQUIRE_BROWSER") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    from studies.app_latency.tiny import make_tiny_pair
+    from app.latency.tiny import make_tiny_pair
 
     root = tmp_path_factory.mktemp("browser")
     base, run, runs = make_tiny_pair(root)
@@ -45,7 +43,7 @@ def page(tmp_path_factory):
 
 
 def test_prompt_to_figures_in_headless_chromium(page):
-    from studies.app_latency import browser
+    from app.latency import browser
 
     driver, url, root = page
     started = time.monotonic()

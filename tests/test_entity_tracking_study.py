@@ -68,7 +68,7 @@ def real():
 
 @pytest.mark.real
 def test_counterfactuals_line_up_and_name_their_targets(real):
-    from workbench.tasks import entity_counterfactuals as ecf
+    from workbench.tasks.entity_tracking import counterfactuals as ecf
     from workbench.tasks import entity_tracking as et
 
     _, tok, _ = real
@@ -98,7 +98,7 @@ def test_attribution_tracks_exact_patching_on_the_real_model(real):
     exact activation patching."""
     from probes import metrics as pm
     from probes.patching import Dims, activation_patch, attribution_patch, head_sites
-    from workbench.tasks import entity_counterfactuals as ecf
+    from workbench.tasks.entity_tracking import counterfactuals as ecf
     from workbench.tasks import entity_tracking as et
 
     model, tok, _ = real

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from workbench import models
+from workbench.models import registry as models
 from workbench.errors import ModelNotFoundError, WorkbenchError
 from workbench.models import (
     DEFAULT_MODEL,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from probes.priming import IgnoreTopK, largest_mask, LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
+from probes.priming import keyword_logprob, log10_mean_ratio
+from workbench.text_learning import IgnoreTopK, LearnConfig, fresh_copy, largest_mask, learn_text
 from studies.priming.study import PrimingStudyConfig, spearman
 from tests.conftest import execute_notebook, make_tiny
 from workbench.errors import ConfigError, NonFiniteLossError

@@ -78,7 +78,7 @@ def test_quickstart_smoke_on_real_model(tmp_path):
     """The main job end to end with a tiny budget: LoFiT trains, artifacts and report are written."""
     from workbench.artifacts import load_intervention
     from workbench.models import load_model
-    from workbench.quickstart import QuickstartConfig, run_quickstart
+    from studies.quickstart import QuickstartConfig, run_quickstart
     from workbench.train import TrainConfig
 
     cfg = QuickstartConfig(n_train=24, n_heldout=12, n_compare=4, lofit=LofitConfig(

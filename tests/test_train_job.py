@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from workbench.cli import app
+from app.cli import app
 from workbench.methods import available_methods
 
 pytestmark = pytest.mark.real

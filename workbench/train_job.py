@@ -58,18 +58,17 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
     from workbench.export import export_hf, export_max_logit_diff
     from workbench.finetune import finetune
     from workbench.models import load_model
-    from workbench.quickstart import evaluate_boxes
 
     started = time.time()
     run_dir = Path(runs_dir) / (name or time.strftime(f"train-{cfg.method}-%Y%m%d-%H%M%S"))
     model, tok, info = load_model(cfg.model)
     split = et.generate(tok, et.EntityTrackingConfig(**cfg.task), prepend_bos=info.prepend_bos)
     examples = [Example(p.input_ids, (p.answer_token_id,)) for p in split.train]
-    base = evaluate_boxes(model, split.heldout)
+    base = et.evaluate(model, split.heldout)
     log(f"base held-out accuracy {base['accuracy']:.3f}; training {cfg.method}")
     result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=tok.pad_token_id or 0, out_dir=run_dir / "train")
     with result.intervention.attach(model):
-        tuned = evaluate_boxes(model, split.heldout)
+        tuned = et.evaluate(model, split.heldout)
     log(f"tuned held-out accuracy {tuned['accuracy']:.3f}")
     save_intervention(run_dir / "adapter", result.intervention, info)
     if isinstance(result.details.get("ablation"), Intervention):  # CAFT: keep the directions trained under

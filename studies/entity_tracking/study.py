@@ -163,7 +163,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     from studies.entity_tracking.circuit import GROUP_POS, find_circuit
     from workbench.models import load_model
     from workbench.tasks import arithmetic as ar
-    from workbench.tasks import entity_counterfactuals as ecf
+    from workbench.tasks.entity_tracking import counterfactuals as ecf
     from workbench.tasks import entity_tracking as et
 
     started = time.time()

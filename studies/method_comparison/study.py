@@ -97,13 +97,12 @@ def make_task(name: str, settings: dict[str, Any], tok: Any, info: Any, seed: in
     """Generate a task's data for one seed (the seed also changes the sampled prompts)."""
     pad = tok.pad_token_id or 0
     if name == "entity_tracking":
-        from workbench.quickstart import evaluate_boxes
         from workbench.tasks import entity_tracking as et
         from workbench.train import Example
 
         split = et.generate(tok, et.EntityTrackingConfig(**{**settings, "seed": seed}), prepend_bos=info.prepend_bos)
         return TaskData([Example(p.input_ids, (p.answer_token_id,)) for p in split.train],
-                        lambda model: {"id_accuracy": evaluate_boxes(model, split.heldout)["accuracy"]}, pad)
+                        lambda model: {"id_accuracy": et.evaluate(model, split.heldout)["accuracy"]}, pad)
     from workbench.tasks import spurious_cue as sc
 
     cfg = sc.SpuriousCueConfig(**{**settings, "seed": seed})

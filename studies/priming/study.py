@@ -10,7 +10,7 @@ Protocol (:func:`run`):
 1. load the model; per theme, score every candidate keyword by log P(keyword) in a reference text's
    context and keep ``keywords_per_theme`` spanning that range (:func:`~workbench.tasks.priming.spread_by_prior`);
 2. generate ``texts_per_keyword`` Outlandish-like texts per keyword (:mod:`workbench.tasks.priming`);
-3. per text and per arm, from the same in-memory starting weights (:func:`~probes.priming.fresh_copy`):
+3. per text and per arm, from the same in-memory starting weights (:func:`~workbench.text_learning.fresh_copy`):
    ``standard`` learns the text; ``stepping_stone`` learns its stepping-stone rewrite; ``ignore_top_k``
    learns the text with the largest ``ignore_top_k`` fraction of every update dropped;
 4. memorization = P(keyword | the original text's context) after learning; priming = log10 of the mean
@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.priming import LearnConfig, fresh_copy, keyword_logprob, learn_text, log10_mean_ratio
+from probes.priming import keyword_logprob, log10_mean_ratio
+from workbench.text_learning import LearnConfig, fresh_copy, learn_text
 from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 from workbench.tasks import priming as pt
@@ -50,7 +51,7 @@ class PrimingStudyConfig(ShippedConfig):
         keywords_per_theme: keywords kept per theme, spread over the model's prior (from the whole pool).
         texts_per_keyword: learned texts per keyword.
         styles: text styles (``None`` = all of :data:`workbench.tasks.priming.STYLES`).
-        learn: :class:`~probes.priming.LearnConfig` fields (steps, lr, optimizer, mode, ...).
+        learn: :class:`~workbench.text_learning.LearnConfig` fields (steps, lr, optimizer, mode, ...).
         ignore_top_k: fraction of each update the ``ignore_top_k`` arm drops (the paper's k ≈ 8 %).
         arms: which of ``standard``, ``stepping_stone``, ``ignore_top_k`` to run (``standard`` required).
         seed: text sampling and the order of ordinary texts in ``mixed`` mode.

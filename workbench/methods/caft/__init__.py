@@ -21,7 +21,7 @@ from workbench.methods.caft.directions import (
     residuals,
 )
 from workbench.methods.caft.intervention import CaftIntervention, orthonormalize
-from workbench.methods.caft.training import (
+from workbench.methods.caft.trainer import (
     CaftRun,
     caft_trainer,
     evaluate_with_ablation,

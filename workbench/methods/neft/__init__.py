@@ -3,7 +3,7 @@
 from workbench.methods import register_method
 from workbench.methods.neft.config import SELECTION_MODES, NeftConfig
 from workbench.methods.neft.intervention import NeftIntervention, export_hf, mlp_projections, neuron_weights
-from workbench.methods.neft.select import (
+from workbench.methods.neft.trainer import (
     NeftRun,
     brief_full_finetune,
     n_neurons_for_budget,

@@ -300,3 +300,20 @@ def logit_difference(
     correct = logits.gather(-1, answer_ids.to(logits.device)[:, None]).squeeze(-1)
     others = obj_logits.masked_fill(is_answer, float("-inf")).max(-1).values
     return correct - others
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, prompts: Sequence[BoxPrompt], batch_size: int = 32) -> dict[str, float]:
+    """Held-out metrics: top-1 accuracy over the vocabulary, accuracy among the prompt's objects, mean
+    logit difference (nats, correct object minus the best other object)."""
+    totals = {"accuracy": 0.0, "accuracy_among_objects": 0.0, "logit_difference": 0.0}
+    n = 0
+    for batch in batches(prompts, batch_size):
+        ids, answers, objects = to_tensors(batch)
+        logits = model(input_ids=ids.to(model.device)).logits[:, -1].float().cpu()
+        k = len(batch)
+        totals["accuracy"] += accuracy(logits, answers) * k
+        totals["accuracy_among_objects"] += accuracy_among_objects(logits, answers, objects) * k
+        totals["logit_difference"] += float(logit_difference(logits, answers, objects).sum())
+        n += k
+    return {key: value / n for key, value in totals.items()}

@@ -110,7 +110,7 @@ def metric_tables(metrics: Any, prefix: str = "") -> dict[str, list[dict]]:
 
 def quickstart_figures(record: dict) -> list[go.Figure]:
     """The main job's report figures, drawn by the same function the report uses."""
-    from workbench.quickstart import report_figures
+    from studies.quickstart import report_figures
 
     return report_figures(record)
 

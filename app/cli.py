@@ -29,7 +29,7 @@ def quickstart(
     config: Optional[Path] = typer.Option(None, help="JSON file with QuickstartConfig fields"),
 ) -> None:
     """The main job: LoFiT on entity tracking, then a base-vs-tuned comparison report."""
-    from workbench.quickstart import QuickstartConfig, run_quickstart
+    from studies.quickstart import QuickstartConfig, run_quickstart
 
     try:
         fields = json.loads(config.read_text()) if config else {}
@@ -117,11 +117,6 @@ def app_command(
     headless: bool = typer.Option(False, help="do not open a browser window"),
 ) -> None:
     """Open the app: base and tuned side by side on your prompts (Streamlit, http://localhost:<port>)."""
-    import sys
-
-    root = Path(__file__).resolve().parents[1]  # app/ lives next to workbench/ in the repository
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     from app.launch import main as launch
 
     raise typer.Exit(code=launch(base, tuned, port, headless, str(runs_dir)))

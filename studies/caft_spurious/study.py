@@ -1,13 +1,13 @@
-"""Hand-run check of CAFT on the spurious-cue task with the real SmolLM2 (not part of the test suite).
+"""CAFT on the spurious-cue task with the real SmolLM2: a study of CAFT's arms (not part of the test suite).
 
-``python -m workbench.methods.caft.check_spurious --out /tmp/caft_check`` runs, on the same data and seed:
+``python -m studies.caft_spurious --config default --out runs/caft_spurious`` runs, on the same data and seed:
 
 1. the base model;
-2. standard fine-tuning (``--inner lofit``: LoFiT offsets on 10% of heads; or any registered method,
-   e.g. ``--inner full``);
-3. PCA of tuned − base residual differences at ``--layers`` on training answer positions, components
+2. standard fine-tuning (``"inner": "lofit"``: LoFiT offsets on 10% of heads; or any registered method,
+   e.g. ``"inner": "full"``);
+3. PCA of tuned − base residual differences at ``layers`` on training answer positions, components
    chosen automatically with gender-labelled prompts (nouns disjoint from the task's), read at the noun
-   and pronoun (``--concept-at words``) or the last token (``last``);
+   and pronoun (``"concept_at": "words"``) or the last token (``"last"``);
 4. the test-time-only baseline (ablate those components on the standard model at evaluation);
 5. CAFT: the same fine-tuning from the base with the chosen components ablated, evaluated without
    (``with_ablation``: the same model evaluated with the ablation still on, a diagnostic);
@@ -22,7 +22,6 @@ Casademunt et al., arXiv 2507.16795, 2025, §5 (toy spurious-cue tasks, baseline
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,18 +29,19 @@ from typing import Any
 
 import torch
 
+from studies.common import ShippedConfig
 from workbench.artifacts import atomic_write_json, results_record, save_intervention
 from workbench.methods.caft.directions import choose_concept_components, pca_directions, random_directions
 from workbench.methods.caft.intervention import CaftIntervention
-from workbench.methods.caft.training import evaluate_with_ablation, train_caft
+from workbench.methods.caft.trainer import evaluate_with_ablation, train_caft
 from workbench.methods.lofit import LofitConfig
 from workbench.tasks import spurious_cue as sc
 from workbench.train import TrainConfig
 
 
 @dataclass
-class CheckConfig:
-    """Settings of the check (command-line flags of the same names)."""
+class CheckConfig(ShippedConfig):
+    """Settings of the study (``configs/default.json`` holds these defaults)."""
 
     inner: str = "lofit"  # any registered method, e.g. "lofit" | "full"
     steps: int = 40
@@ -63,9 +63,10 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
 
 
-def run(cfg: CheckConfig, out_dir: Path) -> dict[str, Any]:
+def run(cfg: CheckConfig, out_dir: str | Path) -> dict[str, Any]:
     from workbench.models import load_model
 
+    out_dir = Path(out_dir)
     started, t0 = time.time(), time.perf_counter()
     model, tok, info = load_model("smollm2-135m-instruct")
     dims, pad = info.to_dict(), tok.pad_token_id
@@ -132,19 +133,3 @@ def run(cfg: CheckConfig, out_dir: Path) -> dict[str, Any]:
     record = results_record(asdict(cfg), metrics, {"base": info}, "cpu", started, time.time())
     atomic_write_json(out_dir / "results.json", record)
     return record
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    for f, default in asdict(CheckConfig()).items():
-        kind = (lambda s: [int(x) for x in s.split(",")]) if isinstance(default, list) else type(default)
-        p.add_argument(f"--{f.replace('_', '-')}", type=kind, default=default)
-    args = vars(p.parse_args())
-    out = args.pop("out")
-    torch.set_num_threads(2)
-    run(CheckConfig(**args), out)
-
-
-if __name__ == "__main__":
-    main()

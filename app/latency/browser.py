@@ -78,10 +78,6 @@ def app_server(base: str, tuned: str, runs_dir: str, log_path: Path, timeout_s: 
     Raises:
         RuntimeError: the server exits or is not healthy within ``timeout_s`` (the message has its log).
     """
-    import sys
-
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from app.launch import command, environment
 
     port = free_port()

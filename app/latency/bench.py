@@ -1,6 +1,6 @@
 """App latency and memory on the real default pair: submit a prompt -> every figure drawn in the browser.
 
-    python -m studies.app_latency.bench [--base smollm2-135m-instruct] [--tuned runs/<run>] [--out runs/app_latency]
+    python -m app.latency.bench [--base smollm2-135m-instruct] [--tuned runs/<run>] [--out runs/app_latency]
                                         [--repeats 3] [--no-merged] [--tiny]
 
 For each pair configuration it starts the app (``app.launch.command``, as ``make app`` does), opens it in
@@ -9,7 +9,7 @@ headless Chromium, and measures:
 * **first page**: server start -> the page with both models loaded (including the one-prompt warm-up
   the app runs when it loads a pair) has drawn its figures;
 * **submit -> rendered** for prompts of several lengths: from the click on *Analyse* until every figure of
-  that prompt is drawn (``studies.app_latency.browser.wait_rendered``: the page's figure count for that
+  that prompt is drawn (``app.latency.browser.wait_rendered``: the page's figure count for that
   prompt, no stale element, every plotly chart's SVG present, two animation frames). Each length runs
   ``--repeats`` fresh prompts (distinct text, so the analysis is not cached) and one cached re-submission;
 * the server's own time split, read from the page: the analysis (both models' forward passes and the
@@ -34,7 +34,7 @@ import statistics
 import time
 from pathlib import Path
 
-from studies.app_latency import browser
+from app.latency import browser
 
 TEXT = ("The committee met on a cold morning to review the plans for the new library. Everyone agreed that the reading room "
         "should face the river, that the children's section needed more light, and that the archive in the basement had to stay "
@@ -150,12 +150,12 @@ def main() -> None:
     missing = browser.missing_browser()
     if missing:
         raise SystemExit(f"the benchmark needs {', '.join(missing)}")
-    from probes.views_load import default_tuned
+    from app.views.load import default_tuned
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
-        from studies.app_latency.tiny import make_tiny_pair
+        from app.latency.tiny import make_tiny_pair
 
         base, run, runs = make_tiny_pair(out / "tiny")
         args.base, args.tuned, args.runs_dir, args.no_merged = str(base), str(run), str(runs), True

@@ -25,7 +25,7 @@ fine-tuning learns the grammar cue anyway (LoFiT on 10% of heads, 20 steps: in-d
 out-of-distribution 1.00 on 32 prompts each; full fine-tuning lr 1e-5, 10 steps: 0.81 / 0.91), so it
 cannot show CAFT's effect. With ``judgement`` it learns the shortcut (full fine-tuning lr 1e-5, 40 steps:
 1.00 / 0.05; LoFiT lr 2e-2, 40 steps: 0.98 / 0.06 on 64 prompts each) — see
-``workbench/methods/caft/check_spurious.py``.
+``studies/caft_spurious/``.
 :func:`concept_prompts` gives gender-labelled prompts from a *disjoint* noun pool to identify the
 unwanted concept (CAFT's automatic component choice).
 """

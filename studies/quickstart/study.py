@@ -1,6 +1,6 @@
-"""The main job: LoFiT on entity tracking, then a base-vs-tuned comparison report.
+"""The quickstart study (the main job): LoFiT on entity tracking, then a base-vs-tuned comparison report.
 
-``workbench quickstart`` (and ``make demo``) runs, on SmolLM2-135M-Instruct by default:
+``workbench quickstart``, ``python -m studies.quickstart`` (and ``make demo``) run, on SmolLM2-135M-Instruct by default:
 1. the entity-tracking task (Prakash et al. 2024), train / held-out split with no shared prompt;
 2. the base model's held-out accuracy;
 3. LoFiT (Yin et al. 2024): head selection by L1-regularised scalings, then offsets on the top heads;
@@ -16,20 +16,21 @@ import copy
 import dataclasses
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from studies.common import ShippedConfig
 from workbench.errors import ConfigError
-from workbench.methods.lofit import LofitConfig, train_lofit
+from workbench.finetune import finetune
+from workbench.methods.lofit import LofitConfig
 from workbench.tasks import entity_tracking as et
 from workbench.train import Example, TrainConfig
 
 
 @dataclass
-class QuickstartConfig:
+class QuickstartConfig(ShippedConfig):
     """Settings of the main job (defaults sized for a 2-core CPU: about 4 minutes after the install).
 
     Raises:
@@ -56,26 +57,6 @@ class QuickstartConfig:
         if self.n_compare < 1 or self.n_compare > self.n_heldout:
             raise ConfigError(f"QuickstartConfig.n_compare must be in 1..n_heldout ({self.n_heldout}), got {self.n_compare}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@torch.no_grad()
-def evaluate_boxes(model: torch.nn.Module, prompts: list[et.BoxPrompt], batch_size: int = 32) -> dict[str, float]:
-    """Held-out metrics: top-1 accuracy over the vocabulary, accuracy among the prompt's objects, mean
-    logit difference (nats, correct object minus the best other object)."""
-    totals = {"accuracy": 0.0, "accuracy_among_objects": 0.0, "logit_difference": 0.0}
-    n = 0
-    for batch in et.batches(prompts, batch_size):
-        ids, answers, objects = et.to_tensors(batch)
-        logits = model(input_ids=ids.to(model.device)).logits[:, -1].float().cpu()
-        k = len(batch)
-        totals["accuracy"] += et.accuracy(logits, answers) * k
-        totals["accuracy_among_objects"] += et.accuracy_among_objects(logits, answers, objects) * k
-        totals["logit_difference"] += float(et.logit_difference(logits, answers, objects).sum())
-        n += k
-    return {key: value / n for key, value in totals.items()}
-
 
 def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
     """Run the main job and return its run folder (``results.json``, ``report.html``, ``adapter/``).
@@ -96,21 +77,21 @@ def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: s
     model, tok, info = load_model(cfg.model)
     split = et.generate(tok, et.EntityTrackingConfig(n_boxes=cfg.n_boxes, n_train=cfg.n_train, n_heldout=cfg.n_heldout, seed=cfg.seed), prepend_bos=info.prepend_bos)
     log(f"[2/6] evaluating the base model on {len(split.heldout)} held-out prompts")
-    base_metrics = evaluate_boxes(model, split.heldout)
+    base_metrics = et.evaluate(model, split.heldout)
     log(f"      base accuracy {base_metrics['accuracy']:.3f}")
     log("[3/6] LoFiT: step 1 selects heads, step 2 trains offsets")
     examples = [Example(p.input_ids, (p.answer_token_id,)) for p in split.train]
-    dims = info.to_dict()
-    run = train_lofit(model, dims, examples, cfg.lofit, pad_id=tok.pad_token_id or 0, out_dir=run_dir / "lofit",
-                      eval_fn=lambda: evaluate_boxes(model, split.heldout))
-    adapter_dir = save_intervention(run_dir / "adapter", run.offsets, info)
-    log(f"[4/6] evaluating the tuned model ({len(run.heads)} heads, {run.offsets.n_trainable()} trainable parameters)")
-    with run.offsets.attach(model):
-        tuned_metrics = evaluate_boxes(model, split.heldout)
+    result = finetune("lofit", model, info, examples, cfg.lofit, pad_id=tok.pad_token_id or 0, out_dir=run_dir / "lofit",
+                      eval_fn=lambda: et.evaluate(model, split.heldout))
+    offsets, details = result.intervention, result.details
+    adapter_dir = save_intervention(run_dir / "adapter", offsets, info)
+    log(f"[4/6] evaluating the tuned model ({len(details['heads'])} heads, {offsets.n_trainable()} trainable parameters)")
+    with offsets.attach(model):
+        tuned_metrics = et.evaluate(model, split.heldout)
         ids, _, _ = et.to_tensors(split.heldout[: cfg.n_compare])
         hooked_logits = model(input_ids=ids).logits
     merged = copy.deepcopy(model)
-    run.offsets.merge_into(merged)
+    offsets.merge_into(merged)
     with torch.no_grad():
         merge_max_abs_diff = float((merged(input_ids=ids).logits - hooked_logits).abs().max())
     del merged
@@ -119,22 +100,21 @@ def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: s
     log("[5/6] comparing base and tuned through TransformerLens bridges")
     adapter_hash = hashlib.sha256((adapter_dir / "adapter.safetensors").read_bytes()).hexdigest()
     tuned_info = dataclasses.replace(info, id=f"{info.id}+lofit", weight_hash=f"{info.weight_hash}+lofit:sha256:{adapter_hash}")
-    pair = ModelPair(model, model, tok, info, tuned_info, tuned_intervention=run.offsets)
+    pair = ModelPair(model, model, tok, info, tuned_info, tuned_intervention=offsets)
     diff = compare(pair, ids)
-    lofit_scores = run.head_scores.tolist()
     metrics = {
         "base_accuracy": base_metrics["accuracy"],
         "tuned_accuracy": tuned_metrics["accuracy"],
         "base": base_metrics,
         "tuned": tuned_metrics,
-        "selected_heads": run.heads,
-        "n_trainable_parameters": run.offsets.n_trainable(),
-        "select_losses": run.select_result.losses if run.select_result else [],
-        "offset_losses": run.offset_result.losses,
-        "evals": run.offset_result.evals,
-        "seconds_per_step": {"select": run.select_result.seconds_per_step if run.select_result else None, "offset": run.offset_result.seconds_per_step},
+        "selected_heads": details["heads"],
+        "n_trainable_parameters": offsets.n_trainable(),
+        "select_losses": details["select_losses"],
+        "offset_losses": result.train_result.losses,
+        "evals": result.train_result.evals,
+        "seconds_per_step": {"select": details["select_seconds_per_step"], "offset": result.train_result.seconds_per_step},
         "merge_max_abs_logit_diff": merge_max_abs_diff,
-        "head_scores": lofit_scores,
+        "head_scores": details["head_scores"],
         "diff": diff.to_dict(),
         "n_train_prompts": len(split.train),
         "n_heldout_prompts": len(split.heldout),

@@ -81,5 +81,6 @@ def lofit_trainer(model, dims, examples, cfg: LofitConfig, *, train_config=None,
         cfg = replace(cfg, offset=train_config)
     run = train_lofit(model, dims, examples, cfg, pad_id=pad_id, out_dir=out_dir, eval_fn=eval_fn)
     details = {"heads": run.heads, "head_scores": run.head_scores.tolist(),
-               "select_losses": run.select_result.losses if run.select_result else []}
+               "select_losses": run.select_result.losses if run.select_result else [],
+               "select_seconds_per_step": run.select_result.seconds_per_step if run.select_result else None}
     return run.offsets, run.offset_result, details

@@ -1,6 +1,6 @@
-"""The app's prompt views as figures: a :class:`~probes.views.PromptAnalysis` -> plotly Figures.
+"""The app's prompt views as figures: a :class:`~app.views.analysis.PromptAnalysis` -> plotly Figures.
 
-No computation on the models here (that happened once, in :func:`probes.views.analyse_prompt`); these
+No computation on the models here (that happened once, in :func:`app.views.analysis.analyse_prompt`); these
 functions only select and plot, so the app can re-draw them for another position / layer / head
 without running the models again. No streamlit.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import torch
 
-from probes.views import ROLES, PromptAnalysis
+from app.views.analysis import ROLES, PromptAnalysis
 from workbench import plots, plots_app
 
 

@@ -1,5 +1,5 @@
 """Tiny saved models for driving the app without the real model: the browser test, the Streamlit
-``AppTest`` tests, and ``python -m studies.app_latency.bench --tiny`` (a quick run of the benchmark).
+``AppTest`` tests, and ``python -m app.latency.bench --tiny`` (a quick run of the benchmark).
 
 Everything is built locally (a random Llama and a byte-level BPE tokenizer trained on three sentences)
 and saved with ``save_pretrained``, so ``workbench.models.load_model(directory)`` loads it; nothing is

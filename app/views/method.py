@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor, nn
 
-from probes.views import PromptAnalysis
+from app.views.analysis import PromptAnalysis
 from workbench import plots, plots_app
 from workbench.hooked import resolve_module, unwrap
 from workbench.sites import Site
@@ -240,7 +240,7 @@ _TAKES_POS = (neft_view, caft_view)
 
 
 def method_views(loaded, analysis: PromptAnalysis | None = None, pos: int = -1) -> list[MethodView]:
-    """The views for a :class:`~probes.views_load.LoadedPair`: by intervention method (weight changes for a
+    """The views for a :class:`~app.views.load.LoadedPair`: by intervention method (weight changes for a
     tuned model), then the CAFT directions stored in its run folder, if any."""
     if loaded.intervention is None:
         if loaded.pair.base is loaded.pair.tuned:
