@@ -32,10 +32,10 @@ def quickstart(
     from studies.quickstart import QuickstartConfig, run_quickstart
 
     try:
-        fields = json.loads(config.read_text()) if config else {}
-        fields.setdefault("model", model)
-        from workbench.methods import config_from_dict
+        from workbench.config import config_from_dict, read_json_object
 
+        fields = read_json_object(config) if config else {}
+        fields.setdefault("model", model)
         cfg = config_from_dict(QuickstartConfig, fields)
         run_dir = run_quickstart(cfg, runs_dir, name, log=console.print)
     except (WorkbenchError, ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
@@ -56,24 +56,27 @@ def quickstart(
 @app.command()
 def train(
     method: str = typer.Argument(..., help="a registered method (see `workbench methods`)"),
-    config: Optional[Path] = typer.Option(None, help="JSON with TrainJobConfig fields: model, method_config, train, task, export"),
+    task: Optional[str] = typer.Option(None, help="a registered task (see `workbench tasks`; default: the config's, else entity_tracking)"),
+    config: Optional[Path] = typer.Option(None, help="JSON with TrainJobConfig fields: model, method_config, train, task, task_config, export"),
     runs_dir: Path = typer.Option(Path("runs"), help="parent folder of the run folder"),
     name: Optional[str] = typer.Option(None, help="run folder name (an existing one resumes training)"),
     export: bool = typer.Option(False, help="also save the merged model as a plain Hugging Face model"),
 ) -> None:
-    """Fine-tune one method on entity tracking and save adapter, results (and optionally the merged model)."""
-    from workbench.methods import config_from_dict
+    """Fine-tune one method on one task and save adapter, results (and optionally the merged model)."""
+    from workbench.config import config_from_dict, read_json_object
     from workbench.train_job import TrainJobConfig, run_train_job
 
     try:
-        fields = json.loads(config.read_text()) if config else {}
+        fields = read_json_object(config) if config else {}
         fields["method"] = method
+        if task is not None:
+            fields["task"] = task
         fields["export"] = export or fields.get("export", False)
         run_dir = run_train_job(config_from_dict(TrainJobConfig, fields), runs_dir, name, log=console.print)
     except (WorkbenchError, ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
         _fail(exc)
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
-    console.print(f"{method}: held-out accuracy {m['base_accuracy']:.3f} → {m['tuned_accuracy']:.3f}, "
+    console.print(f"{method} on {fields.get('task', 'entity_tracking')}: held-out accuracy {m['base_accuracy']:.3f} → {m['tuned_accuracy']:.3f}, "
                   f"{m['n_trainable_parameters']} trainable parameters, {m['seconds_per_step']:.2f} s/step; wrote {run_dir}")
 
 
@@ -105,6 +108,15 @@ def methods() -> None:
 
     for name in available_methods():
         console.print(name)
+
+
+@app.command()
+def tasks() -> None:
+    """List the registered tasks (train on one with `workbench train <method> --task <name>`)."""
+    from workbench.tasks import available_tasks, get_task
+
+    for name in available_tasks():
+        console.print(f"{name}\t{get_task(name).description}", soft_wrap=True)
 
 
 @app.command("app")

@@ -1,6 +1,6 @@
 """Streamlit rendering of the views: each function draws one tab and returns how many figures it drew.
 
-The data and figures come from non-streamlit modules (``app.views.analysis*``, ``workbench.plots*``), so the
+The data and figures come from non-streamlit modules (``app.views.analysis*``, ``workbench.plots``), so the
 same figures are testable without a browser; this file only lays them out and adds the controls.
 """
 

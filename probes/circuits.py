@@ -16,17 +16,30 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from probes.patching import (Dims, Metric, PatchLayer, Positions, Side, activation_patch, as_side, cache,
-                             run_patched, site_mask, variant_masks, _baseline, _check_ids)
+from probes.patching import (
+    Metric,
+    PatchLayer,
+    Positions,
+    Side,
+    _baseline,
+    _check_ids,
+    activation_patch,
+    as_side,
+    cache,
+    run_patched,
+    site_mask,
+    variant_masks,
+)
+from workbench.architecture import Dims
 from workbench.errors import ConfigError
-from workbench.hooked import add_hook
+from workbench.hooked import hooks
 from workbench.sites import Site
 
 
@@ -192,13 +205,14 @@ def _mixed(side: Side, heads: Sequence[Site], dims: Dims, orig: Tensor, z_o: dic
                 w = w + m * weights[i]
                 sel |= m
         per_layer[name] = (w, sel)
-    with ExitStack() as stack:
-        for name in names:
-            def fn(x: Tensor, name: str = name) -> Tensor:
-                w, sel = per_layer[name]
-                w, sel = w.to(x.device)[..., None], sel.to(x.device)[..., None]
-                return torch.where(sel, w * z_o[name].to(x.device) + (1 - w) * z_c[name].to(x.device), x)
-            stack.callback(add_hook(side.model, Site(int(name.split(".")[1]), "attn.hook_z"), fn).remove)
+    def mix(name: str):
+        def fn(x: Tensor) -> Tensor:
+            w, sel = per_layer[name]
+            w, sel = w.to(x.device)[..., None], sel.to(x.device)[..., None]
+            return torch.where(sel, w * z_o[name].to(x.device) + (1 - w) * z_c[name].to(x.device), x)
+        return fn
+
+    with hooks(side.model, {Site(int(name.split(".")[1]), "attn.hook_z"): mix(name) for name in names}):
         device = next(side.model.parameters()).device
         return side.model(input_ids=orig.to(device), logits_to_keep=1).logits[:, -1].float()
 

@@ -40,13 +40,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from workbench.architecture import decoder_layers, final_norm, readout, unembedding, unwrap
 from workbench.errors import ConfigError, MismatchError
-from workbench.hooked import decoder_layers, unwrap
-
-
-class _Stop(Exception):
-    """Ends a forward pass early from inside a hook."""
-
+from workbench.hooked import module_hooks, record
+from workbench.sites import Site
 
 @dataclass
 class Decomposition:
@@ -171,45 +168,22 @@ def _hidden(args: tuple, kwargs: dict) -> Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _final_norm(model: nn.Module) -> nn.Module:
-    norm = getattr(getattr(unwrap(model), "model", None), "norm", None)
-    if not isinstance(norm, nn.Module):
-        raise ConfigError(f"{type(model).__name__}: cannot find the final norm at model.model.norm")
-    return norm
-
-
 def _base_embedding(base: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """The base model's input to its first decoder layer (embedding, plus any scaling the model does)."""
-    box: list[Tensor] = []
-
-    def grab(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
-        box.append(_hidden(args, kwargs))
-        raise _Stop
-
-    handle = decoder_layers(base)[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
+    """The base model's input to its first decoder layer (embedding, plus any scaling the model does);
+    the forward pass stops there."""
+    site = Site(0, "hook_resid_pre")
+    with record(base, [site], stop=True) as rec:
         base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return box[0]
+    return rec[site]
 
 
 def _readouts_equal(base: nn.Module, tuned: nn.Module) -> bool:
-    pairs = [(_final_norm(base), _final_norm(tuned)), (unwrap(base).get_output_embeddings(), unwrap(tuned).get_output_embeddings())]
+    pairs = [(final_norm(base), final_norm(tuned)), (unembedding(base), unembedding(tuned))]
     for mb, mt in pairs:
         pb, pt = dict(mb.named_parameters()), dict(mt.named_parameters())
         if pb.keys() != pt.keys() or any(not torch.equal(pb[k], pt[k]) for k in pb):
             return False
     return True
-
-
-def _readout(model: nn.Module, x: Tensor) -> Tensor:
-    """Final norm + ``lm_head`` (+ Gemma-style final logit soft-capping) of ``model`` applied to ``x``."""
-    logits = unwrap(model).get_output_embeddings()(_final_norm(model)(x))
-    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _last_positions(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -286,24 +260,17 @@ def _run(base: nn.Module, tuned: nn.Module, input_ids: Tensor, attention_mask: T
 
         return hook
 
-    def norm_hook(_mod: nn.Module, args: tuple) -> None:
+    def norm_hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
         if not busy[0]:
-            rec["x_L"] = args[0]
+            rec["x_L"] = _hidden(args, kwargs)
 
-    handles = []
-    try:
-        handles.append(tuned_layers[0].register_forward_pre_hook(embed_hook, with_kwargs=True))
-        for i, layer in enumerate(tuned_layers):
-            handles.append(layer.register_forward_hook(layer_hook(i), with_kwargs=True))
-        handles.append(_final_norm(tuned).register_forward_pre_hook(norm_hook))
+    with module_hooks(pre=[(tuned_layers[0], embed_hook), (final_norm(tuned), norm_hook)],
+                      post=[(layer, layer_hook(i)) for i, layer in enumerate(tuned_layers)], with_kwargs=True):
         logits = tuned(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=logits_to_keep).logits
-    finally:
-        for h in handles:
-            h.remove()
     a = alpha if scale_ends else 1.0
     if a != 1.0 and not _readouts_equal(base, tuned):
         x_final = rec["x_L"][:, -logits_to_keep:] if logits_to_keep else rec["x_L"]
-        base_logits = _readout(base, x_final)
+        base_logits = readout(base, x_final)
         logits = base_logits + a * (logits - base_logits)
     return logits, rec
 

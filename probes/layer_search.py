@@ -22,10 +22,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from workbench.data import final_position_logits, right_pad
 from workbench.errors import ConfigError
-from workbench.hooked import add_hook, decoder_layers
+from workbench.hooked import decoder_layers, hooks, record
 from workbench.sites import Site
-from workbench.tasks.intent import last_logits, pad_batch
 
 Seqs = Sequence[Sequence[int]]
 
@@ -80,24 +80,16 @@ def last_token_acts(model: nn.Module, seqs: Seqs, hook: str, layers: Sequence[in
         check_layer(layer, n_layers)
     out: dict[int, list[Tensor]] = {l: [] for l in layers}
     for sl in chunks(len(seqs), batch_size):
-        ids, mask, last = pad_batch(seqs[sl], pad_id)
+        ids, mask, last = right_pad(seqs[sl], pad_id)
         rows = torch.arange(len(last))
 
-        def reader(layer: int):
-            def fn(act: Tensor) -> None:
-                out[layer].append(act[rows.to(act.device), last.to(act.device)].detach().float())
-            return fn
-
-        handles = []
-        try:
-            with attached(adapter, model):
-                for layer in layers:
-                    handles.append(add_hook(model, Site(layer, hook), reader(layer)))
-                device = next(model.parameters()).device
-                model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
-        finally:
-            for h in handles:
-                h.remove()
+        sites = {layer: Site(layer, hook) for layer in layers}
+        with attached(adapter, model), record(model, list(sites.values()), dtype=torch.float32,
+                                              select=lambda a, r=rows, p=last: a[r.to(a.device), p.to(a.device)]) as rec:
+            device = next(model.parameters()).device
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
+        for layer, site in sites.items():
+            out[layer].append(rec[site])
     return {l: torch.cat(v) for l, v in out.items()}
 
 
@@ -134,7 +126,7 @@ def patched_answer_prob(model: nn.Module, targets: Seqs, source_acts: dict[int, 
     total = 0.0
     answers = torch.tensor(list(answer_ids))
     for sl in chunks(len(targets), batch_size):
-        ids, mask, last = pad_batch(targets[sl], pad_id)
+        ids, mask, last = right_pad(targets[sl], pad_id)
         rows = torch.arange(len(last))
 
         def patch(layer: int):
@@ -143,15 +135,8 @@ def patched_answer_prob(model: nn.Module, targets: Seqs, source_acts: dict[int, 
                 return act.index_put((r, p), source_acts[layer][sl].to(act))
             return fn
 
-        handles = []
-        try:
-            with attached(adapter, model):
-                for layer in layers:
-                    handles.append(add_hook(model, Site(layer, hook), patch(layer)))
-                probs = last_logits(model, ids, mask, last).float().softmax(-1)
-        finally:
-            for h in handles:
-                h.remove()
+        with attached(adapter, model), hooks(model, {Site(layer, hook): patch(layer) for layer in layers}):
+            probs = final_position_logits(model, ids, mask, last).float().softmax(-1)
         total += float(probs.gather(-1, answers[sl, None].to(probs.device)).sum())
     return total / len(targets)
 

@@ -13,9 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from workbench.architecture import w_o
 from workbench.errors import ConfigError
-from workbench.hooked import resolve_module, unwrap
-from workbench.sites import Site
 
 
 def per_token_kl(base_logits: Float[Tensor, "batch pos d_vocab"], tuned_logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch pos"]:
@@ -72,8 +71,8 @@ def compare(pair, input_ids: Float[Tensor, "batch pos"], batch_size: int = 16) -
         raise ConfigError(f"compare() needs Int[Tensor, 'batch pos'] of equal-length prompts, got shape {tuple(input_ids.shape)}")
     n_layers = pair.base_info.n_layers
     keep = lambda name: name.endswith("hook_resid_post") or name.endswith("attn.hook_z")  # noqa: E731
-    w_base = [unwrap(resolve_module(pair.base, Site(l, "attn.hook_z"))[0]).weight for l in range(n_layers)]
-    w_tuned = [unwrap(resolve_module(pair.tuned, Site(l, "attn.hook_z"))[0]).weight for l in range(n_layers)]
+    w_base = [w_o(pair.base, l) for l in range(n_layers)]
+    w_tuned = [w_o(pair.tuned, l) for l in range(n_layers)]
     sums: dict[str, Tensor] = {}
 
     def add(key: str, value: Tensor) -> None:

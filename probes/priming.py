@@ -12,52 +12,13 @@ reported as ``log10`` of the mean ratio ``P_after / P_before`` over the theme's 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from workbench.errors import ConfigError
-
-
-@torch.no_grad()
-def keyword_logprob(
-    model: nn.Module,
-    contexts: Sequence[Sequence[int]],
-    keyword: Sequence[int],
-    *,
-    batch_size: int = 32,
-    pad_id: int = 0,
-) -> Float[Tensor, " n_contexts"]:
-    """``log P(keyword | context)`` in nats for each context: the keyword's token log-probabilities summed
-    (chain rule), one right-padded forward pass per batch.
-
-    Args:
-        contexts: token ids of each context (non-empty).
-        keyword: token ids of the keyword as it follows the context (e.g. of ``" vermilion"``).
-
-    Raises:
-        ConfigError: an empty context list, an empty context or an empty keyword.
-    """
-    if not contexts or any(len(c) == 0 for c in contexts) or not keyword:
-        raise ConfigError("keyword_logprob needs non-empty contexts and a non-empty keyword")
-    device = next(model.parameters()).device
-    kw = torch.tensor(list(keyword))
-    out = []
-    for start in range(0, len(contexts), batch_size):
-        chunk = [list(c) + list(keyword) for c in contexts[start : start + batch_size]]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(chunk):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1).cpu()
-        for i, c in enumerate(contexts[start : start + batch_size]):
-            pos = torch.arange(len(c) - 1, len(c) - 1 + len(kw))  # the positions that predict each keyword token
-            out.append(logp[i, pos, kw].sum())
-    return torch.stack(out)
+from workbench.tasks.priming.logprob import keyword_logprob  # noqa: F401  (re-exported: the library's priming task reports it too)
 
 
 def log10_mean_ratio(logp_before: Float[Tensor, " n"], logp_after: Float[Tensor, " n"]) -> float:

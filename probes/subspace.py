@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from probes.layer_search import (  # noqa: F401  (re-exported: the layer search is part of this probe)
     LayerSearchResult, Seqs, attached, check_layer, check_pairs, chunks, last_token_acts, layer_search, patched_answer_prob,
 )
+from workbench.data import final_position_logits as last_logits, right_pad as pad_batch
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.intervention import Intervention
 from workbench.sites import Site
-from workbench.tasks.intent import last_logits, pad_batch
 from workbench.train import batch_indices
 
 __all__ = ["LayerSearchResult", "layer_search", "patched_answer_prob", "last_token_acts", "check_layer", "SubspaceConfig",
@@ -75,9 +75,9 @@ class RankOneSubspace(Intervention):
 
     def __init__(self, config: SubspaceConfig, dims: dict[str, Any], direction: Tensor | None = None) -> None:
         super().__init__(config, dims)
-        check_layer(config.layer, self.dims["n_layers"])
+        check_layer(config.layer, self.dims.n_layers)
         g = torch.Generator().manual_seed(config.init_seed)
-        w = torch.randn(self.dims["d_model"], generator=g)
+        w = torch.randn(self.dims.d_model, generator=g)
         self.weight = nn.Parameter(w / w.norm())  # unit norm at the start, so Adam's lr is a step on the sphere
         self._mode: tuple[str, Any, Tensor | None] | None = None
         if direction is not None:
@@ -94,7 +94,7 @@ class RankOneSubspace(Intervention):
         Raises:
             ConfigError: not a ``[d_model]`` vector, zero, or non-finite.
         """
-        d = self.dims["d_model"]
+        d = self.dims.d_model
         if direction.shape != (d,):
             raise ConfigError(f"direction has shape {tuple(direction.shape)}, expected ({d},) (width must be d_model = {d})")
         if not torch.isfinite(direction).all() or float(direction.norm()) == 0:
@@ -111,8 +111,8 @@ class RankOneSubspace(Intervention):
         Raises:
             ConfigError: ``source`` is not ``[batch, d_model]``.
         """
-        if source.ndim != 2 or source.shape[1] != self.dims["d_model"]:
-            raise ConfigError(f"source must be [batch, {self.dims['d_model']}], got {tuple(source.shape)}")
+        if source.ndim != 2 or source.shape[1] != self.dims.d_model:
+            raise ConfigError(f"source must be [batch, {self.dims.d_model}], got {tuple(source.shape)}")
         with self._in_mode(("interchange", source, positions)):
             yield
 

@@ -1,7 +1,8 @@
 """What every study shares: loading its JSON configs, writing its results and figures, and its command line.
 
 Each study folder holds ``configs/{tiny,default,full}.json``, a config dataclass, ``run(cfg, out_dir)``
-and ``figures(record)``; these helpers keep those three conventions in one place.
+and ``figures(record)`` (in ``figures.py``); these helpers keep those three conventions in one place. The
+figures are written as plotly JSON (what the app renders) and HTML.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workbench.config import load_json_config
 from workbench.errors import ConfigError, WorkbenchError
 
 C = TypeVar("C")
@@ -21,25 +23,24 @@ SHIPPED = ("tiny", "default", "full")
 
 
 def load_config(cls: type[C], name_or_path: str | Path, config_dir: Path) -> C:
-    """``"tiny"`` / ``"default"`` / ``"full"`` (from ``config_dir``) or a path to a JSON file, as ``cls``.
+    """``"tiny"`` / ``"default"`` / ``"full"`` (from ``config_dir``) or a path to a JSON file, as ``cls``, read
+    by :func:`workbench.config.load_json_config` (types, unknown keys, then ``cls.__post_init__``).
 
     Raises:
-        ConfigError: unknown name, missing file or keys that are not fields of ``cls``.
+        ConfigError: unknown name, missing file, a file that is not a JSON object, keys that are not fields
+            of ``cls`` or values of the wrong type (file-level messages start with the file's path).
     """
     path = config_dir / f"{name_or_path}.json" if str(name_or_path) in SHIPPED else Path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"no study config {name_or_path!r}; use tiny, default, full or a path to a JSON file")
-    data = json.loads(path.read_text())
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-    return cls(**data)
+    return load_json_config(cls, path)
 
 
 def save_results(out_dir: str | Path, config: dict[str, Any], metrics: dict[str, Any], models: dict[str, Any], device: str,
                  started: float, figures: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """Write ``out_dir/results.json`` (a :func:`workbench.artifacts.results_record`: config, metrics, versions, git
-    commit, model hashes) and ``out_dir/figures/*.html`` from ``figures(record)``, atomically; returns the record."""
+    commit, model hashes) and ``out_dir/figures/{name}.json`` + ``.html`` from ``figures(record)``, atomically;
+    returns the record."""
     import time
 
     from workbench.artifacts import atomic_write_json, results_record
@@ -51,18 +52,24 @@ def save_results(out_dir: str | Path, config: dict[str, Any], metrics: dict[str,
     return record
 
 
-def write_figure_files(figs: dict[str, Any], fig_dir: str | Path) -> list[Path]:
-    """Write each plotly Figure as ``{name}.html`` next to one shared ``plotly.min.js`` (works offline),
-    atomically; returns the HTML paths."""
-    from plotly.offline import get_plotlyjs
-
+def write_figure_files(figs: dict[str, Any], fig_dir: str | Path, html: bool = True) -> list[Path]:
+    """Write each plotly Figure as ``{name}.json`` (plotly JSON: what the app renders, without importing the
+    study) and, with ``html``, as ``{name}.html`` next to one shared ``plotly.min.js`` (opens offline), each
+    file atomically; returns the JSON paths."""
     from workbench.artifacts import atomic_write_bytes
 
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(fig_dir / "plotly.min.js", get_plotlyjs().encode())
-    return [atomic_write_bytes(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True).encode())
-            for name, fig in figs.items()]
+    if html:
+        from plotly.offline import get_plotlyjs
+
+        atomic_write_bytes(fig_dir / "plotly.min.js", get_plotlyjs().encode())
+    paths = []
+    for name, fig in figs.items():
+        paths.append(atomic_write_bytes(fig_dir / f"{name}.json", fig.to_json().encode()))
+        if html:
+            atomic_write_bytes(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True).encode())
+    return paths
 
 
 def study_main(name: str, doc: str | None, load: Callable[[str], Any], run: Callable[[Any, str], dict[str, Any]],

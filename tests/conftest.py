@@ -43,7 +43,7 @@ def tiny():
 @pytest.fixture
 def tiny_examples():
     """A small task an offset can learn: random prompts, the answer is always token 7."""
-    from workbench.train import Example
+    from workbench.data import Example
 
     g = torch.Generator().manual_seed(1)
     out = []

@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-from app.latency.tiny import quickstart_like_record, save_tiny, save_tiny_run  # noqa: E402
+from app.latency.tiny import save_tiny, save_tiny_run, write_quickstart_like_results  # noqa: E402
 
 PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """``(base_dir, tuned_dir, run_dir, other_dir, runs_root)``: a tiny base, a perturbed copy, a LoFiT run
-    folder on the base (with a results.json), and a model with another d_model (mismatch)."""
+    folder on the base (with a results.json and its figure files), and a model with another d_model (mismatch)."""
     root = tmp_path_factory.mktemp("app_models")
     base = save_tiny(root / "base")
     tuned = save_tiny(root / "tuned", seed=1, perturb_from=base)
-    run = save_tiny_run(root / "runs" / "tiny-run", base)
-    (run / "results.json").write_text(json.dumps(quickstart_like_record()))
+    run = write_quickstart_like_results(save_tiny_run(root / "runs" / "tiny-run", base))
     other = save_tiny(root / "other", hidden_size=32)
     return base, tuned, run, other, root / "runs"
 
@@ -84,7 +82,7 @@ def test_run_folder_pair_shares_weights_and_only_intervened_heads_change_first(r
     assert view.marked_heads == [[0, 1], [1, 0]] and len(view.figures) == 2
     w_o = pair.base.model.layers[0].self_attn.o_proj
     w_o = getattr(w_o, "original_component", w_o).weight.detach()
-    d_head = run_pair.intervention.dims["d_head"]
+    d_head = run_pair.intervention.dims.d_head
     expected = float((w_o[:, d_head : 2 * d_head] @ run_pair.intervention.offsets[0].detach()).norm())
     assert view.table[0]["‖W_O,h v_h‖"] == pytest.approx(expected, rel=1e-5)
     assert lofit_view(run_pair.intervention, pair.base).figures[0].data[0].z[0][1] == pytest.approx(expected, rel=1e-5)
@@ -177,39 +175,51 @@ def test_neft_view(tiny_dirs):
     assert max(abs(t - b) for b, t in zip(act[0].y, act[1].y)) > 0  # the deltas change the selected neurons
 
 
-def test_run_results_discovery(tiny_dirs, tmp_path, monkeypatch):
+def test_run_results_discovery(tiny_dirs, tmp_path):
+    import ast
+
     import plotly.graph_objects as go
 
+    from app.views import runs as runs_view
     from app.views.runs import find_results, flatten_metrics, metric_tables, run_figures
+    from studies.common import write_figure_files
 
     results = find_results(tiny_dirs[4])
     assert [r.kind for r in results] == ["quickstart"]
-    figs, notes = run_figures(results[0])
+    figs, notes = run_figures(results[0])  # the quickstart's figures, from the JSON files it wrote
     assert len(figs) == 7 and not notes
+    assert figs[0].layout.title.text == "Held-out accuracy" and figs[-1].layout.title.text.startswith("LoFiT step 1")
     rows = {r["metric"]: r["value"] for r in flatten_metrics(results[0].record["metrics"])}
     assert rows["tuned.accuracy"] == 0.9 and "select_losses" not in rows
     tables = metric_tables({"table": [{"method": "lofit", "acc": {"test": 0.5}}], "evals": [1, 2]})
     assert tables == {"table": [{"method": "lofit", "acc.test": 0.5}]}
+    # a run of a study the app knows nothing about: its figures come from figures/*.json, one unreadable
     (tmp_path / "a" / "figures").mkdir(parents=True)
     (tmp_path / "a" / "results.json").write_text(json.dumps({"run_info": {"config": {"study": "no_such_study"}}, "metrics": {"x": 1}}))
     (tmp_path / "a" / "figures" / "f.json").write_text(go.Figure(go.Bar(y=[1, 2])).to_json())
+    (tmp_path / "a" / "figures" / "g.json").write_text("{not a figure")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "results.json").write_text("{not json")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "results.json").write_text(json.dumps({"run_info": {"config": {"study": "bare"}}, "metrics": {"x": 1}}))
     found = {r.run_dir.name: r for r in find_results(tmp_path)}
     assert found["b"].kind == "unreadable" and found["b"].error
     figs, notes = run_figures(found["a"])
-    assert len(figs) == 1 and "no figures(record)" in notes[0]
-    # a study that has figures(record) -> {name: Figure}, named in run_info.config["study"]
-    import types
-
-    module = types.ModuleType("studies.fake_study")
-    module.figures = lambda record: {"bars": go.Figure(go.Bar(y=record["metrics"]["ys"]))}
-    monkeypatch.setitem(sys.modules, "studies.fake_study", module)
+    assert len(figs) == 1 and len(notes) == 1 and "g.json" in notes[0]
+    figs, notes = run_figures(found["d"])  # no figure files: metrics only, and a note says why
+    assert figs == [] and "no figure files" in notes[0]
+    # a study run (named in run_info.config["study"]) whose figures its writer saved: drawn from the files, in name order
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "results.json").write_text(json.dumps({"run_info": {"config": {"study": "fake_study"}}, "metrics": {"ys": [3, 4]}}))
+    write_figure_files({"bars": go.Figure(go.Bar(y=[3, 4])), "a_line": go.Figure(go.Scatter(y=[5]))}, tmp_path / "c" / "figures")
     [fake] = [r for r in find_results(tmp_path) if r.run_dir.name == "c"]
     figs, notes = run_figures(fake)
-    assert fake.kind == "fake_study" and not notes and list(figs[0].data[0].y) == [3, 4]
+    assert fake.kind == "fake_study" and not notes and list(figs[0].data[0].y) == [5] and list(figs[1].data[0].y) == [3, 4]
+    assert {"bars.html", "a_line.html", "plotly.min.js"} <= {p.name for p in (tmp_path / "c" / "figures").iterdir()}
+    tree = ast.parse(Path(runs_view.__file__).read_text())  # the view never imports study code, nor loads it by name
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m.split(".")[0] for m in imported} & {"studies", "importlib"}
 
 
 # --- the page through Streamlit's testing API ---------------------------------------------------------------
@@ -344,7 +354,8 @@ def test_lora_run_folder_binds_before_the_bridge(tiny_dirs, tmp_path):
     from app.views.load import load_pair
     from app.views.method import method_view
     from workbench.artifacts import save_intervention
-    from workbench.methods import config_from_dict, get_method
+    from workbench.config import config_from_dict
+    from workbench.methods import get_method
     from workbench.models import load_model
 
     model, _, info = load_model(tiny_dirs[0], device="cpu")

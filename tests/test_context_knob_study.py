@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from studies.context_knob.figures import layer_search_trace, separation_histogram, steering_curves
 from studies.context_knob.study import ContextKnobConfig, flipped, run
 from tests.conftest import execute_notebook
-from workbench import plots_knob
 from workbench.errors import ConfigError
 from workbench.tasks import intent as it
 
@@ -159,8 +159,8 @@ def test_plots_return_figures():
     curves = {"tuned": {"values": [-1, 0, 1], "context_rate": [0.1, 0.5, 0.9], "prior_rate": [0.8, 0.4, 0.1]}}
     trace = [{"stage": "clean", "lo": 0, "hi": -1, "value": 0.1, "passed": False},
              {"stage": "full", "lo": 0, "hi": 3, "value": 0.9, "passed": True}]
-    figs = [plots_knob.separation_histogram(proj, {"tuned": {"auc": 1.0, "cohens_d": 3.0}}),
-            plots_knob.steering_curves(curves, {"mean": 0.0}), plots_knob.layer_search_trace(trace, 4, 0.7)]
+    figs = [separation_histogram(proj, {"tuned": {"auc": 1.0, "cohens_d": 3.0}}),
+            steering_curves(curves, {"mean": 0.0}), layer_search_trace(trace, 4, 0.7)]
     assert all(isinstance(f, go.Figure) for f in figs)
     assert [len(f.data) for f in figs] == [4, 2, 1]
     assert figs[2].layout.yaxis.title.text.startswith("layer")

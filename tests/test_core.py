@@ -10,9 +10,10 @@ import torch
 
 from conftest import make_tiny
 from workbench.artifacts import atomic_write_json, load_intervention, save_intervention
+from workbench.config import config_from_dict
 from workbench.errors import CheckpointError, ConfigError, MismatchError, NonFiniteLossError
 from workbench.hooked import add_hook, hook_count
-from workbench.methods import available_methods, config_from_dict, get_method
+from workbench.methods import available_methods, get_method
 from workbench.methods.lofit import LofitConfig, LofitOffsets, LofitScaling, train_lofit
 from workbench.pair import ModelPair
 from workbench.sites import Site

@@ -97,7 +97,8 @@ def test_attribution_tracks_exact_patching_on_the_real_model(real):
     """Per-head patching at the last token of SmolLM2 (layers 20-29): the attribution estimate correlates with
     exact activation patching."""
     from probes import metrics as pm
-    from probes.patching import Dims, activation_patch, attribution_patch, head_sites
+    from probes.patching import activation_patch, attribution_patch, head_sites
+    from workbench.architecture import Dims
     from workbench.tasks.entity_tracking import counterfactuals as ecf
     from workbench.tasks import entity_tracking as et
 

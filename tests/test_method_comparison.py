@@ -26,8 +26,9 @@ def test_tiny_study_runs_and_resumes(tmp_path):
     assert caft and [int(layer) for layer in caft[0]["caft_components"]] == [6]
     assert sorted(p.name for p in (tmp_path / "caft_directions").iterdir()) == ["spurious_cue_seed0_pca.safetensors", "spurious_cue_seed0_random.safetensors"]
     assert (tmp_path / "table.md").read_text().startswith("| task | variant")
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
-        "entity_tracking_accuracy.html", "entity_tracking_params.html", "spurious_cue_accuracy.html", "spurious_cue_params.html"]
+    names = ["entity_tracking_accuracy", "entity_tracking_params", "spurious_cue_accuracy", "spurious_cue_params"]
+    for suffix in (".html", ".json"):  # HTML to open, plotly JSON for the app (studies.common.write_figure_files)
+        assert sorted(p.stem for p in (tmp_path / "figures").glob(f"*{suffix}")) == names
     before = json.loads((tmp_path / "runs.json").read_text())["runs"]
     again = run(cfg, tmp_path, log=lambda *_: pytest.fail("a finished run was repeated"))
     assert again["metrics"]["runs"] == before

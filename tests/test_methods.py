@@ -90,7 +90,7 @@ def test_methods_inside_the_model_restore_base_on_exit_and_error(name):
 
 
 def test_dpo_prefers_chosen_answers(tiny_examples):
-    from workbench.train import Example
+    from workbench.data import Example
 
     model, info = make_tiny()
     pairs = [Example(e.prompt_ids, (7,), rejected_ids=(9,)) for e in tiny_examples]

@@ -283,7 +283,7 @@ def test_finetune_entry_point_runs_the_recipe(tiny, tiny_examples):
 def test_real_smollm2_smoke():
     from workbench.models import load_model
     from workbench.tasks.entity_tracking import EntityTrackingConfig, generate
-    from workbench.train import Example
+    from workbench.data import Example
 
     model, tok, info = load_model("smollm2-135m-instruct")
     split = generate(tok, EntityTrackingConfig(n_boxes=3, n_train=16, n_heldout=1, seed=0))

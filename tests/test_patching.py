@@ -9,8 +9,9 @@ import torch
 from conftest import make_tiny
 from probes import metrics
 from probes.circuits import DCMConfig, cmap, dcm, faithfulness, random_circuit, _mixed
-from probes.patching import (Dims, Side, activation_patch, attribution_patch, cache, equal_length_ids, head_sites,
+from probes.patching import (Side, activation_patch, attribution_patch, cache, equal_length_ids, head_sites,
                              layer_pos_sites, mean_activations, path_patch, as_head_scores)
+from workbench.architecture import Dims
 from workbench.errors import ConfigError, MismatchError
 from workbench.sites import Site
 

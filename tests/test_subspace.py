@@ -12,9 +12,9 @@ from probes.subspace import (
     projections, random_direction, separation, steer_rates, steering_values,
 )
 from tests.conftest import make_tiny, tiny_info
+from workbench.data import final_position_logits as last_logits, right_pad as pad_batch
 from workbench.errors import ConfigError
 from workbench.hooked import hook_count
-from workbench.tasks.intent import last_logits, pad_batch
 
 # right-padded batches of different lengths: the last token differs per row
 TARGETS = [[5, 9, 12, 3, 40], [7, 8, 9], [11, 22, 33, 44, 55, 60], [3, 4, 5, 6]]

@@ -1,4 +1,5 @@
-"""``workbench train <method> --config job.json`` on the real model, for every registered method (tiny budgets)."""
+"""``workbench train <method> --config job.json`` on the real model, for every registered method (tiny budgets; entity tracking
+here, every task in tests/test_tasks.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from workbench.methods import available_methods
 
 pytestmark = pytest.mark.real
 
-TINY = {"train": {"max_steps": 1, "lr": 1e-3, "batch_size_prompts": 4}, "task": {"n_boxes": 3, "n_train": 8, "n_heldout": 8, "seed": 0}}
+TINY = {"train": {"max_steps": 1, "lr": 1e-3, "batch_size_prompts": 4}, "task": "entity_tracking", "task_config": {"n_boxes": 3, "n_train": 8, "n_heldout": 8, "seed": 0}}
 METHOD_CONFIGS = {
     "lofit": {"top_k_heads": 0.05, "select": {"max_steps": 1, "batch_size_prompts": 4}},
     "neft": {"budget_fraction": 0.002, "selection": "random"},

@@ -9,9 +9,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
+from studies.tuco.figures import alpha_sweep, component_norms, tuco_by_group
 from studies.tuco.study import TucoStudyConfig, group_stats, mann_whitney, run
 from tests.conftest import execute_notebook
-from workbench import plots_tuco
 from workbench.errors import ConfigError
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "studies" / "tuco"
@@ -53,9 +53,9 @@ def test_statistics():
 
 def test_plots_return_figures():
     figs = [
-        plots_tuco.tuco_by_group({"in-task": [0.1, 0.2], "unrelated": [0.3, 0.05]}),
-        plots_tuco.alpha_sweep([0, 0.5, 1], {"accuracy": [0.2, 0.5, 0.9]}),
-        plots_tuco.component_norms(["embedding", "layer 0"], {"‖FTC‖ in-task": [0.0, 1.5], "‖PTC‖ in-task": [1.0, 3.0]}),
+        tuco_by_group({"in-task": [0.1, 0.2], "unrelated": [0.3, 0.05]}),
+        alpha_sweep([0, 0.5, 1], {"accuracy": [0.2, 0.5, 0.9]}),
+        component_norms(["embedding", "layer 0"], {"‖FTC‖ in-task": [0.0, 1.5], "‖PTC‖ in-task": [1.0, 3.0]}),
     ]
     assert all(isinstance(f, go.Figure) for f in figs)
     assert [len(f.data) for f in figs] == [2, 1, 2]

@@ -21,7 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from workbench.errors import CheckpointError, MismatchError
+from workbench.architecture import Dims
+from workbench.errors import CheckpointError, ConfigError, MismatchError
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -126,7 +127,7 @@ def save_intervention(directory: str | os.PathLike, intervention: Any, model_inf
             "format_version": FORMAT_VERSION,
             "method": intervention.method,
             "config": intervention.config_dict(),
-            "dims": intervention.dims,
+            "dims": intervention.dims.to_dict(),
             "model_id": model_info.id,
             "model_weight_hash": model_info.weight_hash,
             "versions": package_versions(),
@@ -143,7 +144,8 @@ def load_intervention(directory: str | os.PathLike, model_info: Any, *, allow_ot
         MismatchError: the adapter was trained on a model with another weight hash (pass
             ``allow_other_model=True`` to override deliberately) or other dimensions.
     """
-    from workbench.methods import config_from_dict, get_method
+    from workbench.config import config_from_dict
+    from workbench.methods import get_method
 
     directory = Path(directory)
     meta = read_json(directory / "adapter.json")
@@ -153,12 +155,17 @@ def load_intervention(directory: str | os.PathLike, model_info: Any, *, allow_ot
             f"not on {model_info.id!r} (weights {model_info.weight_hash}); load it onto the model it was "
             "trained on, or pass allow_other_model=True if you really mean to transfer it"
         )
-    dims = model_info.to_dict()
-    bad = {k: (v, dims.get(k)) for k, v in meta["dims"].items() if dims.get(k) != v}
+    try:
+        saved = Dims.from_dict(meta["dims"])
+    except (ConfigError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{directory}/adapter.json: unreadable dims ({exc})") from exc
+    model_dims = Dims.coerce(model_info)
+    bad = saved.mismatches(model_dims)
     if bad:
         raise MismatchError(f"{directory}: dimensions differ (adapter, model): {bad}")
     spec = get_method(meta["method"])
-    intervention = spec.intervention_cls(config_from_dict(spec.config_cls, meta["config"]), meta["dims"])
+    # the model's dims agree on every saved field and also know those older adapters did not record
+    intervention = spec.intervention_cls(config_from_dict(spec.config_cls, meta["config"]), model_dims)
     state = load_tensors(directory / "adapter.safetensors")
     try:
         intervention.load_state_dict(state, strict=True)

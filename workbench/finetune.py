@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.methods import config_from_dict, get_method
-from workbench.train import Example, TrainConfig, TrainResult, fit, seed_everything
+from workbench.config import config_from_dict
+from workbench.data import Example
+from workbench.methods import get_method
+from workbench.train import TrainConfig, TrainResult, fit, seed_everything
 
 
 @dataclass
@@ -52,7 +54,7 @@ def finetune(
         ConfigError: unknown method, unknown config key, invalid value.
     """
     spec = get_method(method)
-    cfg = config if is_dataclass(config) else config_from_dict(spec.config_cls, dict(config or {}))
+    cfg = config if is_dataclass(config) else config_from_dict(spec.config_cls, {} if config is None else config)
     train_cfg = train if isinstance(train, TrainConfig) or train is None else config_from_dict(TrainConfig, train)
     dims = info.to_dict()
     t0 = time.perf_counter()

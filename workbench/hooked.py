@@ -6,6 +6,10 @@ Two ways to act on a model, both addressed by :class:`~workbench.sites.Site`:
   Site's activation (``attn.hook_z`` is the input of ``o_proj``, ``mlp.hook_post`` the input of
   ``down_proj``, ``hook_resid_post`` the output of a decoder layer, ...). It is what training uses: one
   hook per touched module, nothing else in the forward pass changes.
+* **Hook scopes** (:func:`hooks`, :func:`record`, :func:`module_hooks`): context managers over a
+  ``contextlib.ExitStack`` that register hooks and always remove them, also when the body raises. They are
+  the only code that registers hooks; nobody keeps a handle by hand. Architecture lookups (layers, final
+  norm, unembedding, ``W_O``, :class:`~workbench.architecture.Dims`) live in :mod:`workbench.architecture`.
 * **TransformerLens** (:func:`to_bridge`): ``TransformerBridge.boot_transformers`` wraps the same
   Hugging Face model for ``run_with_cache`` and TransformerLens hook names. Booting a bridge replaces
   submodules of the Hugging Face model in place with bridge components that call the originals;
@@ -16,16 +20,25 @@ Two ways to act on a model, both addressed by :class:`~workbench.sites.Site`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from workbench.architecture import (  # also re-exported for older imports
+    decoder_layers,
+    head_dim,
+    unwrap,
+)
 from workbench.errors import ConfigError
 from workbench.sites import HEAD_HOOKS, Site
 
 ActivationFn = Callable[[Tensor], Tensor | None]
+#: ``{site: fn}`` or ``[(site, fn), ...]`` (the list form may name one Site twice).
+SiteHooks = Mapping[Site, ActivationFn] | Iterable[tuple[Site, ActivationFn]]
 
 
 #: TransformerLens hook -> (submodule of a decoder layer, "input" or "output" of it).
@@ -40,36 +53,6 @@ SITE_MODULES: dict[str, tuple[str, str]] = {
     "attn.hook_k": ("self_attn.k_proj", "output"),
     "attn.hook_v": ("self_attn.v_proj", "output"),
 }
-
-
-def head_dim(model: nn.Module) -> int:
-    """``d_head`` of a Hugging Face decoder (``config.head_dim``, else ``hidden_size // num_attention_heads``)."""
-    c = unwrap(model).config
-    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """Return the original Hugging Face module inside a TransformerBridge component (if any)."""
-    while isinstance(getattr(module, "original_component", None), nn.Module):
-        module = module.original_component
-    return module
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a Llama / Qwen / Gemma / Mistral-style causal LM.
-
-    Raises:
-        ConfigError: the architecture does not keep its decoder layers at ``model.layers``.
-    """
-    inner = getattr(unwrap(model), "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(
-            f"{type(model).__name__}: cannot find decoder layers at model.model.layers; "
-            "supported families are Llama, Qwen2, Gemma, Mistral (decoder layers with self_attn.o_proj "
-            "and mlp.down_proj)"
-        )
-    return layers
 
 
 def resolve_module(model: nn.Module, site: Site) -> tuple[nn.Module, str]:
@@ -116,8 +99,8 @@ def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None
     ``fn`` receives the activation in the Site's TransformerLens layout (``attn.hook_z`` / ``hook_q`` as
     ``Float[Tensor, "batch pos n_heads d_head"]``, ``attn.hook_k`` / ``hook_v`` with ``n_kv_heads``, residual sites as ``"batch pos d_model"``,
     ``mlp.hook_post`` as ``"batch pos d_mlp"``) and returns a replacement of the same shape, or ``None``
-    to leave it unchanged (a read-only hook). Callers should prefer :meth:`Intervention.attach`, which
-    guarantees removal.
+    to leave it unchanged (a read-only hook). Callers use the scopes :func:`hooks` / :func:`record` (or
+    :meth:`Intervention.attach`), which guarantee removal; nobody keeps the handle by hand.
 
     Raises:
         ConfigError: unknown layer / module, or ``n_heads`` missing for an ``attn.hook_z`` site.
@@ -154,6 +137,115 @@ def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None
 def hook_count(model: nn.Module) -> int:
     """Number of forward (pre-)hooks registered on all modules of ``model`` (for leak checks)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# --- hook scopes: the only places in the code base that register (and always remove) hooks ------------
+@contextmanager
+def hooks(model: nn.Module, fns: SiteHooks, n_heads: int | None = None) -> Iterator[None]:
+    """Register each ``fn`` at its Site (via :func:`add_hook`) for the duration of the ``with`` block.
+
+    Every hook comes off on exit, also when the body (or registering a later hook) raises.
+    ``with hooks(model, {Site(3, "hook_resid_post"): lambda x: 2 * x}): model(ids)``
+
+    Raises:
+        ConfigError: as :func:`add_hook` (unknown layer / module).
+    """
+    items = fns.items() if isinstance(fns, Mapping) else fns
+    with ExitStack() as stack:
+        for site, fn in items:
+            stack.callback(add_hook(model, site, fn, n_heads=n_heads).remove)
+        yield
+
+
+@contextmanager
+def module_hooks(pre: Iterable[tuple[nn.Module, Callable[..., Any]]] = (),
+                 post: Iterable[tuple[nn.Module, Callable[..., Any]]] = (), *, with_kwargs: bool = False) -> Iterator[None]:
+    """Raw ``nn.Module`` forward-pre (``pre``) and forward (``post``) hooks for modules that are not Sites
+    (e.g. NeFT's ``gate_proj`` outputs, TuCo's whole decoder layers); removed on exit, also on error.
+
+    Hook signatures are torch's: ``pre(module, args[, kwargs])`` and ``post(module, args[, kwargs], output)``
+    (``kwargs`` when ``with_kwargs``); a returned value replaces the input / output as in torch.
+    """
+    with ExitStack() as stack:
+        for module, fn in pre:
+            stack.callback(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs).remove)
+        for module, fn in post:
+            stack.callback(module.register_forward_hook(fn, with_kwargs=with_kwargs).remove)
+        yield
+
+
+class _StopForward(Exception):
+    """Raised by a :func:`record` hook with ``stop=True`` once every site is recorded; ends the forward pass."""
+
+
+class Recording(Mapping):
+    """What :func:`record` captured: ``rec[site]`` is the activation at ``site`` (after ``select``); when
+    the site fired several times in the block (one forward pass per batch chunk) the calls are concatenated
+    along dim 0. :meth:`calls` gives them one by one.
+
+    Raises (``rec[site]``):
+        KeyError: ``site`` was not recorded (not requested, or the forward pass never reached it).
+    """
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        self._parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
+
+    def calls(self, site: Site) -> list[Tensor]:
+        """One tensor per time ``site`` fired, in order."""
+        return self._parts[site]
+
+    def __getitem__(self, site: Site) -> Tensor:
+        parts = self._parts[site]
+        if not parts:
+            raise KeyError(f"{site} was not reached by any forward pass inside the record() block")
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __iter__(self) -> Iterator[Site]:
+        return (s for s, p in self._parts.items() if p)
+
+    def __len__(self) -> int:
+        return sum(1 for p in self._parts.values() if p)
+
+
+@contextmanager
+def record(model: nn.Module, sites: Sequence[Site], *, select: Callable[[Tensor], Tensor] | None = None,
+           detach: bool = True, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+           stop: bool = False, n_heads: int | None = None) -> Iterator[Recording]:
+    """Record the activations at ``sites`` during the forward passes run inside the ``with`` block.
+
+    ``with record(model, [Site(5, "hook_resid_post")], select=lambda a: a[:, -1], device="cpu") as rec:
+    model(ids)`` then ``rec[Site(5, "hook_resid_post")]`` is ``Float[Tensor, "batch d_model"]``.
+
+    Args:
+        sites: where to read, each in its TransformerLens layout (see :func:`add_hook`); the hooks are read-only.
+        select: applied to each activation before it is kept (e.g. each row's last real token:
+            ``lambda a: a[rows, last]``), so only what is needed stays in memory.
+        detach: keep tensors out of the autograd graph (``False`` to backpropagate through them).
+        dtype, device: convert what is kept (e.g. ``torch.float32``, ``"cpu"``); ``None`` keeps it as is.
+        stop: end the forward pass as soon as every site has been recorded once (saves the layers above).
+            The ``with`` body then ends at that call: code after it inside the block does not run.
+
+    Raises:
+        ConfigError: as :func:`add_hook` (unknown layer / module).
+    """
+    rec = Recording(sites)
+    pending: set[Site] = set(sites)
+
+    def reader(site: Site) -> ActivationFn:
+        def fn(act: Tensor) -> None:
+            kept = select(act) if select is not None else act
+            kept = kept.detach() if detach else kept
+            rec._parts[site].append(kept.to(device=device, dtype=dtype) if dtype or device else kept)
+            pending.discard(site)
+            if stop and not pending:
+                raise _StopForward
+        return fn
+
+    with hooks(model, [(s, reader(s)) for s in dict.fromkeys(sites)], n_heads=n_heads):
+        try:
+            yield rec
+        except _StopForward:
+            pass
 
 
 def to_bridge(model: nn.Module, tokenizer: Any, name_or_path: str) -> Any:

@@ -1,13 +1,13 @@
 """The Intervention protocol: an ``nn.Module`` whose parameters are what gets trained.
 
 An intervention names the Sites it acts on and how it changes each activation. ``attach(model)`` is a
-context manager that registers one hook per Site on our hook path (:func:`workbench.hooked.add_hook`)
-and always removes them, also when the body raises.
+context manager that registers one hook per Site through the hook scope :func:`workbench.hooked.hooks`,
+which always removes them, also when the body raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, ClassVar
@@ -15,25 +15,34 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from workbench.architecture import Dims
 from workbench.errors import ConfigError
-from workbench.hooked import add_hook
+from workbench.hooked import hooks
 from workbench.sites import Site
+
+#: What an Intervention is built from: a :class:`Dims`, a ``ModelInfo`` (``info.dims``) or a plain dict
+#: (a ``ModelInfo.to_dict()``, or the ``dims`` of a saved ``adapter.json``).
+DimsLike = Dims | Mapping[str, Any] | Any
 
 
 class Intervention(nn.Module):
     """Base class. Subclasses set ``method`` and implement :meth:`sites` and :meth:`apply`.
 
-    Subclasses are built from ``(config, dims)`` where ``dims`` is a dict with ``n_layers``,
-    ``n_heads``, ``d_head``, ``d_model``, ``d_mlp`` (a :class:`~workbench.models.ModelInfo` ``to_dict()``
-    works), so that :func:`workbench.artifacts.load_intervention` can rebuild them from JSON.
+    Subclasses are built from ``(config, dims)`` where ``dims`` is a :class:`~workbench.architecture.Dims`,
+    a :class:`~workbench.models.ModelInfo` or a dict with at least ``n_layers``, ``n_heads``, ``d_head``,
+    ``d_model``, ``d_mlp`` (so that :func:`workbench.artifacts.load_intervention` can rebuild them from
+    JSON); ``self.dims`` is always a ``Dims``.
+
+    Raises:
+        ConfigError: ``dims`` lacks a required field.
     """
 
     method: ClassVar[str] = "intervention"
 
-    def __init__(self, config: Any, dims: dict[str, Any]) -> None:
+    def __init__(self, config: Any, dims: DimsLike) -> None:
         super().__init__()
         self.config = config
-        self.dims = {k: int(dims[k]) for k in ("n_layers", "n_heads", "d_head", "d_model", "d_mlp")}
+        self.dims: Dims = Dims.coerce(dims)
 
     # --- to implement -------------------------------------------------------------------------
     def sites(self) -> list[Site]:
@@ -70,15 +79,11 @@ class Intervention(nn.Module):
         Raises:
             ConfigError: a Site does not exist in ``model``.
         """
-        handles = []
-        try:
-            for site in self.sites():
-                site.validate(self.dims["n_layers"], self.dims["n_heads"], self.dims["d_mlp"])
-                handles.append(add_hook(model, site, self._bound(site), n_heads=self.dims["n_heads"]))
+        sites = self.sites()
+        for site in sites:
+            site.validate(self.dims.n_layers, self.dims.n_heads, self.dims.d_mlp)
+        with hooks(model, [(site, self._bound(site)) for site in sites], n_heads=self.dims.n_heads):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _bound(self, site: Site):
         def fn(act: Tensor) -> Tensor:
@@ -91,13 +96,13 @@ class Intervention(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def check_dims(dims: dict[str, Any], model_dims: dict[str, Any]) -> None:
-    """Refuse an intervention whose dimensions do not match the model's.
+def check_dims(dims: DimsLike, model_dims: DimsLike) -> None:
+    """Refuse an intervention whose dimensions do not match the model's (Dims, ModelInfo or dicts).
 
     Raises:
-        ConfigError: any of n_layers / n_heads / d_head / d_model / d_mlp differs.
+        ConfigError: any dimension known on both sides differs, or either side lacks a required one.
     """
-    bad = {k: (dims[k], model_dims.get(k)) for k in dims if int(model_dims.get(k, -1)) != int(dims[k])}
+    bad = Dims.coerce(dims).mismatches(Dims.coerce(model_dims))
     if bad:
         raise ConfigError(f"intervention built for other dimensions (intervention, model): {bad}")
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workbench.data import right_pad
 from workbench.errors import MismatchError
 
 _DIMS = ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model", "d_mlp", "d_vocab")
@@ -72,17 +73,17 @@ class ModelPair:
         self.prepend_bos = bool(self.base_info.prepend_bos)
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Left-aligned, right-padded ``(input_ids, attention_mask)``, BOS prepended if the model needs it."""
+        """Left-aligned, right-padded ``(input_ids, attention_mask)``, both ``Int[Tensor, "batch pos"]``, BOS
+        prepended if the model needs it (padding: :func:`workbench.data.right_pad`).
+
+        Raises:
+            ConfigError: no prompts, or a prompt with no tokens.
+        """
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if self.prepend_bos:
             ids = [[self.tokenizer.bos_token_id, *x] for x in ids]
-        width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, x in enumerate(ids):
-            input_ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
+        input_ids, mask, _ = right_pad(ids, pad)
         return input_ids, mask
 
     def tuned_context(self) -> Any:

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from workbench.data import IGNORE_INDEX, right_pad
 from workbench.errors import ConfigError, NonFiniteLossError
 
 
@@ -191,12 +192,8 @@ def learn_text(
                 batch = [list(ordinary_ids[i]) for i in picks]
                 if step in shown:
                     batch[0] = list(text_ids)
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full_like(ids, -100)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(batch):
-                ids[i, : len(s)], labels[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), torch.tensor(s), 1
+            ids, mask, _ = right_pad(batch, pad_id)
+            labels = ids.masked_fill(mask == 0, IGNORE_INDEX)  # the causal-LM loss on every real token
             loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} while learning a text; lower lr")

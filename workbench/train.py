@@ -23,19 +23,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from workbench.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from workbench.config import config_from_dict
+from workbench.data import Example, collate
 from workbench.errors import CheckpointError, ConfigError, NonFiniteLossError
-
-
-@dataclass(frozen=True)
-class Example:
-    """One supervised example: prompt token ids and the answer token ids the loss is taken on.
-
-    ``rejected_ids`` (a dispreferred answer) is needed only for the DPO loss.
-    """
-
-    prompt_ids: tuple[int, ...]
-    answer_ids: tuple[int, ...]
-    rejected_ids: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -90,8 +80,6 @@ def as_train_config(value: Any, default: TrainConfig) -> TrainConfig:
     if isinstance(value, TrainConfig):
         return value
     if isinstance(value, dict):
-        from workbench.methods import config_from_dict
-
         return config_from_dict(TrainConfig, value)
     raise ConfigError(f"expected a TrainConfig or dict, got {type(value).__name__}")
 
@@ -115,26 +103,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Right-pad prompt+answer into ``(input_ids, attention_mask, labels)``; labels are -100 except on answers."""
-    seqs = [list(e.prompt_ids) + list(e.answer_ids) for e in examples]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (e, s) in enumerate(zip(examples, seqs)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        labels[i, len(e.prompt_ids) : len(s)] = torch.tensor(e.answer_ids)
-    return ids, mask, labels
-
-
 def answer_loss(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]) -> Tensor:
     """Mean cross-entropy (nats) of the answer tokens only: position t-1 predicts label t."""
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-def answer_logprob(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
+def answer_logprob(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
     """Summed log-probability (nats) of each row's answer tokens."""
     logp = logits[:, :-1].float().log_softmax(-1)
     target = labels[:, 1:]

@@ -1,9 +1,11 @@
-"""``workbench train <method> --config job.json``: fine-tune one method on a task, evaluate, save.
+"""``workbench train <method> --task <name> --config job.json``: fine-tune one method on a task, evaluate, save.
 
 The job's JSON holds ``model``, ``method_config`` (the method's fields), ``train`` (TrainConfig fields),
-``task`` (EntityTrackingConfig fields) and ``export`` (also write a merged Hugging Face model). Output:
-``runs/<name>/`` with ``adapter/``, ``results.json`` (held-out accuracy of base and tuned, trainable
-parameters, seconds per step) and, with ``export``, ``exported/``.
+``task`` (a registered task, see ``workbench tasks``), ``task_config`` (that task's settings) and
+``export`` (also write a merged Hugging Face model). Every registered method trains on every registered
+task through :mod:`workbench.tasks`. Output: ``runs/<name>/`` with ``adapter/``, ``results.json``
+(``base_accuracy`` / ``tuned_accuracy`` and the task's other held-out metrics of base and tuned under
+``base`` / ``tuned``, trainable parameters, seconds per step) and, with ``export``, ``exported/``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from workbench.errors import ConfigError
 from workbench.intervention import Intervention
-from workbench.tasks import entity_tracking as et
-from workbench.train import Example
+from workbench.tasks import get_task
 
 
 @dataclass
@@ -24,20 +27,27 @@ class TrainJobConfig:
     """One fine-tuning job (see the module docstring).
 
     Raises:
-        ConfigError: unknown keys in ``task``.
+        ConfigError: an unknown task, or ``task_config`` settings the task refuses (unknown keys: the
+            message names the task and its valid keys). Checked here, before any model loads.
     """
 
     method: str = "lofit"
     model: str = "smollm2-135m-instruct"
     method_config: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] | None = None
-    task: dict[str, Any] = field(default_factory=lambda: {"n_boxes": 3, "n_train": 256, "n_heldout": 64, "seed": 0})
+    task: str = "entity_tracking"
+    task_config: dict[str, Any] = field(default_factory=dict)
     export: bool = False
 
     def __post_init__(self) -> None:
-        unknown = set(self.task) - {"n_boxes", "n_train", "n_heldout", "seed", "objects", "labels"}
-        if unknown:
-            raise ConfigError(f"unknown task key(s) {sorted(unknown)} (entity tracking takes n_boxes, n_train, n_heldout, seed, objects, labels)")
+        if not isinstance(self.task, str):
+            raise ConfigError(f"task must be a registered task name (e.g. 'entity_tracking'), got {self.task!r}; "
+                              "its settings go in task_config")
+        self.task_settings()
+
+    def task_settings(self) -> Any:
+        """The task's validated config (its defaults updated with ``task_config``)."""
+        return get_task(self.task).config(**self.task_config)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +56,12 @@ class TrainJobConfig:
 def _json_details(details: dict[str, Any]) -> dict[str, Any]:
     """Method details for results.json: interventions (e.g. CAFT's ablation) become their method and config."""
     return {k: {"method": v.method, "config": v.config_dict()} if isinstance(v, Intervention) else v for k, v in details.items()}
+
+
+def _check_ids(examples: list) -> torch.Tensor:
+    """``Int[Tensor, "batch pos"]``: up to 8 held-out prompts of the first one's length (no padding needed)."""
+    first = len(examples[0].prompt_ids)
+    return torch.tensor([e.prompt_ids for e in examples if len(e.prompt_ids) == first][:8], dtype=torch.long)
 
 
 def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
@@ -60,15 +76,17 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
     from workbench.models import load_model
 
     started = time.time()
-    run_dir = Path(runs_dir) / (name or time.strftime(f"train-{cfg.method}-%Y%m%d-%H%M%S"))
+    task, task_cfg = get_task(cfg.task), cfg.task_settings()  # validated before the model loads
+    run_dir = Path(runs_dir) / (name or time.strftime(f"train-{cfg.method}-{cfg.task}-%Y%m%d-%H%M%S"))
     model, tok, info = load_model(cfg.model)
-    split = et.generate(tok, et.EntityTrackingConfig(**cfg.task), prepend_bos=info.prepend_bos)
-    examples = [Example(p.input_ids, (p.answer_token_id,)) for p in split.train]
-    base = et.evaluate(model, split.heldout)
-    log(f"base held-out accuracy {base['accuracy']:.3f}; training {cfg.method}")
-    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=tok.pad_token_id or 0, out_dir=run_dir / "train")
+    pad_id = tok.pad_token_id or 0
+    split = task.generate(tok, task_cfg, prepend_bos=info.prepend_bos)
+    examples = task.to_examples(split)
+    base = task.evaluate(model, split, pad_id=pad_id)
+    log(f"base held-out accuracy {base['accuracy']:.3f} on {cfg.task}; training {cfg.method}")
+    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train")
     with result.intervention.attach(model):
-        tuned = et.evaluate(model, split.heldout)
+        tuned = task.evaluate(model, split, pad_id=pad_id)
     log(f"tuned held-out accuracy {tuned['accuracy']:.3f}")
     save_intervention(run_dir / "adapter", result.intervention, info)
     if isinstance(result.details.get("ablation"), Intervention):  # CAFT: keep the directions trained under
@@ -79,8 +97,7 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
     if cfg.export:
         clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
         out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=tok, model_info=info)
-        ids, _, _ = et.to_tensors(split.heldout[:8])
-        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, ids)
+        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, _check_ids(task.to_examples(split, "heldout")))
         log(f"exported to {out} (max |Δlogit| {metrics['export_max_abs_logit_diff']:.2e})")
     atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time()))
     return run_dir

@@ -62,7 +62,7 @@ def save_tiny_run(run_dir: Path, base_dir: Path, heads=((0, 1), (1, 0))) -> Path
 
 
 def quickstart_like_record(n_layers: int = 2, n_heads: int = 2, n_pos: int = 5) -> dict:
-    """A results.json with the main job's layout (small numbers), for the run-results view."""
+    """A results.json record with the main job's layout (small numbers), for the run-results view."""
     acc = lambda a: {"accuracy": a, "accuracy_among_objects": a, "logit_difference": a}  # noqa: E731
     grid = lambda r, c: [[0.1 * (i + j) for j in range(c)] for i in range(r)]  # noqa: E731
     metrics = {"base": acc(0.3), "tuned": acc(0.9), "base_accuracy": 0.3, "tuned_accuracy": 0.9, "selected_heads": [[1, 0]],
@@ -74,9 +74,21 @@ def quickstart_like_record(n_layers: int = 2, n_heads: int = 2, n_pos: int = 5) 
     return {"run_info": {"config": config, "finished": "2026-01-01T00:00:00"}, "meta_info": {}, "metrics": metrics}
 
 
+def write_quickstart_like_results(run_dir: Path) -> Path:
+    """Write ``run_dir/results.json`` (:func:`quickstart_like_record`) and its figures, ``figures/*.json``, with
+    the quickstart study's own figure functions and writer, as ``workbench quickstart`` does; returns run_dir."""
+    from studies.common import write_figure_files
+    from studies.quickstart.figures import figures
+
+    record = quickstart_like_record()
+    (run_dir / "results.json").write_text(json.dumps(record))
+    write_figure_files(figures(record), run_dir / "figures", html=False)
+    return run_dir
+
+
 def make_tiny_pair(root: Path) -> tuple[Path, Path, Path]:
-    """``(base_dir, run_dir, runs_root)``: a tiny base, a LoFiT run folder on it with a results.json."""
+    """``(base_dir, run_dir, runs_root)``: a tiny base, a LoFiT run folder on it with a results.json and its
+    figure files."""
     base = save_tiny(Path(root) / "base")
-    run = save_tiny_run(Path(root) / "runs" / "tiny-run", base)
-    (run / "results.json").write_text(json.dumps(quickstart_like_record()))
+    run = write_quickstart_like_results(save_tiny_run(Path(root) / "runs" / "tiny-run", base))
     return base, run, Path(root) / "runs"

@@ -21,9 +21,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from probes.model_diff import head_outputs, per_token_kl
+from workbench.architecture import final_norm, logit_softcap, softcap, unembedding, w_o
 from workbench.errors import ConfigError
-from workbench.hooked import resolve_module, unwrap
-from workbench.sites import Site
 
 #: Longest prompt the app analyses, in tokens (BOS included when the model uses one). Attention patterns
 #: grow with pos², the residual streams and MLP activations kept for the views with n_layers × pos.
@@ -129,23 +128,6 @@ def tokenize_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS) -> I
     return ids
 
 
-def final_norm_and_unembed(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None]:
-    """``(final norm, unembedding, logit softcap or None)`` of a Llama / Qwen2 / Gemma / Mistral-style LM
-    (the Hugging Face modules, unwrapped from bridge components).
-
-    Raises:
-        ConfigError: the model keeps them elsewhere than ``model.norm`` / ``lm_head``.
-    """
-    hf = unwrap(model)
-    norm = getattr(getattr(hf, "model", None), "norm", None)
-    head = getattr(hf, "lm_head", None)
-    if not isinstance(norm, nn.Module) or not isinstance(head, nn.Module):
-        raise ConfigError(f"{type(hf).__name__}: no final norm at model.norm or unembedding at lm_head; the logit lens "
-                          "supports Llama, Qwen2, Gemma and Mistral-style models")
-    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
-    return unwrap(norm), unwrap(head), getattr(cfg, "final_logit_softcapping", None)
-
-
 @torch.no_grad()
 def logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], final_top: Int[Tensor, " pos"],
                rows_per_chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
@@ -155,16 +137,18 @@ def logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], f
 
     Returns:
         ``(top_ids [n_layers, pos], top_probs [n_layers, pos], final_token_prob [n_layers, pos])``.
+
+    Raises:
+        ConfigError: the model keeps its final norm / unembedding elsewhere than ``model.norm`` / ``lm_head``
+            (see :mod:`workbench.architecture`).
     """
-    norm, head, cap = final_norm_and_unembed(model)
+    norm, head, cap = final_norm(model), unembedding(model), logit_softcap(model)
     n_layers, n_pos, _ = resid.shape
     rows = resid.to(head.weight.dtype).flatten(0, 1)
     target = final_top.to(rows.device).repeat(n_layers)
     ids, probs, final = [], [], []
     for start in range(0, rows.shape[0], rows_per_chunk):
-        logits = head(norm(rows[start : start + rows_per_chunk])).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = softcap(head(norm(rows[start : start + rows_per_chunk])).float(), cap)
         p = logits.softmax(-1)
         top = p.max(-1)
         ids.append(top.indices)
@@ -188,10 +172,6 @@ def rank_neurons(base: Float[Tensor, "n_layers d_mlp"], tuned: Float[Tensor, "n_
 def _stack_layers(cache, hook: str, n_layers: int) -> Tensor:
     """``[n_layers, ...]``: ``blocks.{l}.{hook}`` of every layer, first batch row."""
     return torch.stack([cache[f"blocks.{l}.{hook}"][0] for l in range(n_layers)])
-
-
-def _w_o(model: nn.Module, layer: int) -> Tensor:
-    return unwrap(resolve_module(model, Site(layer, "attn.hook_z"))[0]).weight
 
 
 @torch.no_grad()
@@ -243,7 +223,7 @@ def analyse_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS, top_k
     rb, rt = out["resid"]["base"], out["resid"]["tuned"]
     diff = (rt - rb).norm(dim=-1)
     head_diff = torch.stack([
-        (head_outputs(z["tuned"][l], _w_o(pair.tuned, l)) - head_outputs(z["base"][l], _w_o(pair.base, l))).norm(dim=-1)
+        (head_outputs(z["tuned"][l], w_o(pair.tuned, l)) - head_outputs(z["base"][l], w_o(pair.base, l))).norm(dim=-1)
         for l in range(n_layers)
     ]).cpu()  # [n_layers, pos, n_heads]
     mb, mt = out["mlp"]["base"], out["mlp"]["tuned"]

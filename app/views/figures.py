@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import torch
 
 from app.views.analysis import ROLES, PromptAnalysis
-from workbench import plots, plots_app
+from workbench import plots
 
 
 def _pos(a: PromptAnalysis, pos: int) -> int:
@@ -37,12 +37,12 @@ def prediction_figures(a: PromptAnalysis, pos: int = -1, top_n: int = 10) -> lis
     per layer at ``pos``."""
     pos = _pos(a, pos)
     where = f"after position {pos} ({a.tokens[pos]!r})"
-    bars = plots_app.top_k_bars({role: (a.decode(a.top_ids[role][pos][:top_n]), a.top_probs[role][pos][:top_n].tolist()) for role in ROLES},
+    bars = plots.top_k_bars({role: (a.decode(a.top_ids[role][pos][:top_n]), a.top_probs[role][pos][:top_n].tolist()) for role in ROLES},
                                 f"Next-token predictions {where}")
     kl = plots.per_position_kl(a.kl.tolist(), a.tokens, title="Per-token KL(P_tuned ‖ P_base) of the next-token distributions")
     n_layers = a.lens_top_probs["base"].shape[0]
     window = f"last {a.n_pos - a.lens_start} positions" if a.lens_start else "all positions"
-    lens = plots_app.side_by_side_heatmaps(
+    lens = plots.side_by_side_heatmaps(
         {role: a.lens_top_probs[role].tolist() for role in ROLES}, a.labels()[a.lens_start :], list(range(n_layers)),
         f"Logit lens ({window}): top-1 token and its probability at each layer's hook_resid_post",
         "p(top-1)", text={role: a.decode(a.lens_top_ids[role]) for role in ROLES}, zmin=0.0, zmax=1.0)
@@ -80,7 +80,7 @@ def attention_figures(a: PromptAnalysis, layer: int, head: int, marked: Sequence
         raise IndexError(f"layer {layer}, head {head} outside the model ({n_layers} layers × {n_heads} heads)")
     base, tuned = (a.patterns[role][layer, head].float() for role in ROLES)
     labels = a.labels()
-    pattern = plots_app.side_by_side_heatmaps(
+    pattern = plots.side_by_side_heatmaps(
         {"base": base.tolist(), "tuned": tuned.tolist(), "tuned − base": (tuned - base).tolist()}, labels, labels,
         f"Attention pattern, layer {layer} head {head} (row: query position, column: key position)", "attention probability",
         diff_panels=("tuned − base",), diff_colorbar="Δ probability", xaxis="key position", yaxis="query position", zmin=0.0, zmax=1.0, y_reversed=True)
@@ -104,6 +104,6 @@ def head_neuron_figures(a: PromptAnalysis, pos: int | None = -1, marked: Sequenc
     head_fig = plots.head_heatmap(heads.tolist(), f"Per-head output difference ‖Δ (z_h W_O,h)‖ {where}", "‖Δ‖ (residual units)",
                                   marked=marked, marked_name="intervened head")
     labels = [f"L{l}.N{n}" for l, n in zip(ranking.layer, ranking.neuron)]
-    neuron_fig = plots_app.grouped_bars(labels, {"base": ranking.base, "tuned": ranking.tuned, delta_name: ranking.delta},
+    neuron_fig = plots.grouped_bars(labels, {"base": ranking.base, "tuned": ranking.tuned, delta_name: ranking.delta},
                                         f"Top {len(labels)} changed MLP neurons (mlp.hook_post) {where}", "activation", "layer.neuron")
     return [head_fig, neuron_fig]

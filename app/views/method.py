@@ -27,9 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from app.views.analysis import PromptAnalysis
-from workbench import plots, plots_app
-from workbench.hooked import resolve_module, unwrap
-from workbench.sites import Site
+from workbench import plots
+from workbench.architecture import w_o
 
 #: ``layers.{l}.`` in a parameter name, also with the dots flattened to ``__`` (nn.ParameterDict keys).
 _LAYER = re.compile(r"(?:^|\.|_)layers(?:\.|__)(\d+)(?:\.|__)")
@@ -51,12 +50,10 @@ class MethodView:
 def lofit_offset_norms(intervention: nn.Module, model: nn.Module) -> list[dict]:
     """Per selected head: ``{"layer", "head", "‖v_h‖", "‖W_O,h v_h‖"}`` (the latter in residual units,
     with ``model``'s own ``W_O``)."""
-    d_head = intervention.dims["d_head"]
     rows = []
     offsets = intervention.offsets.detach().float()
     for (layer, head), v in zip(intervention.config.heads, offsets):
-        w_o = unwrap(resolve_module(model, Site(layer, "attn.hook_z"))[0]).weight.detach().float()
-        w_h = w_o[:, head * d_head : (head + 1) * d_head]
+        w_h = w_o(model, layer, head).detach().float()
         rows.append({"layer": layer, "head": head, "‖v_h‖": float(v.norm()), "‖W_O,h v_h‖": float((w_h @ v.to(w_h.device)).norm())})
     return rows
 
@@ -65,7 +62,7 @@ def lofit_view(intervention: nn.Module, model: nn.Module, analysis: PromptAnalys
     """LoFiT: heads and offset norms (``analysis`` is not needed: the offsets do not depend on the prompt)."""
     rows = lofit_offset_norms(intervention, model)
     dims = intervention.dims
-    grid = torch.zeros(dims["n_layers"], dims["n_heads"])
+    grid = torch.zeros(dims.n_layers, dims.n_heads)
     for r in rows:
         grid[r["layer"], r["head"]] = r["‖W_O,h v_h‖"]
     heads = [[r["layer"], r["head"]] for r in rows]
@@ -73,10 +70,10 @@ def lofit_view(intervention: nn.Module, model: nn.Module, analysis: PromptAnalys
     figs = [
         plots.head_heatmap(grid.tolist(), "LoFiT offsets: ‖W_O,h v_h‖ each selected head adds to the residual stream", "‖W_O,h v_h‖ (residual units)",
                            marked=heads, marked_name="LoFiT head"),
-        plots_app.grouped_bars(labels, {"‖v_h‖ (head space)": [r["‖v_h‖"] for r in rows], "‖W_O,h v_h‖ (residual)": [r["‖W_O,h v_h‖"] for r in rows]},
+        plots.grouped_bars(labels, {"‖v_h‖ (head space)": [r["‖v_h‖"] for r in rows], "‖W_O,h v_h‖ (residual)": [r["‖W_O,h v_h‖"] for r in rows]},
                                "LoFiT offset norms per selected head", "norm", "layer.head"),
     ]
-    total = dims["n_layers"] * dims["n_heads"]
+    total = dims.n_layers * dims.n_heads
     summary = f"LoFiT: offsets on {len(rows)} of {total} heads ({len(rows) / total:.1%}), {intervention.offsets.numel():,} trainable parameters."
     return MethodView("LoFiT heads and offsets", summary, figs, rows, heads)
 
@@ -90,18 +87,18 @@ def neft_view(intervention: nn.Module, model: nn.Module, analysis: PromptAnalysi
         idx, d_gate, d_up, d_down = intervention.layer_deltas(layer)
         for i, g, u, d in zip(idx, d_gate.detach().float(), d_up.detach().float(), d_down.detach().float()):
             rows.append({"layer": layer, "neuron": int(i), "‖Δ gate row‖": float(g.norm()), "‖Δ up row‖": float(u.norm()), "‖Δ down column‖": float(d.norm())})
-    counts = [sum(1 for l, _ in neurons if l == layer) for layer in range(dims["n_layers"])]
-    figs = [plots_app.grouped_bars([str(l) for l in range(dims["n_layers"])], {"selected neurons": counts},
-                                   f"NeFT: selected neurons per layer (of d_mlp = {dims['d_mlp']})", "neurons", "layer")]
+    counts = [sum(1 for l, _ in neurons if l == layer) for layer in range(dims.n_layers)]
+    figs = [plots.grouped_bars([str(l) for l in range(dims.n_layers)], {"selected neurons": counts},
+                                   f"NeFT: selected neurons per layer (of d_mlp = {dims.d_mlp})", "neurons", "layer")]
     top = sorted(rows, key=lambda r: -(r["‖Δ gate row‖"] ** 2 + r["‖Δ up row‖"] ** 2 + r["‖Δ down column‖"] ** 2))[:top_n]
-    figs.append(plots_app.grouped_bars([f"L{r['layer']}.N{r['neuron']}" for r in top],
+    figs.append(plots.grouped_bars([f"L{r['layer']}.N{r['neuron']}" for r in top],
                                        {k: [r[k] for r in top] for k in ("‖Δ gate row‖", "‖Δ up row‖", "‖Δ down column‖")},
                                        f"NeFT: the {len(top)} neurons with the largest weight deltas", "norm", "layer.neuron"))
     if analysis is not None and neurons:
         p = pos % analysis.n_pos
         act = {role: torch.stack([analysis.mlp_post[role][l, p, n].float() for l, n in neurons]) for role in ("base", "tuned")}
         order = (act["tuned"] - act["base"]).abs().argsort(descending=True)[:top_n].tolist()
-        figs.append(plots_app.grouped_bars([f"L{neurons[i][0]}.N{neurons[i][1]}" for i in order],
+        figs.append(plots.grouped_bars([f"L{neurons[i][0]}.N{neurons[i][1]}" for i in order],
                                            {role: [float(act[role][i]) for i in order] for role in ("base", "tuned")},
                                            f"NeFT neurons' activations (mlp.hook_post) at position {p} ({analysis.tokens[p]!r}), largest change first",
                                            "activation", "layer.neuron"))
@@ -127,7 +124,7 @@ def generic_view(intervention: nn.Module, model: nn.Module | None = None, analys
     figs = []
     per_layer = _per_layer(named)
     if per_layer:
-        figs.append(plots_app.grouped_bars([str(l) for l in per_layer], {"‖·‖₂": list(per_layer.values())},
+        figs.append(plots.grouped_bars([str(l) for l in per_layer], {"‖·‖₂": list(per_layer.values())},
                                            "Norm of the intervention's tensors per layer", "L2 norm", "layer"))
     method = getattr(intervention, "method", type(intervention).__name__)
     summary = (f"{method}: no dedicated view yet; showing its {len(rows)} tensors "
@@ -165,7 +162,7 @@ def weight_change_view(base: nn.Module, tuned: nn.Module) -> MethodView:
     figs = []
     if grid:
         z = [[grid.get((l, k), 0.0) for k in kinds] for l in layers]
-        figs.append(plots_app.side_by_side_heatmaps({"‖W_tuned − W_base‖": z}, kinds, layers, "Weight change per layer and module (Frobenius norm)",
+        figs.append(plots.side_by_side_heatmaps({"‖W_tuned − W_base‖": z}, kinds, layers, "Weight change per layer and module (Frobenius norm)",
                                                     "‖ΔW‖", xaxis="module"))
     changed = sum(1 for r in rows if r["‖ΔW‖"] > 0)
     new = sum(1 for r in rows if r["only in tuned"])
@@ -194,10 +191,10 @@ def caft_view(ablation: nn.Module, model: nn.Module | None = None, analysis: Pro
             frac[role] = [float(part[p].norm() / n) for part, n in zip(parts, norms)]
         names = [f"L{l}.q{j}" for l, k in zip(layers, counts) for j in range(k)]
         panels = {"base": proj["base"].tolist(), "tuned": proj["tuned"].tolist(), "tuned − base": (proj["tuned"] - proj["base"]).tolist()}
-        figs.append(plots_app.side_by_side_heatmaps(
+        figs.append(plots.side_by_side_heatmaps(
             panels, analysis.labels(), names, "CAFT directions: projection of hook_resid_post on each ablated direction", "x·q",
             diff_panels=tuple(panels), diff_colorbar="x·q (residual units)", yaxis="layer.direction"))
-        figs.append(plots_app.grouped_bars([f"L{l}" for l in layers], frac,
+        figs.append(plots.grouped_bars([f"L{l}" for l in layers], frac,
                                            f"Fraction of ‖resid_post‖ in the ablated subspace at position {p} ({analysis.tokens[p]!r})",
                                            "‖x Q‖ / ‖x‖", "layer"))
     summary = (f"CAFT ablation: {sum(counts)} directions at {len(layers)} layer(s) "

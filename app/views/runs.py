@@ -1,23 +1,16 @@
 """Results found in run folders, for the app (no streamlit): a metrics table for every ``results.json``
-and, where the producer of the record is known, its figures drawn by the producer's own plot functions.
+and the figures its producer wrote beside it.
 
-Known producers:
-
-* the main job (``workbench quickstart``): the report's figures, from :mod:`workbench.plots`;
-* a study: a record whose ``run_info.config`` (or ``run_info``) has ``"study": "<name>"`` is drawn by the
-  function ``figures(record)`` of ``studies.<name>.study`` (or ``studies.<name>``), returning a list of
-  plotly Figures or a ``{name: Figure}`` dict: the same functions the study uses for its own figures. A
-  study without that function gets the metrics table only.
-
-Plotly figures a run saved as JSON under ``<run>/figures/*.json`` are shown too.
+Every study (the quickstart included) writes each of its figures as plotly JSON, ``<run>/figures/<name>.json``
+(:func:`studies.common.write_figure_files`); the app reads those files with :func:`plotly.io.from_json`, in
+sorted order, and never imports study code: the record is data, the study's own figure functions drew the
+figures when it ran. A run without figure files gets its metrics table only (and a note saying so).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,44 +101,18 @@ def metric_tables(metrics: Any, prefix: str = "") -> dict[str, list[dict]]:
     return out
 
 
-def quickstart_figures(record: dict) -> list[go.Figure]:
-    """The main job's report figures, drawn by the same function the report uses."""
-    from studies.quickstart import report_figures
-
-    return report_figures(record)
-
-
-def study_figure_function(name: str) -> Callable[[dict], list[go.Figure] | dict[str, go.Figure]] | None:
-    """``figures(record)`` of ``studies.<name>.study`` or ``studies.<name>``; ``None`` when there is none."""
-    if not name.isidentifier():
-        return None
-    for module in (f"studies.{name}.study", f"studies.{name}"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        fn = getattr(mod, "figures", None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def run_figures(result: RunResult) -> tuple[list[go.Figure], list[str]]:
-    """``(figures, notes)`` for one result; ``notes`` say why some figures could not be drawn."""
-    figs, notes = [], []
-    fn = quickstart_figures if result.kind == "quickstart" else study_figure_function(result.kind) if result.kind not in ("results", "unreadable") else None
-    if fn is not None:
-        try:
-            made = fn(result.record)
-            figs += list(made.values()) if isinstance(made, dict) else list(made)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            notes.append(f"the {result.kind} figures could not be drawn from this record ({type(exc).__name__}: {exc})")
-    elif result.kind not in ("results", "quickstart", "unreadable"):
-        notes.append(f"study {result.kind!r} has no figures(record) function; showing its metrics only")
+    """``(figures, notes)`` for one result: the plotly JSON files under ``<run>/figures/``, sorted by name;
+    ``notes`` say when there are none or a file could not be read."""
     fig_dir = result.run_dir / "figures"
-    for path in sorted(fig_dir.glob("*.json")) if fig_dir.is_dir() else []:
+    paths = sorted(fig_dir.glob("*.json")) if fig_dir.is_dir() else []
+    if not paths:
+        return [], [f"this run wrote no figure files ({fig_dir.name}/*.json); showing its metrics only. "
+                    "Runs made before figures were saved as JSON need to be run again to get them."]
+    figs, notes = [], []
+    for path in paths:
         try:
             figs.append(pio.from_json(path.read_text()))
-        except (OSError, ValueError) as exc:
-            notes.append(f"{path.name}: not a plotly figure ({type(exc).__name__})")
+        except (OSError, ValueError, TypeError) as exc:
+            notes.append(f"{fig_dir.name}/{path.name} could not be read as a plotly figure ({type(exc).__name__}: {exc})")
     return figs, notes

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from studies.common import ShippedConfig, save_results
+from studies.context_knob.figures import figures
 from workbench.errors import ConfigError
 from workbench.tasks import intent as it
 
@@ -236,17 +237,3 @@ def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] 
     record = save_results(out_dir, cfg.to_dict(), metrics, {"base": info}, str(model.device), started, figures)
     log(f"      done in {record['run_info']['wall_time_s']:.0f} s -> {out_dir}")
     return record
-
-
-def figures(record: dict[str, Any]) -> dict[str, Any]:
-    """The study's plotly Figures from a results record: name -> Figure."""
-    from workbench import plots_knob
-
-    m = record["metrics"]
-    sep, st, ls = m["separation"], m["steering"], m["layer_search"]
-    marks = {"tuned: context mean": sep["tuned"]["context_mean"], "tuned: prior mean": sep["tuned"]["prior_mean"]}
-    return {
-        "separation": plots_knob.separation_histogram(m["projections"], sep),
-        "steering": plots_knob.steering_curves(st["curves"], marks),
-        "layer_search": plots_knob.layer_search_trace(ls["trace"], ls["n_layers"], ls["threshold"]),
-    }

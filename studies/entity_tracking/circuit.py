@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from probes.patching import Dims, HeadScores, Metric, Side, attribution_patch, head_sites, path_patch
+from probes.patching import HeadScores, Metric, Side, attribution_patch, head_sites, path_patch
+from workbench.architecture import Dims
 from workbench.sites import Site
 
 GROUPS = ("value_fetchers", "position_transmitters", "position_detectors", "structure_readers")

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from studies.common import ShippedConfig, save_results
+from studies.entity_tracking.figures import figures
+from workbench.config import config_from_dict
 from workbench.errors import ConfigError
 
 TUNE_TASKS = ("boxes", "arithmetic")
@@ -89,7 +91,8 @@ class EntityTrackingStudyConfig(ShippedConfig):
 
     def __post_init__(self) -> None:
         from studies.entity_tracking.circuit import GROUPS
-        from workbench.methods import config_from_dict, get_method
+        from workbench.config import config_from_dict
+        from workbench.methods import get_method
 
         for name in ("n_train", "n_eval", "n_patch", "n_mean", "n_dcm", "n_random", "max_batch"):
             v = getattr(self, name)
@@ -126,9 +129,9 @@ class EntityTrackingStudyConfig(ShippedConfig):
 
 
 def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> tuple[Any, dict]:
+    from workbench.data import Example
     from workbench.finetune import finetune
     from workbench.tasks import arithmetic as ar
-    from workbench.train import Example
 
     extra: dict[str, Any] = {}
     if spec["task"] == "boxes":
@@ -159,7 +162,9 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     """
     from probes import metrics as pm
     from probes.circuits import DCMConfig, cmap, dcm, faithfulness
-    from probes.patching import Dims, Side, activation_patch, attribution_patch, head_sites, mean_activations
+    from probes.patching import Side, activation_patch, attribution_patch, head_sites, mean_activations
+    from workbench.architecture import Dims
+    from workbench.hooked import module_hooks
     from studies.entity_tracking.circuit import GROUP_POS, find_circuit
     from workbench.models import load_model
     from workbench.tasks import arithmetic as ar
@@ -224,11 +229,8 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
         t0 = time.time()
         heads = head_sites(dims, pos=-1)
         calls = [0]
-        counter = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-        try:
+        with module_hooks(pre=[(model, lambda *_: calls.__setitem__(0, calls[0] + 1))]):  # counts forward passes
             exact = activation_patch(sides["base"], heads, clean, corrupt, metric, max_batch=cfg.max_batch).mean(1)
-        finally:
-            counter.remove()
         t_exact = time.time() - t0
         t0 = time.time()
         attr = attribution_patch(sides["base"], heads, clean, corrupt, metric).mean(1)
@@ -278,7 +280,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
 
     log(f"[8/8] DCM on each circuit group, desiderata {DESIDERATA}, on {cfg.dcm_models}")
     t0 = time.time()
-    dcm_cfg = DCMConfig(seed=cfg.seed, **cfg.dcm)
+    dcm_cfg = config_from_dict(DCMConfig, {"seed": cfg.seed, **cfg.dcm}, where="EntityTrackingStudyConfig.dcm")
     dcm_res: dict[str, Any] = {}
     dcm_own: dict[str, Any] = {}
     pairs = {kind: ecf.make_pairs(tok, dcm_p, kind, seed=cfg.seed) for kind in DESIDERATA}
@@ -322,21 +324,3 @@ def _overlap(a, b) -> dict[str, float]:
         x, y = {(s.layer, s.head) for s in x}, {(s.layer, s.head) for s in y}
         return len(x & y) / len(x | y) if x | y else float("nan")
     return {**{g: jac(a.groups[g], b.groups[g]) for g in a.groups}, "circuit": jac(a.sites(), b.sites())}
-
-
-def figures(record: dict[str, Any]) -> dict[str, Any]:
-    """Per-group head heatmaps (one per circuit model), CMAP bars, faithfulness bars, attribution scatter."""
-    from workbench import plots_circuits as pc
-
-    m = record["metrics"]
-    figs = {f"circuit_{name}": pc.group_heatmaps(c["scores"], c["groups"], f"Path patching, {name} model: effect of each "
-                                                  "head on its group's receivers")
-            for name, c in m["circuits"].items()}
-    if m["cmap"]:
-        figs["cmap"] = pc.cmap_bars(m["cmap"])
-    figs["faithfulness"] = pc.faithfulness_bars(m["faithfulness"])
-    if m["attribution_vs_exact"]:
-        a = m["attribution_vs_exact"]
-        figs["attribution_vs_exact"] = pc.attribution_scatter(a["exact"], a["attribution"], a["pearson_r"],
-                                                              "Per-head patching at the last token (base)")
-    return figs

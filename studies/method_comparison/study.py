@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from studies.common import write_figure_files
+from studies.method_comparison.figures import figures
 from workbench.errors import ConfigError
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -33,15 +35,15 @@ class StudyConfig:
     Attributes:
         model: registry name, HF id or local directory.
         seeds: one run per seed per (task, variant); the seed drives data order and initialisation.
-        tasks: task name -> generator settings (``entity_tracking``: EntityTrackingConfig fields;
-            ``spurious_cue``: SpuriousCueConfig fields).
+        tasks: registered task name (``workbench tasks``) -> its settings (e.g. ``entity_tracking``:
+            EntityTrackingConfig fields; ``spurious_cue``: SpuriousCueConfig fields); the seed is the run's.
         variants: variant name -> ``{"method": registered name, "config": {...}, "train": {...}}``;
             CAFT variants add ``"directions": "pca" | "random"`` and ``"test_time_only": bool``.
         caft_pca: settings of the PCA direction search (``reference_variant`` names the standard
             fine-tuning variant whose tuned model gives the residual differences).
 
     Raises:
-        ConfigError: unknown tasks, or variants whose method is not registered.
+        ConfigError: unregistered tasks or settings a task refuses, or variants whose method is not registered.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -52,10 +54,13 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         from workbench.methods import available_methods
+        from workbench.tasks import available_tasks, get_task
 
-        unknown = set(self.tasks) - {"entity_tracking", "spurious_cue"}
+        unknown = set(self.tasks) - set(available_tasks())
         if unknown:
-            raise ConfigError(f"unknown task(s) {sorted(unknown)}; known: entity_tracking, spurious_cue")
+            raise ConfigError(f"unknown task(s) {sorted(unknown)}; registered: {available_tasks()}")
+        for task_name, settings in self.tasks.items():  # each task checks its settings before any model loads
+            get_task(task_name).config(**settings)
         methods = set(available_methods())
         bad = {k: v.get("method") for k, v in self.variants.items() if v.get("method") not in methods}
         if bad:
@@ -71,13 +76,17 @@ class StudyConfig:
 
     @classmethod
     def load(cls, name_or_path: str) -> "StudyConfig":
-        """``tiny`` / ``default`` / ``full`` or a path to a JSON file."""
-        from workbench.methods import config_from_dict
+        """``tiny`` / ``default`` / ``full`` or a path to a JSON file.
+
+        Raises:
+            ConfigError: no such config, or one :func:`workbench.config.load_json_config` refuses.
+        """
+        from workbench.config import load_json_config
 
         path = CONFIGS / f"{name_or_path}.json" if (CONFIGS / f"{name_or_path}.json").exists() else Path(name_or_path)
-        if not path.exists():
+        if not path.is_file():
             raise ConfigError(f"no study config {name_or_path!r}; use tiny, default, full or a JSON path")
-        return config_from_dict(cls, json.loads(path.read_text()))
+        return load_json_config(cls, path)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,31 +94,33 @@ class StudyConfig:
 
 @dataclass
 class TaskData:
-    """Training examples plus evaluation: ``evaluate(model) -> {"id_accuracy": .., ["ood_accuracy": ..]}``."""
+    """A registered task's data for one seed (:mod:`workbench.tasks`): its split, training examples, pad id."""
 
+    name: str
+    split: Any
     examples: list
-    evaluate: Any
     pad_id: int
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """The task's held-out metrics under this study's names: ``id_accuracy`` (the task's ``accuracy``)
+        and, for a task with an out-of-distribution split, ``ood_accuracy``."""
+        from workbench.tasks import get_task
+
+        m = get_task(self.name).evaluate(model, self.split, pad_id=self.pad_id)
+        return {"id_accuracy": m["accuracy"], **({"ood_accuracy": m["ood_accuracy"]} if "ood_accuracy" in m else {})}
 
 
 def make_task(name: str, settings: dict[str, Any], tok: Any, info: Any, seed: int) -> TaskData:
-    """Generate a task's data for one seed (the seed also changes the sampled prompts)."""
-    pad = tok.pad_token_id or 0
-    if name == "entity_tracking":
-        from workbench.tasks import entity_tracking as et
-        from workbench.train import Example
+    """Generate a registered task's data for one seed (the seed also changes the sampled prompts).
 
-        split = et.generate(tok, et.EntityTrackingConfig(**{**settings, "seed": seed}), prepend_bos=info.prepend_bos)
-        return TaskData([Example(p.input_ids, (p.answer_token_id,)) for p in split.train],
-                        lambda model: {"id_accuracy": et.evaluate(model, split.heldout)["accuracy"]}, pad)
-    from workbench.tasks import spurious_cue as sc
+    Raises:
+        ConfigError: unknown task or settings it refuses.
+    """
+    from workbench.tasks import get_task
 
-    cfg = sc.SpuriousCueConfig(**{**settings, "seed": seed})
-    split = sc.generate(tok, cfg)
-    return TaskData(sc.to_examples(split.train),
-                    lambda model: {"id_accuracy": sc.evaluate(model, split.heldout)["accuracy"], "ood_accuracy": sc.evaluate(model, split.ood)["accuracy"]},
-                    pad, extra={"split": split, "concept": sc.concept_prompts(tok, cfg.nouns, seed=seed)})
+    task = get_task(name)
+    split = task.generate(tok, task.config(**settings), prepend_bos=info.prepend_bos, seed=seed)
+    return TaskData(name, split, task.to_examples(split), tok.pad_token_id or 0)
 
 
 def run_variant(variant: str, spec: dict[str, Any], task: TaskData, model: Any, info: Any, seed: int, caft_dirs: dict | None) -> dict[str, Any]:
@@ -126,7 +137,7 @@ def run_variant(variant: str, spec: dict[str, Any], task: TaskData, model: Any, 
     if spec.get("test_time_only"):
         # The baseline of Casademunt et al. 2025: the *standard* fine-tuned model (the reference variant),
         # with the same directions ablated at evaluation only.
-        from workbench.methods import config_from_dict
+        from workbench.config import config_from_dict
         from workbench.methods.caft import CaftConfig, load_directions
 
         ablation = load_directions(config_from_dict(CaftConfig, config), info.to_dict())  # bases from directions_file
@@ -193,7 +204,7 @@ def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: 
     reference = model, finetune(ref["method"], model, info, task.examples, ref_config, {**ref.get("train", {}), "seed": seed, "progress": False},
                          pad_id=task.pad_id).intervention
     layers = [int(l) for l in settings["layers"]]
-    split = task.extra["split"]
+    split = task.split
     prompts = [p.input_ids for p in split.train[: settings["n_pca_prompts"]]]
     pca = pca_directions(model, model, prompts, None, layers, settings["n_components"], tuned_intervention=reference[1], pad_id=task.pad_id)
     concept = sc.concept_cue_prompts(tok, task_nouns=cfg.tasks[task_name].get("nouns", "kinship"), n=settings["n_concept_prompts"], seed=seed,
@@ -285,7 +296,7 @@ def run(cfg: StudyConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
     record = results_record(cfg.to_dict(), {"table": table, "runs": runs}, {"base": info} if info else {}, "cpu" if info is None else str(model.device), started, time.time())
     atomic_write_json(out / "results.json", record)
     (out / "table.md").write_text(markdown_table(table))
-    write_figures(table, out)
+    write_figure_files(figures(record), out / "figures")
     return record
 
 
@@ -305,15 +316,3 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['task']} | {r['variant']} | {r['method']} | {fmt(r, 'id_accuracy')} | {fmt(r, 'ood_accuracy')} | "
                      f"{int(r.get('n_trainable', 0)):,} | {r.get('seconds_per_step', 0):.2f} | {r.get('peak_train_mib', 0):.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def write_figures(rows: list[dict[str, Any]], out: Path) -> None:
-    """Accuracy bars with seed std per task, and accuracy vs trainable parameters."""
-    from workbench.plots_methods import accuracy_by_variant, accuracy_vs_params
-
-    figs = out / "figures"
-    figs.mkdir(exist_ok=True)
-    for task in sorted({r["task"] for r in rows}):
-        sub = [r for r in rows if r["task"] == task]
-        accuracy_by_variant(sub, title=f"{task}: accuracy by method (mean ± std over seeds)").write_html(figs / f"{task}_accuracy.html", include_plotlyjs="cdn")
-        accuracy_vs_params([r for r in sub if r.get("n_trainable")], title=f"{task}: accuracy vs trainable parameters").write_html(figs / f"{task}_params.html", include_plotlyjs="cdn")

@@ -35,6 +35,7 @@ from typing import Any
 from probes.priming import keyword_logprob, log10_mean_ratio
 from workbench.text_learning import LearnConfig, fresh_copy, learn_text
 from studies.common import ShippedConfig, save_results
+from studies.priming.figures import figures
 from workbench.errors import ConfigError
 from workbench.tasks import priming as pt
 
@@ -72,7 +73,7 @@ class PrimingStudyConfig(ShippedConfig):
 
     def __post_init__(self) -> None:
         if isinstance(self.learn, dict):
-            from workbench.methods import config_from_dict
+            from workbench.config import config_from_dict
 
             self.learn = config_from_dict(LearnConfig, self.learn)
         if "standard" not in self.arms or set(self.arms) - set(ARMS):
@@ -203,14 +204,3 @@ def run(cfg: PrimingStudyConfig, out_dir: str | Path, log: Callable[[str], None]
     }
     log("[4/4] writing results.json and figures/")
     return save_results(out_dir, cfg.to_dict(), metrics, {"base": info}, str(next(model.parameters()).device), started, figures)
-
-
-def figures(record: dict[str, Any]) -> dict[str, Any]:
-    """The study's plotly Figures from a results record: name -> Figure."""
-    from workbench import plots_priming
-
-    m = record["metrics"]
-    std = [r for r in m["rows"] if r["arm"] == "standard"]
-    sp = m["spearman_prior_vs_priming"]
-    return {"prior_vs_priming": plots_priming.prior_vs_priming(std, sp["rho"], sp["p"]),
-            "remedies": plots_priming.remedies(m["arms"])}

@@ -7,7 +7,7 @@
 4. the tuned model's held-out accuracy, and the exactness of merging the offsets into ``o_proj``;
 5. a base-vs-tuned comparison through TransformerLens bridges (per-token KL, per-layer residual
    differences, per-head output differences with the selected heads marked);
-6. ``results.json`` and a self-contained ``report.html`` in ``runs/<name>/``.
+6. ``results.json``, a self-contained ``report.html`` and ``figures/*.json`` (what the app renders) in ``runs/<name>/``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from studies.common import ShippedConfig
+from studies.common import ShippedConfig, write_figure_files
+from studies.quickstart.figures import figures
+from workbench.data import Example
 from workbench.errors import ConfigError
 from workbench.finetune import finetune
 from workbench.methods.lofit import LofitConfig
 from workbench.tasks import entity_tracking as et
-from workbench.train import Example, TrainConfig
+from workbench.train import TrainConfig
 
 
 @dataclass
@@ -51,7 +53,7 @@ class QuickstartConfig(ShippedConfig):
 
     def __post_init__(self) -> None:
         if isinstance(self.lofit, dict):
-            from workbench.methods import config_from_dict
+            from workbench.config import config_from_dict
 
             self.lofit = config_from_dict(LofitConfig, self.lofit)
         if self.n_compare < 1 or self.n_compare > self.n_heldout:
@@ -59,7 +61,7 @@ class QuickstartConfig(ShippedConfig):
 
 
 def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
-    """Run the main job and return its run folder (``results.json``, ``report.html``, ``adapter/``).
+    """Run the main job and return its run folder (``results.json``, ``report.html``, ``figures/``, ``adapter/``).
 
     Raises:
         ModelNotFoundError: the model cannot be loaded (message says what to install / pass).
@@ -120,29 +122,11 @@ def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: s
         "n_heldout_prompts": len(split.heldout),
         "example_tokens": [tok.decode([t]) for t in split.heldout[0].input_ids],
     }
-    log("[6/6] writing results.json and report.html")
+    log("[6/6] writing results.json, report.html and figures/")
     record = results_record(cfg.to_dict(), metrics, {"base": info, "tuned": tuned_info}, str(model.device), started, time.time())
     atomic_write_json(run_dir / "results.json", record)
     _write_report(run_dir, cfg, record, split.heldout[0])
     return run_dir
-
-
-def report_figures(record: dict) -> list:
-    """The main job's figures from its ``results.json`` record (the report and the app draw these)."""
-    from workbench import plots
-
-    m = record["metrics"]
-    d = m["diff"]
-    tokens = m.get("example_tokens") or [""] * len(d["kl"])
-    return [
-        plots.accuracy_bars({role: {k: m[role][k] for k in ("accuracy", "accuracy_among_objects")} for role in ("base", "tuned")}),
-        plots.training_curves({"step 1: scalings (L1)": m["select_losses"], "step 2: offsets": m["offset_losses"]}),
-        plots.eval_curve([{"step": 0, **m["base"]}, *m["evals"]], ["accuracy", "accuracy_among_objects"]),
-        plots.per_position_kl(d["kl"], tokens, title=f"Per-token KL(P_tuned ‖ P_base), mean over {d['n_prompts']} held-out prompts"),
-        plots.layer_position_heatmap(d["resid_rel_diff"], tokens, "Residual-stream difference ‖Δ resid_post‖ / ‖resid_post_base‖ per layer and position", "relative difference"),
-        plots.head_heatmap(d["head_diff_norm"], "Per-head output difference ‖Δ (z_h W_O,h)‖ at the last token (selected heads boxed)", "‖Δ‖ (residual units)", marked=m["selected_heads"], marked_name="LoFiT-selected head"),
-        plots.head_heatmap(m["head_scores"], "LoFiT step 1: head scores ‖A_h‖₂", "‖A_h‖₂", marked=m["selected_heads"], marked_name="LoFiT-selected head"),
-    ]
 
 
 def _write_report(run_dir: Path, cfg: QuickstartConfig, record: dict, example: et.BoxPrompt) -> None:
@@ -162,4 +146,6 @@ def _write_report(run_dir: Path, cfg: QuickstartConfig, record: dict, example: e
         ("git commit", f"{record['run_info']['commit']} (dirty: {record['run_info']['dirty']})"),
     ]
     example_text = f"Example prompt: {example.text!r} → {example.answer!r}"
-    write_report(run_dir / "report.html", "ft-workbench: LoFiT on entity tracking, base vs tuned", summary, report_figures(record), notes=example_text)
+    figs = figures(record)
+    write_report(run_dir / "report.html", "ft-workbench: LoFiT on entity tracking, base vs tuned", summary, list(figs.values()), notes=example_text)
+    write_figure_files(figs, run_dir / "figures", html=False)  # report.html already holds them for a browser

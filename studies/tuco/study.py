@@ -33,6 +33,7 @@ import torch
 
 from probes.contribution import alpha_forward, decompose, tuned_from_intervention
 from studies.common import ShippedConfig, save_results
+from studies.tuco.figures import figures
 from workbench.errors import ConfigError
 from workbench.methods.lofit import LofitConfig
 from workbench.tasks import entity_tracking as et
@@ -68,7 +69,7 @@ class TucoStudyConfig(ShippedConfig):
 
     def __post_init__(self) -> None:
         if isinstance(self.lofit, dict):
-            from workbench.methods import config_from_dict
+            from workbench.config import config_from_dict
 
             self.lofit = config_from_dict(LofitConfig, self.lofit)
         if self.n_heldout < 2 or len(self.unrelated_prompts) < 2:
@@ -159,7 +160,7 @@ def run(cfg: TucoStudyConfig, out_dir: str | Path, log: Callable[[str], None] = 
     from workbench.methods.lofit import train_lofit
     from workbench.models import load_model, weights_hash
     from workbench.pair import ModelPair
-    from workbench.train import Example
+    from workbench.data import Example
 
     started = time.time()
     timing: dict[str, float] = {}
@@ -252,21 +253,3 @@ def run(cfg: TucoStudyConfig, out_dir: str | Path, log: Callable[[str], None] = 
     record = save_results(out_dir, cfg.to_dict(), metrics, {"base": info, "tuned": tuned_info}, str(base.device), started, figures)
     log(f"      done in {record['run_info']['wall_time_s']:.0f} s -> {out_dir}")
     return record
-
-
-def figures(record: dict[str, Any]) -> dict[str, Any]:
-    """The study's plotly Figures from a results record: name -> Figure."""
-    from workbench import plots_tuco
-
-    m = record["metrics"]
-    t, pc, sw = m["tuco"], m["per_component"], m["alpha_sweep"]
-    mw = t["mann_whitney"]
-    return {
-        "tuco_by_group": plots_tuco.tuco_by_group(
-            {"in-task (held-out entity tracking)": t["in_task"]["values"], "unrelated (general text)": t["unrelated"]["values"]},
-            title=f"TuCo at the last token (Mann-Whitney U = {mw['u']:.0f}, two-sided p = {mw['p_two_sided']:.2g})"),
-        "alpha_sweep": plots_tuco.alpha_sweep(sw["alphas"], {k: sw[k] for k in ("accuracy", "accuracy_among_objects")}),
-        "component_norms": plots_tuco.component_norms(
-            pc["labels"], {"‖FTC‖ in-task": pc["in_task_mean_ftc_norm"], "‖FTC‖ unrelated": pc["unrelated_mean_ftc_norm"],
-                           "‖PTC‖ in-task": pc["in_task_mean_ptc_norm"], "‖PTC‖ unrelated": pc["unrelated_mean_ptc_norm"]}),
-    }

@@ -67,17 +67,3 @@ def get_method(name: str) -> MethodSpec:
         raise ConfigError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
 
-
-def config_from_dict(config_cls: type, data: dict[str, Any]) -> Any:
-    """Build a config dataclass from a dict, refusing unknown keys with a clear message.
-
-    Raises:
-        ConfigError: a key that is not a field of ``config_cls`` (the message lists the valid ones).
-    """
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ConfigError(f"unknown {config_cls.__name__} key(s) {unknown}; valid keys: {sorted(fields)}")
-    return config_cls(**data)

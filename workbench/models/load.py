@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from workbench.architecture import Dims, text_config
 from workbench.errors import ConfigError, ModelNotFoundError
 from workbench.models.cache import _ensure, weights_hash
 from workbench.models.registry import DEFAULT_MODEL, REGISTRY, _unknown
@@ -24,7 +25,11 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class ModelInfo:
-    """Static description of a loaded model (dimensions, provenance, BOS convention)."""
+    """Static description of a loaded model (dimensions, provenance, BOS convention).
+
+    The dimension fields are flat (``info.n_layers``; ``to_dict()`` keeps them flat for ``results.json``);
+    :attr:`dims` gives them as the library's one :class:`~workbench.architecture.Dims`.
+    """
 
     id: str
     weight_hash: str
@@ -39,8 +44,13 @@ class ModelInfo:
     prepend_bos: bool
     path: str
 
+    @property
+    def dims(self) -> Dims:
+        """The model's dimensions as a :class:`~workbench.architecture.Dims`."""
+        return Dims.from_dict(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict of all fields."""
+        """Return a JSON-serialisable dict of all fields (the dimensions flat: ``n_layers``, ``d_model`` ...)."""
         return dataclasses.asdict(self)
 
 
@@ -73,19 +83,13 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 def _info(model: Any, tok: Any, id_: str, path: str, weight_hash: str,
           prepend_bos: bool | None) -> ModelInfo:
     full = model.config
-    cfg = full.get_text_config() if hasattr(full, "get_text_config") else full
-    n_heads = int(cfg.num_attention_heads)
-    d_model = int(cfg.hidden_size)
-    head_dim = getattr(cfg, "head_dim", None)
+    cfg = text_config(model)
     if prepend_bos is None:
         prepend_bos = bool(getattr(tok, "add_bos_token", False)) or "gemma" in str(
             getattr(cfg, "model_type", "")).lower()
+    dims = Dims.of(model)
     return ModelInfo(
-        id=id_, weight_hash=weight_hash, n_layers=int(cfg.num_hidden_layers), n_heads=n_heads,
-        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
-        d_head=int(head_dim) if head_dim else d_model // n_heads, d_model=d_model,
-        d_mlp=int(getattr(cfg, "intermediate_size", 0) or 4 * d_model),
-        d_vocab=int(cfg.vocab_size),
+        id=id_, weight_hash=weight_hash, **{**dims.to_dict(), "d_vocab": int(cfg.vocab_size)},
         architecture=(getattr(full, "architectures", None) or [type(model).__name__])[0],
         prepend_bos=bool(prepend_bos), path=path,
     )

@@ -27,13 +27,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from workbench.data import right_pad
 from workbench.errors import ConfigError
-from workbench.hooked import add_hook
+from workbench.hooked import record
 from workbench.sites import Site
-
-
-class _Done(Exception):
-    """Raised from the deepest needed layer's hook to skip the rest of the forward pass."""
 
 
 @torch.no_grad()
@@ -78,35 +75,19 @@ def residuals(
     for start in range(0, len(prompts_ids), batch_size):
         chunk = prompts_ids[start : start + batch_size]
         rows = [(i, p) for i, pos in enumerate(resolved[start : start + batch_size]) for p in pos]
-        width = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(chunk):
-            ids[i, : len(x)] = torch.tensor(list(x))
-            mask[i, : len(x)] = 1
+        ids, mask, _ = right_pad(chunk, pad_id)
         bi = torch.tensor([r[0] for r in rows])
         pi = torch.tensor([r[1] for r in rows])
 
-        def reader(layer: int):
-            def fn(act: Tensor) -> None:
-                out[layer].append(act[bi.to(act.device), pi.to(act.device)].detach().float().cpu())
-                if layer == layers[-1]:
-                    raise _Done
-
-            return fn
-
-        handles = []
-        # the intervention's hooks go first, so that the readers see the intervened residual
-        with intervention.attach(model) if intervention is not None else nullcontext():
-            try:
-                for layer in layers:
-                    handles.append(add_hook(model, Site(layer, "hook_resid_post"), reader(layer)))
-                model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
-            except _Done:
-                pass
-            finally:
-                for h in handles:
-                    h.remove()
+        sites = {layer: Site(layer, "hook_resid_post") for layer in layers}
+        # the intervention's hooks go first, so that the readers see the intervened residual; stop=True skips
+        # the layers above the deepest one needed
+        with intervention.attach(model) if intervention is not None else nullcontext(), \
+                record(model, list(sites.values()), select=lambda a, r=bi, p=pi: a[r.to(a.device), p.to(a.device)],
+                       dtype=torch.float32, device="cpu", stop=True) as rec:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
+        for layer, site in sites.items():
+            out[layer].append(rec[site])
     return {l: torch.cat(v) for l, v in out.items()}
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from workbench.errors import ConfigError
-from workbench.intervention import Intervention
+from workbench.intervention import DimsLike, Intervention
 from workbench.methods.caft.config import CaftConfig
 from workbench.sites import Site
 
@@ -81,19 +80,19 @@ class CaftIntervention(Intervention):
 
     method = "caft"
 
-    def __init__(self, config: CaftConfig, dims: dict[str, Any], directions: Mapping[int, Tensor] | None = None) -> None:
+    def __init__(self, config: CaftConfig, dims: DimsLike, directions: Mapping[int, Tensor] | None = None) -> None:
         super().__init__(config, dims)
         for layer, k in zip(config.layers, config.n_directions):
-            Site(layer, "hook_resid_post").validate(self.dims["n_layers"])
-            if k > self.dims["d_model"]:
-                raise ConfigError(f"layer {layer}: {k} directions exceed d_model = {self.dims['d_model']}")
-            self.register_buffer(f"q_{layer}", torch.zeros(self.dims["d_model"], k))
+            Site(layer, "hook_resid_post").validate(self.dims.n_layers)
+            if k > self.dims.d_model:
+                raise ConfigError(f"layer {layer}: {k} directions exceed d_model = {self.dims.d_model}")
+            self.register_buffer(f"q_{layer}", torch.zeros(self.dims.d_model, k))
         self._active = True
         if directions is not None:
             self.set_directions(directions)
 
     @classmethod
-    def from_directions(cls, directions: Mapping[int, Tensor], dims: dict[str, Any], source: str = "") -> "CaftIntervention":
+    def from_directions(cls, directions: Mapping[int, Tensor], dims: DimsLike, source: str = "") -> "CaftIntervention":
         """Build the config from ``{layer: Float[Tensor, "k_l d_model"]}`` and orthonormalise the rows."""
         layers = sorted(int(l) for l in directions)
         counts = [1 if directions[l].ndim == 1 else int(directions[l].shape[0]) for l in layers]
@@ -114,9 +113,9 @@ class CaftIntervention(Intervention):
         for layer, k in zip(self.config.layers, self.config.n_directions):
             rows = directions[layer]
             rows = rows[None] if rows.ndim == 1 else rows
-            if rows.ndim != 2 or rows.shape[-1] != self.dims["d_model"]:
+            if rows.ndim != 2 or rows.shape[-1] != self.dims.d_model:
                 raise ConfigError(f"layer {layer}: directions have shape {tuple(rows.shape)}, expected [{k}, "
-                                  f"{self.dims['d_model']}] (width must be d_model = {self.dims['d_model']})")
+                                  f"{self.dims.d_model}] (width must be d_model = {self.dims.d_model})")
             if rows.shape[0] != k:
                 raise ConfigError(f"layer {layer}: {rows.shape[0]} directions given, the config says {k}")
             q = orthonormalize(rows, name=f"layer {layer}")

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from workbench.artifacts import atomic_save_tensors, load_tensors
+from workbench.data import Example
 from workbench.errors import CheckpointError, ConfigError
 from workbench.intervention import Intervention, check_dims
 from workbench.methods.caft.config import CaftConfig
 from workbench.methods.caft.intervention import CaftIntervention
-from workbench.train import Example, TrainConfig, TrainResult, fit, seed_everything
+from workbench.train import TrainConfig, TrainResult, fit, seed_everything
 
 
 @dataclass
@@ -92,7 +93,8 @@ def train_caft(
         ConfigError: unknown method, bad ``method_config``, dimension mismatch, nothing to train.
         CheckpointError: ``out_dir`` holds a run with other ablation directions.
     """
-    from workbench.methods import config_from_dict, get_method
+    from workbench.config import config_from_dict
+    from workbench.methods import get_method
 
     if ablation is not None:
         check_dims(ablation.dims, dims)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from workbench.errors import MismatchError
-from workbench.intervention import Intervention
+from workbench.intervention import DimsLike, Intervention
 from workbench.methods.full.config import FullConfig
 
 
@@ -33,7 +33,7 @@ class FullFineTune(Intervention):
 
     method = "full"
 
-    def __init__(self, config: FullConfig, dims: dict) -> None:
+    def __init__(self, config: FullConfig, dims: DimsLike) -> None:
         super().__init__(config, dims)
         self.deltas = nn.ParameterDict()
         self._pending: dict[str, Tensor] | None = None

@@ -12,15 +12,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from workbench.architecture import decoder_layers, o_proj
 from workbench.errors import ConfigError
-from workbench.hooked import decoder_layers, resolve_module, unwrap
-from workbench.intervention import Intervention, init_param
+from workbench.intervention import DimsLike, Intervention, init_param
 from workbench.methods.lofit.config import LofitConfig
 from workbench.sites import Site
-
-
-def _o_proj(model: nn.Module, layer: int) -> nn.Linear:
-    return unwrap(resolve_module(model, Site(layer, "attn.hook_z"))[0])
 
 
 class LofitScaling(Intervention):
@@ -31,13 +27,13 @@ class LofitScaling(Intervention):
 
     method = "lofit_scaling"
 
-    def __init__(self, config: LofitConfig, dims: dict, generator: torch.Generator | None = None) -> None:
+    def __init__(self, config: LofitConfig, dims: DimsLike, generator: torch.Generator | None = None) -> None:
         super().__init__(config, dims)
         d = self.dims
-        self.scales = init_param((d["n_layers"], d["n_heads"], d["d_head"]), config.init_std, generator)
+        self.scales = init_param((d.n_layers, d.n_heads, d.d_head), config.init_std, generator)
 
     def sites(self) -> list[Site]:
-        return [Site(layer, "attn.hook_z") for layer in range(self.dims["n_layers"])]
+        return [Site(layer, "attn.hook_z") for layer in range(self.dims.n_layers)]
 
     def apply(self, site: Site, act: Float[Tensor, "batch pos n_heads d_head"]) -> Tensor:
         return act * (1 + self.scales[site.layer]).to(act.dtype)
@@ -52,8 +48,8 @@ class LofitScaling(Intervention):
     @torch.no_grad()
     def merge_into(self, model: nn.Module) -> None:
         """Scale ``W_O``'s input columns of each head by ``1 + A_h`` (exact)."""
-        for layer in range(self.dims["n_layers"]):
-            o = _o_proj(model, layer)
+        for layer in range(self.dims.n_layers):
+            o = o_proj(model, layer)
             o.weight.mul_((1 + self.scales[layer]).flatten().to(o.weight)[None, :])
 
 
@@ -69,13 +65,13 @@ class LofitOffsets(Intervention):
 
     method = "lofit"
 
-    def __init__(self, config: LofitConfig, dims: dict, generator: torch.Generator | None = None) -> None:
+    def __init__(self, config: LofitConfig, dims: DimsLike, generator: torch.Generator | None = None) -> None:
         super().__init__(config, dims)
         if not config.heads:
             raise ConfigError("LofitOffsets needs config.heads (run head selection first)")
         for layer, head in config.heads:
-            Site(layer, "attn.hook_z", head=head).validate(self.dims["n_layers"], self.dims["n_heads"])
-        self.offsets = init_param((len(config.heads), self.dims["d_head"]), config.init_std, generator)
+            Site(layer, "attn.hook_z", head=head).validate(self.dims.n_layers, self.dims.n_heads)
+        self.offsets = init_param((len(config.heads), self.dims.d_head), config.init_std, generator)
         self._rows: dict[int, tuple[list[int], list[int]]] = {}
         for row, (layer, head) in enumerate(config.heads):
             rows, heads = self._rows.setdefault(layer, ([], []))
@@ -88,7 +84,7 @@ class LofitOffsets(Intervention):
     def layer_offsets(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
         """The dense offset added at ``layer`` (zeros on unselected heads)."""
         rows, heads = self._rows.get(layer, ([], []))
-        dense = self.offsets.new_zeros(self.dims["n_heads"], self.dims["d_head"])
+        dense = self.offsets.new_zeros(self.dims.n_heads, self.dims.d_head)
         return dense.index_add(0, torch.tensor(heads, dtype=torch.long, device=dense.device), self.offsets[rows]) if rows else dense
 
     def apply(self, site: Site, act: Float[Tensor, "batch pos n_heads d_head"]) -> Tensor:
@@ -101,7 +97,7 @@ class LofitOffsets(Intervention):
         for layer in self._rows:
             if layer >= n_layers:
                 raise ConfigError(f"layer {layer} does not exist in the target model ({n_layers} layers)")
-            o = _o_proj(model, layer)
+            o = o_proj(model, layer)
             delta = o.weight @ self.layer_offsets(layer).flatten().to(o.weight)
             if o.bias is None:
                 o.bias = nn.Parameter(torch.zeros(o.out_features, dtype=o.weight.dtype, device=o.weight.device))

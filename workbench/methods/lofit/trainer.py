@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.architecture import Dims
+from workbench.data import Example
 from workbench.methods.lofit.config import LofitConfig
 from workbench.methods.lofit.intervention import LofitOffsets, LofitScaling
-from workbench.train import Example, TrainResult, fit, seed_everything
+from workbench.train import TrainResult, fit, seed_everything
 
 
 @dataclass
@@ -39,7 +41,7 @@ def top_k_heads(scores: torch.Tensor, k: int) -> list[list[int]]:
 
 def train_lofit(
     model: nn.Module,
-    dims: dict[str, Any],
+    dims: Dims | dict[str, Any],
     examples: Sequence[Example],
     cfg: LofitConfig,
     *,
@@ -54,7 +56,8 @@ def train_lofit(
     ``cfg.select.seed``. Step 2 trains :class:`LofitOffsets` with ``cfg.offset``. Checkpoints of each step
     go to ``out_dir/select`` and ``out_dir/offset``; a rerun resumes.
     """
-    n_total = dims["n_layers"] * dims["n_heads"]
+    dims = Dims.coerce(dims)
+    n_total = dims.n_layers * dims.n_heads
     k = cfg.n_heads_to_keep(n_total)
     select_result = None
     if cfg.head_selection == "l1":
@@ -64,7 +67,7 @@ def train_lofit(
                             out_dir=None if out_dir is None else Path(out_dir) / "select")
         scores = scaling.head_scores()
     else:
-        scores = torch.rand(dims["n_layers"], dims["n_heads"], generator=torch.Generator().manual_seed(cfg.select.seed))
+        scores = torch.rand(dims.n_layers, dims.n_heads, generator=torch.Generator().manual_seed(cfg.select.seed))
     heads = top_k_heads(scores, k)
     offset_cfg = replace(cfg, heads=heads)
     gen = seed_everything(cfg.offset.seed)

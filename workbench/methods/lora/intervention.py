@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from workbench.errors import MismatchError
-from workbench.intervention import Intervention
+from workbench.intervention import DimsLike, Intervention
 from workbench.methods.lora.config import LoraMethodConfig
 
 ADAPTER = "workbench"
@@ -26,7 +26,7 @@ class LoraIntervention(Intervention):
 
     method = "lora"
 
-    def __init__(self, config: LoraMethodConfig, dims: dict) -> None:
+    def __init__(self, config: LoraMethodConfig, dims: DimsLike) -> None:
         super().__init__(config, dims)
         self.adapters = nn.ParameterDict()
         self._model_id: int | None = None

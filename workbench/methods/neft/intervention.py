@@ -28,32 +28,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from workbench.architecture import mlp_projections  # noqa: F401  (also re-exported from workbench.methods.neft)
 from workbench.errors import ConfigError, MismatchError
-from workbench.hooked import decoder_layers, unwrap
-from workbench.intervention import Intervention, init_param
+from workbench.hooked import module_hooks
+from workbench.intervention import DimsLike, Intervention, init_param
 from workbench.methods.neft.config import NeftConfig
 from workbench.sites import Site
-
-
-def mlp_projections(model: nn.Module, layer: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-    """``(gate_proj, up_proj, down_proj)`` of ``layer``'s MLP (the Hugging Face ``nn.Linear`` modules,
-    unwrapped from TransformerBridge components): weights ``[d_mlp, d_model]``, ``[d_mlp, d_model]``,
-    ``[d_model, d_mlp]``.
-
-    Raises:
-        ConfigError: the layer does not exist, or the MLP is not gated (no ``gate_proj`` / ``up_proj`` /
-            ``down_proj``): NeFT here supports Llama / Qwen2 / Gemma / Mistral-style MLPs.
-    """
-    layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise ConfigError(f"layer {layer} does not exist (model has layers 0..{len(layers) - 1})")
-    mlp = getattr(unwrap(layers[layer]), "mlp", None)
-    mlp = unwrap(mlp) if isinstance(mlp, nn.Module) else mlp
-    mods = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-    if not all(isinstance(m, nn.Module) for m in mods):
-        raise ConfigError(f"layer {layer}: {type(mlp).__name__} is not a gated MLP with gate_proj/up_proj/down_proj; "
-                          "NeFT supports Llama, Qwen2, Gemma and Mistral-style models")
-    return tuple(unwrap(m) for m in mods)  # type: ignore[return-value]
 
 
 class NeftIntervention(Intervention):
@@ -76,11 +56,11 @@ class NeftIntervention(Intervention):
 
     method = "neft"
 
-    def __init__(self, config: NeftConfig, dims: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    def __init__(self, config: NeftConfig, dims: DimsLike, generator: torch.Generator | None = None) -> None:
         super().__init__(config, dims)
         if not config.neurons:
             raise ConfigError("NeftIntervention needs config.neurons (run neuron selection first: select_neurons / train_neft)")
-        n_layers, d_mlp, d_model = self.dims["n_layers"], self.dims["d_mlp"], self.dims["d_model"]
+        n_layers, d_mlp, d_model = self.dims.n_layers, self.dims.d_mlp, self.dims.d_model
         seen: set[tuple[int, int]] = set()
         self._rows: dict[int, tuple[list[int], list[int]]] = {}
         for row, (layer, index) in enumerate(config.neurons):
@@ -120,26 +100,22 @@ class NeftIntervention(Intervention):
             ConfigError: a layer does not exist in ``model`` or its MLP is not gated.
             MismatchError: the model's ``d_model`` / ``d_mlp`` differ from this intervention's.
         """
-        handles = []
-        try:
-            for layer in sorted(self._rows):
-                gate, up, down = mlp_projections(model, layer)
-                self._check_shapes(layer, gate, down)
-                index = torch.tensor(self._rows[layer][1], dtype=torch.long, device=gate.weight.device)
-                handles.append(gate.register_forward_hook(self._in_hook(layer, index, "gate"), with_kwargs=True))
-                handles.append(up.register_forward_hook(self._in_hook(layer, index, "up"), with_kwargs=True))
-                handles.append(down.register_forward_hook(self._down_hook(layer, index), with_kwargs=True))
+        post = []
+        for layer in sorted(self._rows):
+            gate, up, down = mlp_projections(model, layer)
+            self._check_shapes(layer, gate, down)
+            index = torch.tensor(self._rows[layer][1], dtype=torch.long, device=gate.weight.device)
+            post += [(gate, self._in_hook(layer, index, "gate")), (up, self._in_hook(layer, index, "up")),
+                     (down, self._down_hook(layer, index))]
+        with module_hooks(post=post, with_kwargs=True):
             self._n_attached += 1
             try:
                 yield self
             finally:
                 self._n_attached -= 1
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _check_shapes(self, layer: int, gate: nn.Linear, down: nn.Linear) -> None:
-        want = (self.dims["d_mlp"], self.dims["d_model"])
+        want = (self.dims.d_mlp, self.dims.d_model)
         if tuple(gate.weight.shape) != want or tuple(down.weight.shape) != want[::-1]:
             raise MismatchError(f"layer {layer}: MLP weights {tuple(gate.weight.shape)} / {tuple(down.weight.shape)} do not match "
                                 f"this intervention's d_mlp={want[0]}, d_model={want[1]}; load it onto the model it was built for")

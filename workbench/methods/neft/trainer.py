@@ -20,12 +20,30 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from workbench.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from workbench.errors import CheckpointError, ConfigError, MismatchError, NonFiniteLossError
+from workbench.architecture import Dims
+from workbench.artifacts import (
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
+from workbench.data import Example, collate
+from workbench.errors import (
+    CheckpointError,
+    ConfigError,
+    MismatchError,
+    NonFiniteLossError,
+)
 from workbench.hooked import decoder_layers
 from workbench.methods.neft.config import SELECTION_MODES, NeftConfig
 from workbench.methods.neft.intervention import NeftIntervention, neuron_weights
-from workbench.train import Example, TrainResult, answer_loss, batch_indices, collate, fit, seed_everything
+from workbench.train import (
+    TrainResult,
+    answer_loss,
+    batch_indices,
+    fit,
+    seed_everything,
+)
 
 
 @dataclass
@@ -48,9 +66,13 @@ class NeftRun:
     train_result: TrainResult
 
 
-def neuron_cost(dims: dict[str, Any]) -> int:
+#: The sizes the budget arithmetic needs (a partial dims dict with only these works).
+_SIZES = ("n_layers", "d_mlp", "d_model")
+
+
+def neuron_cost(dims: Dims | dict[str, Any]) -> int:
     """Parameters per neuron of a gated MLP: ``3 * d_model`` (gate row, up row, down column)."""
-    return 3 * int(dims["d_model"])
+    return 3 * Dims.coerce(dims, _SIZES).d_model
 
 
 def brief_full_finetune(
@@ -138,7 +160,7 @@ def score_neurons(base_model: nn.Module, tuned_model: nn.Module) -> Float[Tensor
     return torch.stack(out)
 
 
-def n_neurons_for_budget(budget_fraction: float, dims: dict[str, Any], n_model_params: int) -> int:
+def n_neurons_for_budget(budget_fraction: float, dims: Dims | dict[str, Any], n_model_params: int) -> int:
     """How many neurons fit in ``budget_fraction`` of ``n_model_params`` (rounded down).
 
     Raises:
@@ -146,7 +168,8 @@ def n_neurons_for_budget(budget_fraction: float, dims: dict[str, Any], n_model_p
     """
     if isinstance(budget_fraction, bool) or not isinstance(budget_fraction, (int, float)) or not (0 < budget_fraction <= 1):
         raise ConfigError(f"budget must be a fraction of all model parameters in (0, 1], got {budget_fraction!r} (1% is 0.01)")
-    cost, total = neuron_cost(dims), int(dims["n_layers"]) * int(dims["d_mlp"])
+    dims = Dims.coerce(dims, _SIZES)
+    cost, total = neuron_cost(dims), dims.n_layers * dims.d_mlp
     n = math.floor(budget_fraction * n_model_params / cost + 1e-9)
     if n < 1:
         raise ConfigError(f"budget {budget_fraction:g} x {n_model_params} params = {budget_fraction * n_model_params:.0f} params buys no "
@@ -160,7 +183,7 @@ def n_neurons_for_budget(budget_fraction: float, dims: dict[str, Any], n_model_p
 def select_neurons(
     scores: Float[Tensor, "n_layers d_mlp"] | None,
     budget_fraction_of_params: float,
-    dims: dict[str, Any],
+    dims: Dims | dict[str, Any],
     n_model_params: int,
     mode: str = "low",
     seed: int = 0,
@@ -171,7 +194,7 @@ def select_neurons(
         scores: per-neuron cosine similarities (:func:`score_neurons`); not needed for ``"random"``.
         budget_fraction_of_params: trainable parameters as a fraction of ALL ``n_model_params``; each
             neuron costs ``3 * d_model``; the count is rounded down.
-        dims: ``n_layers``, ``d_mlp``, ``d_model`` (a ``ModelInfo.to_dict()`` works).
+        dims: a :class:`~workbench.architecture.Dims` (a ``ModelInfo`` or its ``to_dict()`` works).
         mode: ``"low"`` lowest similarity first (NeFT), ``"reversed"`` highest first, ``"random"``
             uniform without replacement seeded by ``seed``. Ties keep flat (layer, index) order.
 
@@ -181,8 +204,9 @@ def select_neurons(
     """
     if mode not in SELECTION_MODES:
         raise ConfigError(f"selection mode must be one of {list(SELECTION_MODES)}, got {mode!r}")
+    dims = Dims.coerce(dims, _SIZES)
     n = n_neurons_for_budget(budget_fraction_of_params, dims, n_model_params)
-    shape = (int(dims["n_layers"]), int(dims["d_mlp"]))
+    shape = (dims.n_layers, dims.d_mlp)
     if mode == "random":
         flat = torch.randperm(shape[0] * shape[1], generator=torch.Generator().manual_seed(seed))[:n]
     else:
@@ -212,7 +236,7 @@ def _cached_scores(select_dir: Path | None, meta: dict[str, Any]) -> Tensor | No
 
 def train_neft(
     model: nn.Module,
-    dims: dict[str, Any],
+    dims: Dims | dict[str, Any],
     examples: Sequence[Example],
     cfg: NeftConfig,
     *,
@@ -238,6 +262,8 @@ def train_neft(
     """
     if not examples:
         raise ConfigError("train_neft needs at least one training example")
+    weight_hash = dims.get("weight_hash") if isinstance(dims, dict) else getattr(dims, "weight_hash", None)
+    dims = Dims.coerce(dims)
     n_params = sum(p.numel() for p in model.parameters())
     n_neurons_for_budget(cfg.budget_fraction, dims, n_params)  # fail before the expensive part
     scores, select_losses = None, []
@@ -245,7 +271,7 @@ def train_neft(
         select_dir = None if out_dir is None else Path(out_dir) / "select"
         meta = {"select_steps": cfg.select_steps, "select_lr": cfg.select_lr, "select_batch_size": cfg.select_batch_size,
                 "seed": cfg.seed, "pad_id": pad_id, "n_examples": len(examples), "examples": _examples_digest(examples),
-                "model_weight_hash": dims.get("weight_hash")}
+                "model_weight_hash": weight_hash}
         scores = _cached_scores(select_dir, meta)
         if scores is None:
             tuned = brief_full_finetune(model, examples, cfg.select_steps, cfg.select_lr, cfg.select_batch_size, cfg.seed,
@@ -272,7 +298,7 @@ def neft_trainer(model, dims, examples, cfg: NeftConfig, *, train_config=None, p
     if train_config is not None:
         cfg = replace(cfg, train=train_config)
     run = train_neft(model, dims, examples, cfg, pad_id=pad_id, out_dir=out_dir, eval_fn=eval_fn)
-    per_layer = [0] * int(dims["n_layers"])
+    per_layer = [0] * Dims.coerce(dims).n_layers
     for layer, _ in run.neurons:
         per_layer[layer] += 1
     details = {"selection": cfg.selection, "n_neurons": len(run.neurons), "neurons": run.neurons,

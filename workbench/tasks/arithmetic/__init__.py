@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.train import Example
+from workbench.data import Example
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,3 +64,6 @@ def exact_match(model: torch.nn.Module, examples: list[Example]) -> float:
         logits = model(input_ids=ids).logits[0, len(ex.prompt_ids) - 1: -1]
         hits += int(logits.argmax(-1).tolist() == list(ex.answer_ids))
     return hits / len(examples)
+
+
+from workbench.tasks.arithmetic import task as _task  # noqa: F401  (registers the task; needs the names above)

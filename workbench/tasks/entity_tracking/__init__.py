@@ -317,3 +317,6 @@ def evaluate(model: torch.nn.Module, prompts: Sequence[BoxPrompt], batch_size: i
         totals["logit_difference"] += float(logit_difference(logits, answers, objects).sum())
         n += k
     return {key: value / n for key, value in totals.items()}
+
+
+from workbench.tasks.entity_tracking import task as _task  # noqa: F401  (registers the task; needs the names above)

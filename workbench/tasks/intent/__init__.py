@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from workbench.data import Example, final_position_logits, right_pad
 from workbench.errors import ConfigError
 
 INTENTS: tuple[str, str] = ("context", "prior")
@@ -211,36 +212,6 @@ def single_token_facts(tokenizer, facts: Sequence[Fact], on_multi: str = "drop")
     return kept, dropped
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
-    """Right-pad token lists into ``(input_ids, attention_mask, last)``; ``last[i]`` = index of row i's last token.
-
-    Raises:
-        ConfigError: no sequences, or an empty one.
-    """
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise ConfigError("pad_batch needs at least one non-empty sequence")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s))
-        mask[i, : len(s)] = 1
-    return ids, mask, torch.tensor([len(s) - 1 for s in seqs])
-
-
-def last_logits(model: nn.Module, ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"],
-                last: Int[Tensor, " batch"]) -> Tensor:
-    """``Float[Tensor, "batch d_vocab"]``: each row's logits at its last real token (right padding).
-
-    Only the positions in ``last`` go through the unembedding (``logits_to_keep`` with indices).
-    """
-    device = next(model.parameters()).device
-    keep = torch.unique(last)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)).logits
-    col = torch.searchsorted(keep, last).to(logits.device)
-    return logits[torch.arange(len(last), device=logits.device), col]
-
-
 @torch.no_grad()
 def known_facts(model: nn.Module, tokenizer, facts: Sequence[Fact], *, batch_size: int = 32, pad_id: int = 0,
                 prepend_bos: bool = False) -> list[Fact]:
@@ -259,7 +230,7 @@ def known_facts(model: nn.Module, tokenizer, facts: Sequence[Fact], *, batch_siz
     kept = []
     for start in range(0, len(facts), batch_size):
         chunk = facts[start : start + batch_size]
-        top = last_logits(model, *pad_batch([bos + _ids(tokenizer, f.query) for f in chunk], pad_id)).argmax(-1).tolist()
+        top = final_position_logits(model, *right_pad([bos + _ids(tokenizer, f.query) for f in chunk], pad_id)).argmax(-1).tolist()
         kept += [f for f, t, a in zip(chunk, top, answers[start : start + batch_size]) if t == a]
     if not kept:
         raise ConfigError(f"the model answers none of the {len(facts)} bare queries correctly; nothing to study")
@@ -361,7 +332,7 @@ def predict(model: nn.Module, prompts: Sequence[IntentPrompt], *, batch_size: in
     out = []
     for batch in batches(prompts, batch_size):
         with adapter.attach(model) if adapter is not None else nullcontext():
-            out.append(last_logits(model, *pad_batch([p.input_ids for p in batch], pad_id)).argmax(-1).cpu())
+            out.append(final_position_logits(model, *right_pad([p.input_ids for p in batch], pad_id)).argmax(-1).cpu())
     return torch.cat(out)
 
 
@@ -382,7 +353,8 @@ def accuracies(pairs: Sequence[IntentPair], top1: Int[Tensor, " n_prompts"]) -> 
 
 
 def to_examples(pairs: Sequence[IntentPair]) -> list:
-    """:class:`workbench.train.Example` per prompt (answer-only loss on the intent's answer token)."""
-    from workbench.train import Example
-
+    """:class:`workbench.data.Example` per prompt (answer-only loss on the intent's answer token)."""
     return [Example(p.input_ids, (p.answer_id,)) for p in flat(pairs)]
+
+
+from workbench.tasks.intent import task as _task  # noqa: F401  (registers the task; needs the names above)

@@ -229,3 +229,6 @@ def context_ids(tokenizer, contexts: Sequence[str], prepend_bos: bool = False) -
     """Token ids of each context (with the model's BOS when it needs one)."""
     bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
     return [bos + list(tokenizer(c, add_special_tokens=False).input_ids) for c in contexts]
+
+
+from workbench.tasks.priming import task as _task  # noqa: F401  (registers the task; needs the names above)

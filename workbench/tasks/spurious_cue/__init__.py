@@ -40,8 +40,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from workbench.data import Example
 from workbench.errors import ConfigError
-from workbench.train import Example
 
 #: Single-token (SmolLM2) nouns by gender. ``kinship`` nouns are gendered by definition; ``professions``
 #: carry a stereotyped gender only (WinoBias-style lists, Zhao et al. 2018).
@@ -317,3 +317,6 @@ def evaluate(model: nn.Module, prompts: Sequence[CuePrompt], batch_size: int = 6
         diffs.append(option_logit_diff(logits, ans, oth).cpu())
     d = torch.cat(diffs)
     return {"accuracy": float((d > 0).float().mean()), "logit_diff": float(d.mean())}
+
+
+from workbench.tasks.spurious_cue import task as _task  # noqa: F401  (registers the task; needs the names above)

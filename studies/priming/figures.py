@@ -1,5 +1,8 @@
-"""Knowledge-priming results -> plotly Figures (Sun et al., arXiv 2504.09522, 2025). No ``.show()``, no
-streamlit; used by ``studies/priming``."""
+"""Figures of ``studies/priming``: knowledge-priming results -> plotly Figures (Sun et al., arXiv 2504.09522, 2025).
+
+``figures(record)`` draws every figure the study writes from its ``results.json`` record. No ``.show()``, no
+streamlit.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-
-def _layout(fig: go.Figure, title: str, height: int = 440) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=70, r=20, t=60, b=50), template="plotly_white")
-    return fig
+from workbench.plots import layout
 
 
 def prior_vs_priming(rows: Sequence[dict[str, Any]], rho: float, p: float, title: str | None = None) -> go.Figure:
@@ -26,7 +26,7 @@ def prior_vs_priming(rows: Sequence[dict[str, Any]], rho: float, p: float, title
     fig.add_hline(y=0, line_color="lightgrey")
     fig.update_xaxes(title="log10 P(keyword | its text) before learning")
     fig.update_yaxes(title="log10 priming (mean P_after / P_before on probe prefixes)")
-    return _layout(fig, title or f"Surprise before learning predicts priming (Spearman ρ = {rho:.2f}, p = {p:.2g})")
+    return layout(fig, title or f"Surprise before learning predicts priming (Spearman ρ = {rho:.2f}, p = {p:.2g})")
 
 
 def remedies(arms: dict[str, dict[str, float]], title: str = "Priming and memorization with and without each remedy") -> go.Figure:
@@ -40,4 +40,13 @@ def remedies(arms: dict[str, dict[str, float]], title: str = "Priming and memori
     fig.update_layout(yaxis=dict(title="log10 priming (mean ± s.e.m.)"),
                       yaxis2=dict(title="memorization: P(keyword | own context)", overlaying="y", side="right", range=[0, 1.05]),
                       barmode="group", legend=dict(orientation="h", y=-0.15))
-    return _layout(fig, title)
+    return layout(fig, title)
+
+
+def figures(record: dict[str, Any]) -> dict[str, Any]:
+    """The study's plotly Figures from a results record: name -> Figure."""
+    m = record["metrics"]
+    std = [r for r in m["rows"] if r["arm"] == "standard"]
+    sp = m["spearman_prior_vs_priming"]
+    return {"prior_vs_priming": prior_vs_priming(std, sp["rho"], sp["p"]),
+            "remedies": remedies(m["arms"])}

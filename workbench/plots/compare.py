@@ -1,8 +1,4 @@
-"""Plotly figures for side-by-side base/tuned views (used by the app; no ``.show()``, no streamlit).
-
-Same conventions as :mod:`workbench.plots`: layer on the y axis, heads / positions on the x axis, a
-diverging colour scale centred at 0 for differences, axis titles with units.
-"""
+"""Side-by-side views (e.g. base | tuned | tuned − base), top-k bars per model and grouped bars."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.plots import _layout
+from workbench.plots.style import layout
 
 #: Above this many cells per panel, heatmap cells show no text (hover still does).
 _MAX_TEXT_CELLS = 600
@@ -66,7 +62,7 @@ def side_by_side_heatmaps(
     if diff_panels:
         fig.update_layout(coloraxis2=dict(colorscale="RdBu", cmid=0, cmin=-diff_max, cmax=diff_max, colorbar=bar(diff_colorbar, 1.1 if seq else 1.01)))
     width_rows = max(len(y_labels), 1)
-    return _layout(fig, title, height=max(420, min(1100, 18 * width_rows + 160)))
+    return layout(fig, title, height=max(420, min(1100, 18 * width_rows + 160)))
 
 
 def top_k_bars(panels: Mapping[str, tuple[Sequence[str], Sequence[float]]], title: str, xaxis: str = "probability") -> go.Figure:
@@ -80,7 +76,7 @@ def top_k_bars(panels: Mapping[str, tuple[Sequence[str], Sequence[float]]], titl
                     text=[f"{v:.3f}" for v in values][::-1], textposition="outside", row=1, col=col)
         fig.update_xaxes(title=xaxis, range=[0, min(1.0, max(values, default=1.0) * 1.25) or 1.0], row=1, col=col)
     fig.update_layout(showlegend=False)
-    return _layout(fig, title, height=max(360, 28 * max((len(v[0]) for v in panels.values()), default=1) + 140))
+    return layout(fig, title, height=max(360, 28 * max((len(v[0]) for v in panels.values()), default=1) + 140))
 
 
 def grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], title: str, yaxis: str, xaxis: str = "") -> go.Figure:
@@ -90,4 +86,4 @@ def grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], t
         fig.add_bar(name=name, x=list(labels), y=list(values))
     fig.update_xaxes(title=xaxis, type="category")
     fig.update_yaxes(title=yaxis)
-    return _layout(fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.08)), title)
+    return layout(fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.08)), title)

@@ -1,7 +1,7 @@
-"""Context-sensitivity knob results -> plotly Figures (Minder et al., ICLR 2025). No ``.show()``, no streamlit.
+"""Figures of ``studies/context_knob``: context-sensitivity knob results -> plotly Figures (Minder et al., ICLR 2025).
 
-Used by ``studies/context_knob`` and available to the app. Conventions as in :mod:`workbench.plots`:
-layer on the y axis, axis titles with units.
+``figures(record)`` draws every figure the study writes from its ``results.json`` record. Conventions of
+:mod:`workbench.plots`: layer on the y axis, axis titles with units. No ``.show()``, no streamlit.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-
-def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=70, b=50), template="plotly_white")
-    return fig
+from workbench.plots import layout
 
 
 def separation_histogram(projections: dict[str, dict[str, Sequence[float]]], scores: dict[str, dict[str, float]] | None = None,
@@ -34,7 +31,7 @@ def separation_histogram(projections: dict[str, dict[str, Sequence[float]]], sco
         fig.update_yaxes(title="prompts (count)", row=row, col=1)
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(title="uᵀh at the DAS layer (residual-stream units)", row=len(models), col=1)
-    return _layout(fig, title, height=220 + 220 * len(models))
+    return layout(fig, title, height=220 + 220 * len(models))
 
 
 def steering_curves(curves: dict[str, dict[str, Sequence[float]]], marks: dict[str, float] | None = None,
@@ -51,7 +48,7 @@ def steering_curves(curves: dict[str, dict[str, Sequence[float]]], marks: dict[s
     fig.update_xaxes(title="c (value set for uᵀh; residual-stream units)")
     fig.update_yaxes(title="fraction of held-out prompts", range=[0, 1.05])
     fig.update_layout(legend=dict(orientation="h", y=-0.2))
-    return _layout(fig, title, height=460)
+    return layout(fig, title, height=460)
 
 
 def layer_search_trace(trace: Sequence[dict[str, Any]], n_layers: int, threshold: float,
@@ -69,4 +66,16 @@ def layer_search_trace(trace: Sequence[dict[str, Any]], n_layers: int, threshold
                 hovertemplate="layers %{customdata[0]}..%{customdata[1]}<br>p = %{text}<extra></extra>")
     fig.update_yaxes(title="layer (patched window)", range=[-1, n_layers], dtick=max(1, n_layers // 10))
     fig.update_xaxes(title="evaluation (order)")
-    return _layout(fig, f"{title} (threshold p = {threshold:.3f}; outlined = passes)", height=480)
+    return layout(fig, f"{title} (threshold p = {threshold:.3f}; outlined = passes)", height=480)
+
+
+def figures(record: dict[str, Any]) -> dict[str, Any]:
+    """The study's plotly Figures from a results record: name -> Figure."""
+    m = record["metrics"]
+    sep, st, ls = m["separation"], m["steering"], m["layer_search"]
+    marks = {"tuned: context mean": sep["tuned"]["context_mean"], "tuned: prior mean": sep["tuned"]["prior_mean"]}
+    return {
+        "separation": separation_histogram(m["projections"], sep),
+        "steering": steering_curves(st["curves"], marks),
+        "layer_search": layer_search_trace(ls["trace"], ls["n_layers"], ls["threshold"]),
+    }

@@ -1,19 +1,17 @@
-"""TuCo results -> plotly Figures (Nuti, Franzmeyer, Henriques, ICML 2025). No ``.show()``, no streamlit.
+"""Figures of ``studies/tuco``: TuCo results -> plotly Figures (Nuti, Franzmeyer, Henriques, ICML 2025).
 
-Used by ``studies/tuco`` and available to the app. Conventions as in :mod:`workbench.plots`: layer on
-the y axis, axis titles with units.
+``figures(record)`` draws every figure the study writes from its ``results.json`` record. Conventions of
+:mod:`workbench.plots`: layer on the y axis, axis titles with units. No ``.show()``, no streamlit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
-
-def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=60, b=50), template="plotly_white")
-    return fig
+from workbench.plots import layout
 
 
 def tuco_by_group(groups: dict[str, Sequence[float]], title: str = "Tuning contribution (TuCo) at the last token") -> go.Figure:
@@ -23,7 +21,7 @@ def tuco_by_group(groups: dict[str, Sequence[float]], title: str = "Tuning contr
         fig.add_box(y=list(values), name=name, boxpoints="all", jitter=0.4, pointpos=0, boxmean=True)
     fig.update_yaxes(title="TuCo = ‖ΣFTC‖ / (‖ΣPTC‖ + ‖ΣFTC‖) (fraction)", rangemode="tozero")
     fig.update_layout(showlegend=False)
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def alpha_sweep(alphas: Sequence[float], series: dict[str, Sequence[float]],
@@ -37,7 +35,7 @@ def alpha_sweep(alphas: Sequence[float], series: dict[str, Sequence[float]],
         fig.add_vline(x=x, line_dash="dash", line_color="grey", annotation_text=label, annotation_position="top")
     fig.update_xaxes(title="α (scale of FTC; 0 = base, 1 = tuned)")
     fig.update_yaxes(title=yaxis, range=[0, 1.05] if "accuracy" in yaxis else None)
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def component_norms(labels: Sequence[str], series: dict[str, Sequence[float]],
@@ -56,4 +54,20 @@ def component_norms(labels: Sequence[str], series: dict[str, Sequence[float]],
     fig.update_xaxes(title="mean ‖component‖₂ at the last token (residual-stream units, log scale; zeros not shown)", type="log")
     fig.update_yaxes(title="component (embedding, then layer)", autorange="reversed", dtick=1)
     fig.update_layout(legend=dict(orientation="h", y=-0.08))
-    return _layout(fig, title, height=160 + 18 * len(labels))
+    return layout(fig, title, height=160 + 18 * len(labels))
+
+
+def figures(record: dict[str, Any]) -> dict[str, Any]:
+    """The study's plotly Figures from a results record: name -> Figure."""
+    m = record["metrics"]
+    t, pc, sw = m["tuco"], m["per_component"], m["alpha_sweep"]
+    mw = t["mann_whitney"]
+    return {
+        "tuco_by_group": tuco_by_group(
+            {"in-task (held-out entity tracking)": t["in_task"]["values"], "unrelated (general text)": t["unrelated"]["values"]},
+            title=f"TuCo at the last token (Mann-Whitney U = {mw['u']:.0f}, two-sided p = {mw['p_two_sided']:.2g})"),
+        "alpha_sweep": alpha_sweep(sw["alphas"], {k: sw[k] for k in ("accuracy", "accuracy_among_objects")}),
+        "component_norms": component_norms(
+            pc["labels"], {"‖FTC‖ in-task": pc["in_task_mean_ftc_norm"], "‖FTC‖ unrelated": pc["unrelated_mean_ftc_norm"],
+                           "‖PTC‖ in-task": pc["in_task_mean_ptc_norm"], "‖PTC‖ unrelated": pc["unrelated_mean_ptc_norm"]}),
+    }

@@ -1,20 +1,19 @@
-"""Circuit-patching results -> plotly Figures (Prakash et al., ICLR 2024). No ``.show()``, no streamlit.
+"""Figures of ``studies/entity_tracking``: circuit-patching results -> plotly Figures (Prakash et al., ICLR 2024).
 
-Conventions as in :mod:`workbench.plots`: layer on the y axis, heads on x, a diverging scale centred at 0,
-axis titles with units.
+``figures(record)`` draws every figure the study writes from its ``results.json`` record. Conventions of
+:mod:`workbench.plots`: layer on the y axis, heads on x, a diverging scale centred at 0, axis titles with units.
+No ``.show()``, no streamlit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-
-def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=80, b=50), template="plotly_white")
-    return fig
+from workbench.plots import layout
 
 
 def group_heatmaps(scores: dict[str, Sequence[Sequence[float]]], selected: dict[str, Sequence[Sequence[int]]],
@@ -37,7 +36,7 @@ def group_heatmaps(scores: dict[str, Sequence[Sequence[float]]], selected: dict[
         fig.update_xaxes(title="head", row=1, col=col)
     fig.update_yaxes(title="layer", row=1, col=1)
     n_layers = len(next(iter(scores.values()), []))
-    return _layout(fig, title, height=max(420, 18 * n_layers + 160))
+    return layout(fig, title, height=max(420, 18 * n_layers + 160))
 
 
 def cmap_bars(results: dict[str, dict], title: str = "CMAP tuned → base: accuracy with a group patched in") -> go.Figure:
@@ -53,7 +52,7 @@ def cmap_bars(results: dict[str, dict], title: str = "CMAP tuned → base: accur
         fig.add_hline(y=next(iter(results.values()))["base_score"], line_dash="dot", annotation_text="base")
     fig.update_layout(barmode="group", yaxis_title="accuracy among the prompt's objects (share)",
                       xaxis_title="patched head group (bar label: share of the gap recovered)")
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def faithfulness_bars(results: dict[str, dict], title: str = "Faithfulness of the base circuit (mean ablation)") -> go.Figure:
@@ -67,7 +66,7 @@ def faithfulness_bars(results: dict[str, dict], title: str = "Faithfulness of th
     fig.add_bar(x=models, y=[statistics.fmean(r) if r else 0 for r in rand], name="random circuits (mean)",
                 error_y=dict(type="data", array=[statistics.pstdev(r) if len(r) > 1 else 0 for r in rand]))
     fig.update_layout(barmode="group", yaxis_title="faithfulness (circuit accuracy ÷ model accuracy)", xaxis_title="model")
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def attribution_scatter(exact: Sequence[float], attribution: Sequence[float], r: float, title: str) -> go.Figure:
@@ -75,4 +74,20 @@ def attribution_scatter(exact: Sequence[float], attribution: Sequence[float], r:
     fig = go.Figure(go.Scatter(x=list(exact), y=list(attribution), mode="markers", marker=dict(size=5)))
     fig.update_layout(xaxis_title="exact activation patching (Δ logit difference, nats)",
                       yaxis_title="attribution patching estimate (nats)")
-    return _layout(fig, f"{title} — Pearson r = {r:.3f}")
+    return layout(fig, f"{title} — Pearson r = {r:.3f}")
+
+
+def figures(record: dict[str, Any]) -> dict[str, Any]:
+    """Per-group head heatmaps (one per circuit model), CMAP bars, faithfulness bars, attribution scatter."""
+    m = record["metrics"]
+    figs = {f"circuit_{name}": group_heatmaps(c["scores"], c["groups"], f"Path patching, {name} model: effect of each "
+                                                  "head on its group's receivers")
+            for name, c in m["circuits"].items()}
+    if m["cmap"]:
+        figs["cmap"] = cmap_bars(m["cmap"])
+    figs["faithfulness"] = faithfulness_bars(m["faithfulness"])
+    if m["attribution_vs_exact"]:
+        a = m["attribution_vs_exact"]
+        figs["attribution_vs_exact"] = attribution_scatter(a["exact"], a["attribution"], a["pearson_r"],
+                                                              "Per-head patching at the last token (base)")
+    return figs
