@@ -27,8 +27,10 @@ class TrainJobConfig:
     """One fine-tuning job (see the module docstring).
 
     Raises:
-        ConfigError: an unknown task, or ``task_config`` settings the task refuses (unknown keys: the
-            message names the task and its valid keys). Checked here, before any model loads.
+        ConfigError: an unknown method or task, ``method_config`` / ``train`` values their config classes
+            refuse (type, range, unknown keys: the message names the field), or ``task_config`` settings the
+            task refuses (unknown keys: the message names the task and its valid keys). Checked here,
+            before any model loads.
     """
 
     method: str = "lofit"
@@ -43,6 +45,13 @@ class TrainJobConfig:
         if not isinstance(self.task, str):
             raise ConfigError(f"task must be a registered task name (e.g. 'entity_tracking'), got {self.task!r}; "
                               "its settings go in task_config")
+        from workbench.config import config_from_dict
+        from workbench.methods import get_method
+        from workbench.train import TrainConfig
+
+        config_from_dict(get_method(self.method).config_cls, self.method_config)
+        if self.train is not None:
+            config_from_dict(TrainConfig, self.train)
         self.task_settings()
 
     def task_settings(self) -> Any:
