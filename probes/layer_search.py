@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from workbench.data import final_position_logits, right_pad
 from workbench.errors import ConfigError
-from workbench.hooked import decoder_layers, hooks, record
+from workbench.architecture import decoder_layers
+from workbench.hooked import hooks, record
 from workbench.sites import Site
 
 Seqs = Sequence[Sequence[int]]

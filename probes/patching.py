@@ -62,7 +62,7 @@ from workbench.sites import Site
 Metric = Callable[[Float[Tensor, "batch d_vocab"]], Float[Tensor, " batch"]]
 
 #: The public API; sides, inputs and masks come from :mod:`probes.patch_sites`, ``Dims`` from the library.
-__all__ = ["Dims", "HeadScores", "Metric", "PatchLayer", "Positions", "Side", "SiteSet", "activation_patch", "as_head_scores",
+__all__ = ["HeadScores", "Metric", "PatchLayer", "Positions", "Side", "SiteSet", "activation_patch", "as_head_scores",
            "as_side", "attribution_patch", "cache", "check_same_dims", "equal_length_ids", "head_sites", "layer_pos_sites",
            "mean_activations", "path_patch", "run_patched", "site_mask", "variant_masks"]
 

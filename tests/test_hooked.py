@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny
 from workbench.architecture import (Dims, decoder_layers, final_norm, logit_softcap, mlp_projections, o_proj, readout,
                                     unembedding, w_o)
 from workbench.artifacts import load_intervention, save_intervention

@@ -249,8 +249,8 @@ def _method_config(method: str, tiny_dir, tmp_path) -> dict:
         )
         from workbench.models import load_model
 
-        dims = load_model(str(tiny_dir), device="cpu")[2].to_dict()
-        ablation = CaftIntervention.from_directions({1: random_directions(dims["d_model"], 2, seed=0)}, dims, source="random")
+        dims = load_model(str(tiny_dir), device="cpu")[2].dims
+        ablation = CaftIntervention.from_directions({1: random_directions(dims.d_model, 2, seed=0)}, dims, source="random")
         return {**save_directions(ablation, tmp_path / "dirs.safetensors"), "inner": "lora", "inner_config": {"r": 2, "alpha": 4}}
     return {"lofit": LOFIT, "neft": {"budget_fraction": 0.0005, "selection": "random"}, "lora": {"r": 2, "alpha": 4}}.get(method, {})
 

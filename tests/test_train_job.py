@@ -35,8 +35,8 @@ def test_workbench_train_runs_each_method(method, tmp_path):
     config = METHOD_CONFIGS.get(method, {})
     if method == "caft":  # CAFT reads its directions from a file (any finder writes one with save_directions)
         _, _, info = load_model("smollm2-135m-instruct")
-        dims = info.to_dict()
-        ablation = CaftIntervention.from_directions({12: random_directions(dims["d_model"], 2, seed=0)}, dims, source="random")
+        dims = info.dims
+        ablation = CaftIntervention.from_directions({12: random_directions(dims.d_model, 2, seed=0)}, dims, source="random")
         config = {**save_directions(ablation, tmp_path / "dirs.safetensors"), "inner": "lora", "inner_config": {"r": 4, "alpha": 8}}
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"model": "smollm2-135m-instruct", "method_config": config, **TINY}))

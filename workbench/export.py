@@ -17,7 +17,7 @@ from torch import nn
 
 from workbench.artifacts import atomic_write_json
 from workbench.errors import ConfigError
-from workbench.hooked import decoder_layers, unwrap
+from workbench.architecture import decoder_layers, unwrap
 
 
 def _ensure_attention_biases(model: nn.Module) -> None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from workbench.architecture import (  # also re-exported for older imports
+from workbench.architecture import (
     decoder_layers,
     head_dim,
     unwrap,
@@ -62,7 +62,7 @@ def resolve_module(model: nn.Module, site: Site) -> tuple[nn.Module, str]:
     ``o_proj``): a hook on its input runs before the bridge's own hook point, so the bridge's cache of
     ``blocks.{l}.attn.hook_z`` / ``mlp.hook_post`` / ``hook_resid_pre`` shows the intervened activation.
     For output sites the bridge's cache of that same hook shows the value before our change; everything
-    downstream sees the change. Use :func:`unwrap` to reach the Hugging Face module (e.g. for weights).
+    downstream sees the change. Use :func:`workbench.architecture.unwrap` to reach the Hugging Face module (e.g. for weights).
 
     Raises:
         ConfigError: the layer does not exist or the module is missing.

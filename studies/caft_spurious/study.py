@@ -69,7 +69,7 @@ def run(cfg: CheckConfig, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     started, t0 = time.time(), time.perf_counter()
     model, tok, info = load_model("smollm2-135m-instruct")
-    dims, pad = info.to_dict(), tok.pad_token_id
+    dims, pad = info.dims, tok.pad_token_id
     split = sc.generate(tok, sc.SpuriousCueConfig(n_train=256, n_heldout=cfg.n_eval, n_ood=cfg.n_eval, nouns=cfg.nouns, design=cfg.design, seed=cfg.seed))
     examples = sc.to_examples(split.train)
 
@@ -127,7 +127,7 @@ def run(cfg: CheckConfig, out_dir: str | Path) -> dict[str, Any]:
         _log(f"{name} {metrics[name]}", t0)
 
     caft_arm("caft_pca", ablation)
-    rand = {l: random_directions(dims["d_model"], cfg.top_n, seed=cfg.seed + l) for l in cfg.layers}
+    rand = {l: random_directions(dims.d_model, cfg.top_n, seed=cfg.seed + l) for l in cfg.layers}
     caft_arm("caft_random", CaftIntervention.from_directions(rand, dims, source="random"))
 
     record = results_record(asdict(cfg), metrics, {"base": info}, "cpu", started, time.time())

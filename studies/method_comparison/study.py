@@ -218,8 +218,8 @@ def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: 
         choice[layer] = {"indices": c.indices, "auc": [round(float(c.scores[i]), 3) for i in c.indices],
                          "explained_variance_ratio": [round(float(pca[layer].explained_variance_ratio[i]), 4) for i in c.indices]}
     log(f"{task_name:16s} seed {seed} CAFT components (layer: indices, AUC) {({l: (v['indices'], v['auc']) for l, v in choice.items()})}")
-    dims = info.to_dict()
-    rand = {l: random_directions(dims["d_model"], settings["top_n"], seed=seed * 1000 + l) for l in layers}
+    dims = info.dims
+    rand = {l: random_directions(dims.d_model, settings["top_n"], seed=seed * 1000 + l) for l in layers}
     out_dir.mkdir(parents=True, exist_ok=True)
     pca_fields = save_directions(CaftIntervention.from_directions(chosen, dims, source=f"pca top{settings['top_n']} by concept AUC"),
                                  out_dir / f"{task_name}_seed{seed}_pca.safetensors")

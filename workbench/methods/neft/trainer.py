@@ -34,7 +34,7 @@ from workbench.errors import (
     MismatchError,
     NonFiniteLossError,
 )
-from workbench.hooked import decoder_layers
+from workbench.architecture import decoder_layers
 from workbench.methods.neft.config import SELECTION_MODES, NeftConfig
 from workbench.methods.neft.intervention import NeftIntervention, neuron_weights
 from workbench.train import (
