@@ -62,10 +62,8 @@ class LoadedModel(NamedTuple):
     info: ModelInfo
 
 
-
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
 
 
 # ----------------------------------------------------------------------------- loading
