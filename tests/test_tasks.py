@@ -164,7 +164,7 @@ def test_unknown_task_lists_the_known_ones():
 def test_duplicate_registration_raises(monkeypatch):
     import workbench.tasks as registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave the real registry untouched
+    monkeypatch.setattr(registry.TASKS, "_specs", dict(registry.TASKS._specs))  # leave the real registry untouched
     spec = get_task("arithmetic")
     assert register_task("arithmetic", spec) == spec  # re-registering the same spec (a re-import) is fine
     with pytest.raises(ConfigError, match="already registered"):
@@ -174,7 +174,7 @@ def test_duplicate_registration_raises(monkeypatch):
 def test_a_new_task_registers_and_its_metrics_are_checked(monkeypatch):
     import workbench.tasks as registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.TASKS, "_specs", dict(registry.TASKS._specs))
 
     @dataclasses.dataclass(frozen=True)
     class Cfg:

@@ -6,14 +6,10 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.errors import ConfigError
-
-_REGISTRY: dict[str, "MethodSpec"] = {}
+from workbench.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -31,29 +27,22 @@ class MethodSpec:
     trainer: Any = None
 
 
+#: Every registered method (a second registration of a name must bring the same Intervention class).
+METHODS: Registry[MethodSpec] = Registry("method", __name__, same=lambda a, b: a.intervention_cls is b.intervention_cls)
+
+
 def register_method(name: str, config_cls: type, intervention_cls: type, trainer: Any = None) -> None:
     """Register a method under ``name`` (optionally with a multi-step ``trainer``).
 
     Raises:
         ConfigError: ``name`` is already registered to a different class.
     """
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing.intervention_cls is not intervention_cls:
-        raise ConfigError(f"method {name!r} is already registered ({existing.intervention_cls.__name__})")
-    _REGISTRY[name] = MethodSpec(name, config_cls, intervention_cls, trainer)
-
-
-def _load_builtins() -> None:
-    """Import every method package under ``workbench/methods/`` (each registers itself on import)."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.ispkg:
-            importlib.import_module(f"{__name__}.{info.name}")
+    METHODS.register(name, MethodSpec(name, config_cls, intervention_cls, trainer))
 
 
 def available_methods() -> list[str]:
     """Names of every registered method, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodSpec:
@@ -62,8 +51,4 @@ def get_method(name: str) -> MethodSpec:
     Raises:
         ConfigError: unknown name (the message lists the known ones).
     """
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
-
+    return METHODS.get(name)

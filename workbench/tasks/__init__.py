@@ -17,16 +17,14 @@ runs any task the same way::
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.config import config_from_dict
 from workbench.errors import ConfigError, WorkbenchError
+from workbench.registry import Registry
 
-_REGISTRY: dict[str, TaskSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -130,31 +128,22 @@ class TaskSpec:
         return metrics
 
 
+#: Every registered task (a second registration of a name must bring an equal spec).
+TASKS: Registry[TaskSpec] = Registry("task", __name__)
+
+
 def register_task(name: str, spec: TaskSpec) -> TaskSpec:
     """Register ``spec`` under ``name``; returns the registered spec (with ``name`` set).
 
     Raises:
         ConfigError: ``name`` is already registered to a different spec.
     """
-    spec = dataclasses.replace(spec, name=name)
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing != spec:
-        raise ConfigError(f"task {name!r} is already registered ({existing.config_cls.__name__}: {existing.description})")
-    _REGISTRY[name] = spec
-    return spec
-
-
-def _load_builtins() -> None:
-    """Import every task package under ``workbench/tasks/`` (each registers itself on import)."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.ispkg:
-            importlib.import_module(f"{__name__}.{info.name}")
+    return TASKS.register(name, dataclasses.replace(spec, name=name))
 
 
 def available_tasks() -> list[str]:
     """Names of every registered task, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return TASKS.names()
 
 
 def get_task(name: str) -> TaskSpec:
@@ -163,7 +152,4 @@ def get_task(name: str) -> TaskSpec:
     Raises:
         ConfigError: unknown name (the message lists the known ones).
     """
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown task {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return TASKS.get(name)

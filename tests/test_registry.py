@@ -1,0 +1,31 @@
+"""The one registry mechanism behind methods and tasks: self-registration, duplicates, unknown names."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench.errors import ConfigError
+from workbench.methods import METHODS, available_methods, get_method, register_method
+from workbench.registry import Registry
+from workbench.tasks import TASKS, available_tasks
+
+
+def test_every_folder_registers_itself():
+    assert available_methods() == ["caft", "full", "lofit", "lora", "neft"]
+    assert available_tasks() == ["arithmetic", "entity_tracking", "intent", "priming", "spurious_cue"]
+    assert METHODS.package == "workbench.methods" and TASKS.package == "workbench.tasks"
+
+
+def test_duplicate_method_names_raise_and_re_registration_is_idempotent(monkeypatch):
+    monkeypatch.setattr(METHODS, "_specs", dict(METHODS._specs))
+    spec = get_method("lofit")
+    register_method("lofit", spec.config_cls, spec.intervention_cls, spec.trainer)  # a re-import: fine
+    with pytest.raises(ConfigError, match="method 'lofit' is already registered"):
+        register_method("lofit", spec.config_cls, get_method("neft").intervention_cls)
+
+
+def test_unknown_names_list_the_known_ones():
+    reg: Registry[int] = Registry("widget", "workbench.methods")
+    reg.register("a", 1)
+    with pytest.raises(ConfigError, match=r"unknown widget 'b'; available: \['a'\]"):
+        reg.get("b")
