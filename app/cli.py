@@ -1,24 +1,62 @@
-"""``workbench`` command line (typer)."""
+"""``workbench`` command line (typer).
+
+Every command runs inside one error boundary (:class:`_Typer` wraps each command it registers): an
+expected error — a :class:`~workbench.errors.WorkbenchError`, a JSON file that does not parse, an
+``OSError`` on a path the user gave — becomes one line ``error: <message>`` and exit code 2, without a
+traceback. Anything else is a bug and raises with its traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workbench.errors import WorkbenchError
 
-app = typer.Typer(help="ft-workbench: what did fine-tuning change inside the model, and where?", no_args_is_help=True, add_completion=False)
+#: What a command reports as ``error: ...`` (exit code 2) instead of a traceback.
+EXPECTED_ERRORS = (WorkbenchError, json.JSONDecodeError, OSError)
 console = Console()
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+def _fail(exc: BaseException) -> None:
+    """Print ``error: <message>`` on one line (no wrapping, no markup read from the message); exit code 2."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, WorkbenchError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    console.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with :data:`EXPECTED_ERRORS` turned into ``error: ...`` and exit code 2 (typer reads the
+    signature through ``functools.wraps``)."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EXPECTED_ERRORS as exc:
+            _fail(exc)
+
+    return command
+
+
+class _Typer(typer.Typer):
+    """A Typer whose every command runs inside :func:`_error_boundary`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(_error_boundary(fn))
+
+
+app = _Typer(help="ft-workbench: what did fine-tuning change inside the model, and where?", no_args_is_help=True, add_completion=False)
 
 
 @app.command()
@@ -31,15 +69,12 @@ def quickstart(
     """The main job: LoFiT on entity tracking, then a base-vs-tuned comparison report."""
     from studies.quickstart import QuickstartConfig, run_quickstart
 
-    try:
-        from workbench.config import config_from_dict, read_json_object
+    from workbench.config import config_from_dict, read_json_object
 
-        fields = read_json_object(config) if config else {}
-        fields.setdefault("model", model)
-        cfg = config_from_dict(QuickstartConfig, fields)
-        run_dir = run_quickstart(cfg, runs_dir, name, log=console.print)
-    except (WorkbenchError, ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
-        _fail(exc)
+    fields = read_json_object(config) if config else {}
+    fields.setdefault("model", model)
+    cfg = config_from_dict(QuickstartConfig, fields)
+    run_dir = run_quickstart(cfg, runs_dir, name, log=console.print)
     m = json.loads((run_dir / "results.json").read_text())
     metrics, run_info = m["metrics"], m["run_info"]
     table = Table(title="base vs tuned (held-out entity tracking)")
@@ -66,15 +101,12 @@ def train(
     from workbench.config import config_from_dict, read_json_object
     from workbench.train_job import TrainJobConfig, run_train_job
 
-    try:
-        fields = read_json_object(config) if config else {}
-        fields["method"] = method
-        if task is not None:
-            fields["task"] = task
-        fields["export"] = export or fields.get("export", False)
-        run_dir = run_train_job(config_from_dict(TrainJobConfig, fields), runs_dir, name, log=console.print)
-    except (WorkbenchError, ValueError, json.JSONDecodeError, FileNotFoundError) as exc:
-        _fail(exc)
+    fields = read_json_object(config) if config else {}
+    fields["method"] = method
+    if task is not None:
+        fields["task"] = task
+    fields["export"] = export or fields.get("export", False)
+    run_dir = run_train_job(config_from_dict(TrainJobConfig, fields), runs_dir, name, log=console.print)
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
     console.print(f"{method} on {fields.get('task', 'entity_tracking')}: held-out accuracy {m['base_accuracy']:.3f} → {m['tuned_accuracy']:.3f}, "
                   f"{m['n_trainable_parameters']} trainable parameters, {m['seconds_per_step']:.2f} s/step; wrote {run_dir}")
@@ -85,10 +117,7 @@ def fetch(model: str = typer.Argument("smollm2-135m-instruct", help="registry na
     """Convert a built-in model's GGUF to the safetensors cache (once) and verify it."""
     from workbench.models import ensure_model
 
-    try:
-        path = ensure_model(model)
-    except WorkbenchError as exc:
-        _fail(exc)
+    path = ensure_model(model)
     console.print(f"{model}: {path}")
 
 
@@ -130,7 +159,10 @@ def app_command(
 ) -> None:
     """Open the app: base and tuned side by side on your prompts (Streamlit, http://localhost:<port>)."""
     from app.launch import main as launch
+    from workbench.errors import ConfigError
 
+    if runs_dir.exists() and not runs_dir.is_dir():  # the app only reads it: a missing folder just means no runs yet
+        raise ConfigError(f"--runs-dir {str(runs_dir)!r} is a regular file, not a folder; pass the folder that holds your run folders")
     raise typer.Exit(code=launch(base, tuned, port, headless, str(runs_dir)))
 
 

@@ -7,7 +7,11 @@ Start it with ``make app``, ``workbench app`` or
 Both models are loaded once per (base, tuned, device) and shared by every browser session
 (``st.cache_resource``); each prompt is analysed once (one pass of each model) and cached; the views only
 re-plot. Forward passes of a pair are serialised by its lock, because a tuned model given as an
-intervention hooks the base weights it shares.
+intervention hooks the base weights it shares; a session whose prompt waits for that lock is told so.
+
+Every failure is shown in the page with what to do next: a runs folder that does not exist, a model that
+cannot be loaded (the prompt box stays, with the typed prompt), a refused prompt (the previous results
+stay, under the error).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import streamlit as st
 
 from app import render
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
-from app.views.load import DEFAULT_BASE, LoadedPair, available_devices, default_tuned, load_pair, run_folders
+from app.views.load import DEFAULT_BASE, LoadedPair, available_devices, load_pair, run_folders, runs_folder_problem
 from workbench.errors import WorkbenchError
 
 OTHER = "other: model directory or Hugging Face id…"
+WAITING = "Waiting for another session's analysis… (the pair analyses one prompt at a time; yours starts when it is done)"
 EXAMPLE_PROMPT = "The apple is in Box F, the key is in Box C, the coin is in Box A. Box C contains the"
 
 
@@ -44,60 +49,124 @@ def get_pair(base: str, tuned: str, device: str) -> LoadedPair:
     return loaded
 
 
+class PairBusy(Exception):
+    """Another session is running this pair (its lock is held); raised instead of waiting silently, and
+    never cached."""
+
+
 @st.cache_resource(max_entries=8, show_spinner="Running both models on the prompt…")
 def get_analysis(pair_key: str, prompt: str, _loaded: LoadedPair) -> PromptAnalysis:
-    with _loaded.lock:
+    if not _loaded.lock.acquire(blocking=False):
+        raise PairBusy
+    try:
         return analyse_prompt(_loaded.pair, prompt)
+    finally:
+        _loaded.lock.release()
 
 
-def sidebar(args: argparse.Namespace) -> tuple[str, str, str, str]:
+def analyse(loaded: LoadedPair, prompt: str) -> tuple[PromptAnalysis | None, str | None]:
+    """``(analysis, None)`` or ``(None, message with what to do next)``. While another session's analysis
+    holds the pair's lock, the page says so and waits (a cached prompt never waits)."""
+    notice, waited = None, 0.0
+    while True:
+        try:
+            analysis = get_analysis(loaded.key, prompt, loaded)
+            break
+        except PairBusy:
+            notice = notice or st.empty()
+            notice.info(WAITING)
+            started = time.perf_counter()
+            with loaded.lock:  # wait for the other session's analysis to finish, then try the cache again
+                pass
+            waited += time.perf_counter() - started
+        except WorkbenchError as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 — e.g. an intervention that cannot attach to this model
+            return None, (f"Cannot analyse the prompt with this pair ({type(exc).__name__}: {exc}). Try another tuned model in the "
+                          "sidebar; if this pair should work, it is a bug: the server's log has the details.")
+    if notice is not None:
+        notice.caption(f"Waited {waited:.1f} s for another session's analysis (the pair analyses one prompt at a time).")
+    return analysis, None
+
+
+def sidebar(args: argparse.Namespace) -> tuple[str, str, str, str, str | None]:
     st.sidebar.header("Models")
     runs_dir = st.sidebar.text_input("Runs folder", args.runs_dir, key="runs_dir")
+    runs_problem = runs_folder_problem(runs_dir)
+    if runs_problem:
+        st.sidebar.error(runs_problem[:1].upper() + runs_problem[1:] + ".")
     base = st.sidebar.text_input("Base model", args.base, key="base_spec",
                                  help="registry name (smollm2-135m-instruct), model directory, or Hugging Face id")
-    options = list(dict.fromkeys([t for t in (args.tuned, default_tuned(runs_dir)) if t] + [str(p) for p in run_folders(runs_dir)])) + [OTHER]
+    # the session's current choice stays an option when the runs folder changes (or stops existing)
+    kept = st.session_state.get("tuned_choice")
+    found = [str(p) for p in run_folders(runs_dir)]
+    options = list(dict.fromkeys([t for t in (args.tuned, *found, kept) if t and t != OTHER])) + [OTHER]
     choice = st.sidebar.selectbox("Tuned model", options, key="tuned_choice",
                                   help="a run folder (its adapter/ on the base weights), or pick the last entry for a model directory / Hugging Face id")
     tuned = st.sidebar.text_input("Tuned model directory or Hugging Face id", key="tuned_other") if choice == OTHER else choice
     devices = available_devices()
     device = st.sidebar.selectbox("Device", devices, key="device", help="GPU when one is present, CPU otherwise")
     st.sidebar.caption(f"Prompts up to {MAX_PROMPT_TOKENS} tokens.")
-    return base, tuned or "", device, runs_dir
+    return base, tuned or "", device, runs_dir, runs_problem
+
+
+def load(base: str, tuned: str, device: str, runs_problem: str | None) -> tuple[LoadedPair | None, str | None]:
+    """``(pair, None)`` or ``(None, message with what to do next)``."""
+    if not tuned.strip() and runs_problem:
+        return None, (f"{runs_problem[:1].upper() + runs_problem[1:]}; so there is no run folder to use as the tuned model "
+                      "(or pick the last entry of “Tuned model” for a model directory or Hugging Face id).")
+    try:
+        return get_pair(base, tuned, device), None
+    except WorkbenchError as exc:
+        return None, f"Cannot load the pair: {str(exc).rstrip('.')}. {render.load_hint(exc)}"
+    except Exception as exc:  # noqa: BLE001 — the page shows any loading failure instead of a traceback
+        return None, (f"Cannot load the pair ({type(exc).__name__}: {exc}). Try another base or tuned model in the sidebar; if this "
+                      "pair should load, it is a bug: the server's log has the details.")
+
+
+def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, str]:
+    """The prompt box (always there, so a typed prompt survives a model that failed to load) and its
+    analysis. A refused prompt keeps the previous prompt's results on the page, under the error. Returns the
+    analysis to draw and, when there is none, what the empty views should say."""
+    with st.form("prompt_form"):
+        prompt = st.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", EXAMPLE_PROMPT, key="prompt", height=90)
+        if st.form_submit_button("Analyse", type="primary"):
+            st.session_state["active_prompt"] = prompt
+    active = st.session_state.get("active_prompt")
+    if loaded is None:
+        if active is not None:
+            st.warning("The prompt is kept and will be analysed once the pair loads: fix the model error above first.")
+        return None, "No pair is loaded (see the error above): change the base or tuned model in the sidebar to see this view."
+    if active is None:
+        st.info("Type a prompt and press Analyse.")
+        return None, "Type a prompt and press Analyse to see this view."
+    started = time.perf_counter()
+    analysis, error = analyse(loaded, active)
+    if error is None:
+        st.session_state["shown_prompt"] = active
+        st.success(render.summary_line(analysis) + f" ({time.perf_counter() - started:.2f} s)")
+        return analysis, ""
+    st.error(error)
+    previous = st.session_state.get("shown_prompt")
+    if previous is not None and previous != active:
+        analysis, _ = analyse(loaded, previous)  # cached: the results the page showed before
+        if analysis is not None:
+            st.info(f"Still showing the previous prompt's results ({previous[:60]!r}): {render.summary_line(analysis)}")
+            return analysis, ""
+    return None, "The prompt was refused (see the error above): change it and press Analyse again to see this view."
 
 
 def main() -> None:
     st.set_page_config(page_title="ft-workbench: base vs tuned", layout="wide")
     st.title("Base vs tuned")
     args = _args()
-    base, tuned, device, runs_dir = sidebar(args)
-    loaded = None
-    try:
-        loaded = get_pair(base, tuned, device)
-        st.caption(loaded.describe())
-    except WorkbenchError as exc:
-        st.error(f"Cannot load the pair: {exc}")
-    except Exception as exc:  # noqa: BLE001 — the page shows any loading failure instead of a traceback
-        st.error(f"Cannot load the pair ({type(exc).__name__}): {exc}")
-
-    analysis = None
+    base, tuned, device, runs_dir, runs_problem = sidebar(args)
+    loaded, load_error = load(base, tuned, device, runs_problem)
     if loaded is not None:
-        with st.form("prompt_form"):
-            prompt = st.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", EXAMPLE_PROMPT, key="prompt", height=90)
-            if st.form_submit_button("Analyse", type="primary"):
-                st.session_state["active_prompt"] = prompt
-        active = st.session_state.get("active_prompt")
-        if active is not None:
-            started = time.perf_counter()
-            try:
-                analysis = get_analysis(loaded.key, active, loaded)
-            except WorkbenchError as exc:
-                st.error(str(exc))
-            except Exception as exc:  # noqa: BLE001 — e.g. an intervention that cannot attach to this model
-                st.error(f"Cannot analyse the prompt with this pair ({type(exc).__name__}): {exc}")
-            if analysis is not None:
-                st.success(render.summary_line(analysis) + f" ({time.perf_counter() - started:.2f} s)")
-        else:
-            st.info("Type a prompt and press Analyse.")
+        st.caption(loaded.describe())
+    else:
+        st.error(load_error)
+    analysis, empty_note = prompt_section(loaded)
 
     build_started = time.perf_counter()
     names = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results"]
@@ -109,7 +178,10 @@ def main() -> None:
                 n, marked = render.method_tab(loaded, analysis)
                 n_figs += n
             except Exception as exc:  # noqa: BLE001 — an intervention this view cannot read: say so in the page
-                st.error(f"Cannot show what the method touched ({type(exc).__name__}): {exc}")
+                st.error(f"Cannot show what the method touched ({type(exc).__name__}: {exc}). The other views still work; "
+                         "if this intervention should be readable, it is a bug: the server's log has the details.")
+    else:
+        tabs[4].info(empty_note)
     if analysis is not None:
         with tabs[0]:
             n_figs += render.predictions_tab(analysis)
@@ -121,9 +193,9 @@ def main() -> None:
             n_figs += render.heads_tab(analysis, marked)
     else:
         for tab in tabs[:4]:
-            tab.info("Load a pair and analyse a prompt to see this view.")
+            tab.info(empty_note)
     with tabs[5]:
-        n_figs += render.runs_tab(runs_dir)
+        n_figs += render.runs_tab(runs_dir, runs_problem)
     # The browser test and the latency benchmark wait for this line, then for this many plotly charts.
     st.caption(f"figures on this page: {n_figs} — built in {time.perf_counter() - build_started:.2f} s"
                + (f" — prompt {analysis.prompt[:40]!r}" if analysis is not None else ""))

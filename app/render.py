@@ -83,7 +83,10 @@ def method_tab(loaded, a: PromptAnalysis | None) -> tuple[int, list[list[int]]]:
     return n, marked
 
 
-def runs_tab(runs_dir: str) -> int:
+def runs_tab(runs_dir: str, problem: str | None = None) -> int:
+    if problem:  # the folder does not exist or is not one: say that, not "no results"
+        st.warning(problem[:1].upper() + problem[1:] + ".")
+        return 0
     results = find_results(runs_dir)
     if not results:
         st.info(f"No results.json under {runs_dir!r}. Run `make demo` (or a study) to create one.")
@@ -108,6 +111,20 @@ def runs_tab(runs_dir: str) -> int:
     with st.expander("Run info"):
         st.json(result.record.get("run_info", {}), expanded=False)
     return n
+
+
+def load_hint(exc: Exception) -> str:
+    """What to do next after a pair failed to load with ``exc`` (a :class:`~workbench.errors.WorkbenchError`)."""
+    from workbench.errors import CheckpointError, MismatchError, ModelNotFoundError
+
+    if isinstance(exc, ModelNotFoundError):
+        return ("Check the base and tuned entries in the sidebar: a registry name (`workbench models` lists them), a run folder, "
+                "a saved model directory or a Hugging Face id that is reachable or cached.")
+    if isinstance(exc, MismatchError):
+        return "Pick a tuned model fine-tuned from this base (or change the base model) in the sidebar."
+    if isinstance(exc, CheckpointError):
+        return "The saved files are damaged or incomplete: rerun the job that wrote them, or pick another run folder in the sidebar."
+    return "Change the base or tuned model in the sidebar."
 
 
 def summary_line(a: PromptAnalysis) -> str:

@@ -33,18 +33,22 @@ from probes.patching import (
     activation_patch,
     as_side,
     cache,
+    check_metric,
     run_patched,
     site_mask,
     variant_masks,
 )
 from workbench.architecture import Dims
+from workbench.data import as_token_ids
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
 from workbench.sites import Site
 
 
 def _heads_only(sites: Sequence[Site], what: str) -> None:
-    bad = [str(s) for s in sites if s.hook != "attn.hook_z" or s.head is None]
+    if isinstance(sites, Site) or not isinstance(sites, Sequence):
+        raise ConfigError(f"{what} must be a list of Sites, got {type(sites).__name__}")
+    bad = [str(s) for s in sites if not isinstance(s, Site) or s.hook != "attn.hook_z" or s.head is None]
     if bad:
         raise ConfigError(f"{what} must be attn.hook_z sites with a head, got {bad[:4]}")
 
@@ -84,7 +88,8 @@ def faithfulness(model: nn.Module | Side, circuit: Sequence[Site], input_ids: In
         ConfigError: an empty circuit, non-head sites, missing means, or prompts of another length than the means.
     """
     side = as_side(model)
-    _check_ids(input_ids, None)
+    input_ids, _ = _check_ids(input_ids, None, side, ("input_ids", ""))
+    check_metric(metric)
     if not circuit:
         raise ConfigError("the circuit is empty")
     _heads_only(circuit, "circuit sites")
@@ -136,6 +141,7 @@ def cmap(base: nn.Module | Side, tuned: nn.Module | Side, groups: Mapping[str, S
     if not groups or any(not g for g in groups.values()):
         raise ConfigError("cmap needs non-empty named groups of sites")
     b_side, t_side = as_side(base), as_side(tuned)
+    input_ids, _ = _check_ids(input_ids, None, b_side, ("input_ids", ""))
     effects = activation_patch(b_side, list(groups.values()), input_ids, input_ids, metric, source_model=t_side,
                                positions=positions, max_batch=max_batch)
     base_score = float(_baseline(b_side, input_ids, metric).mean())
@@ -233,7 +239,8 @@ def dcm(model: nn.Module | Side, heads: Sequence[Site], orig_ids: Int[Tensor, "b
         ConfigError: non-head sites, mismatched shapes, fewer than 2 pairs, or a target outside its candidates.
     """
     side = as_side(model)
-    _check_ids(orig_ids, cf_ids)
+    orig_ids, cf_ids = _check_ids(orig_ids, cf_ids, side, ("orig_ids", "cf_ids"))
+    target_ids, candidates = as_token_ids(target_ids, "target_ids", ndim=1), as_token_ids(candidates, "candidates")
     _heads_only(heads, "DCM heads")
     dims = Dims.of(side.model)
     n = orig_ids.shape[0]

@@ -41,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from workbench.architecture import decoder_layers, final_norm, readout, unembedding, unwrap
+from workbench.data import as_attention_mask, as_token_ids
 from workbench.errors import ConfigError, MismatchError
 from workbench.hooked import module_hooks, record
 from workbench.sites import Site
@@ -186,6 +187,13 @@ def _readouts_equal(base: nn.Module, tuned: nn.Module) -> bool:
     return True
 
 
+def _inputs(base: nn.Module, input_ids: Any, attention_mask: Any) -> tuple[Tensor, Tensor | None]:
+    """The public functions' ids and mask as tensors (:func:`workbench.data.as_token_ids`; lists welcome).
+    Ids beyond the vocabulary are left to the embedding (its IndexError exercises the hooks' cleanup in tests)."""
+    ids = as_token_ids(input_ids, "input_ids")
+    return ids, None if attention_mask is None else as_attention_mask(attention_mask)
+
+
 def _last_positions(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     if input_ids.ndim != 2 or input_ids.numel() == 0:
         raise ConfigError(f"input_ids must be a non-empty Int[Tensor, 'batch pos'], got shape {tuple(input_ids.shape)}")
@@ -296,6 +304,7 @@ def decompose(base: nn.Module, tuned: nn.Module, input_ids: Int[Tensor, "batch p
         MismatchError: the models differ in layer count, d_model, vocabulary or attention implementation.
         ConfigError: an architecture without ``model.layers`` / ``model.norm``, or an all-padding row.
     """
+    input_ids, attention_mask = _inputs(base, input_ids, attention_mask)
     last = _last_positions(input_ids, attention_mask)
     _, rec = _run(base, tuned, input_ids, attention_mask, 1.0, "full", dtype=dtype, logits_to_keep=1)
     return Decomposition(torch.stack(rec["ptc"]), torch.stack(rec["ftc"]), last, rec["x_L"])
@@ -312,6 +321,7 @@ def tuco(base: nn.Module, tuned: nn.Module, input_ids: Int[Tensor, "batch pos"],
     Raises:
         MismatchError, ConfigError: as :func:`decompose`.
     """
+    input_ids, attention_mask = _inputs(base, input_ids, attention_mask)
     last = _last_positions(input_ids, attention_mask)
     _, rec = _run(base, tuned, input_ids, attention_mask, 1.0, "sums", dtype=dtype, logits_to_keep=1)
     rows = torch.arange(input_ids.shape[0])
@@ -341,6 +351,7 @@ def alpha_forward(base: nn.Module, tuned: nn.Module, input_ids: Int[Tensor, "bat
         MismatchError: as :func:`decompose`.
     """
     alpha = _check_alpha(alpha)
+    input_ids, attention_mask = _inputs(base, input_ids, attention_mask)
     _last_positions(input_ids, attention_mask)  # validates the shapes
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
         raise ConfigError(f"logits_to_keep must be an int >= 0 (0 = all positions), got {logits_to_keep!r}")

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from workbench.data import final_position_logits, right_pad
+from workbench.data import as_token_ids, final_position_logits, right_pad
 from workbench.errors import ConfigError
 from workbench.architecture import decoder_layers
 from workbench.hooked import hooks, record
@@ -48,9 +48,15 @@ def check_pairs(targets: Seqs, sources: Seqs, answer_ids: Sequence[int]) -> None
     """Raises:
         ConfigError: no targets, or not one source and one answer per target.
     """
-    if not targets or not len(targets) == len(sources) == len(answer_ids):
+    try:
+        lengths = (len(targets), len(sources), len(answer_ids))
+    except TypeError as exc:
+        raise ConfigError("targets and sources must be lists of token-id lists and answer_ids a list of ids, "
+                          f"got {type(targets).__name__}, {type(sources).__name__}, {type(answer_ids).__name__}") from exc
+    if lengths[0] == 0 or not lengths[0] == lengths[1] == lengths[2]:
         raise ConfigError(f"need as many sources and answers as targets (>= 1): {len(targets)} targets, "
                           f"{len(sources)} sources, {len(answer_ids)} answers")
+    as_token_ids(answer_ids if isinstance(answer_ids, Tensor) else list(answer_ids), "answer_ids", ndim=1)
 
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:

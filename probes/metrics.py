@@ -7,18 +7,15 @@ bound ids always line up with the prompts.
 
 from __future__ import annotations
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.data import as_token_ids
 from workbench.errors import ConfigError
 
 
 def _ids(x: Tensor | list, name: str, ndim: int) -> Tensor:
-    t = torch.as_tensor(x, dtype=torch.long)
-    if t.ndim != ndim:
-        raise ConfigError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
-    return t
+    return as_token_ids(x, name, ndim=ndim)  # tensors or lists; ConfigError naming the argument
 
 
 def logit_diff(correct: Int[Tensor, " batch"], wrong: Int[Tensor, "batch k"]):

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.architecture import w_o
-from workbench.errors import ConfigError
+from workbench.data import as_token_ids, vocab_size_of
 
 
 def per_token_kl(base_logits: Float[Tensor, "batch pos d_vocab"], tuned_logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch pos"]:
@@ -56,19 +56,20 @@ class ModelDiff:
 
 
 @torch.no_grad()
-def compare(pair, input_ids: Float[Tensor, "batch pos"], batch_size: int = 16) -> ModelDiff:
+def compare(pair, input_ids: Int[Tensor, "batch pos"], batch_size: int = 16) -> ModelDiff:
     """Run base and tuned on the same equal-length prompts and measure where they differ.
 
     Args:
         pair: a :class:`~workbench.pair.ModelPair`.
-        input_ids: ``Int[Tensor, "batch pos"]`` token ids, no padding (all prompts the same length).
+        input_ids: ``Int[Tensor, "batch pos"]`` token ids (or ``list[list[int]]``), no padding (all prompts the
+            same length).
         batch_size: prompts per forward pass.
 
     Raises:
-        ConfigError: empty input or a non-2-D tensor.
+        ConfigError: empty input, ragged rows, a non-2-D input, ids outside the vocabulary
+            (:func:`workbench.data.as_token_ids`).
     """
-    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise ConfigError(f"compare() needs Int[Tensor, 'batch pos'] of equal-length prompts, got shape {tuple(input_ids.shape)}")
+    input_ids = as_token_ids(input_ids, "input_ids", vocab_size=vocab_size_of(pair.base))
     n_layers = pair.base_info.n_layers
     keep = lambda name: name.endswith("hook_resid_post") or name.endswith("attn.hook_z")  # noqa: E731
     w_base = [w_o(pair.base, l) for l in range(n_layers)]

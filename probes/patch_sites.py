@@ -18,6 +18,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
 from workbench.architecture import Dims
+from workbench.data import as_token_ids, vocab_size_of
 from workbench.errors import ConfigError, MismatchError
 from workbench.sites import HEAD_HOOKS, Site
 
@@ -44,8 +45,17 @@ class Side:
 
 
 def as_side(model: nn.Module | Side) -> Side:
-    """``model`` as a :class:`Side` (a bare model runs under no extra context)."""
-    return model if isinstance(model, Side) else Side(model)
+    """``model`` as a :class:`Side` (a bare model runs under no extra context).
+
+    Raises:
+        ConfigError: ``model`` is neither a Side nor an ``nn.Module`` (e.g. a ModelPair: use ``Side.of(pair, role)``).
+    """
+    if isinstance(model, Side):
+        return model
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected a model (nn.Module) or a Side, got {type(model).__name__}"
+                          + ("; for a ModelPair pass Side.of(pair, 'base' | 'tuned')" if hasattr(model, "tuned_info") else ""))
+    return Side(model)
 
 
 def check_same_dims(a: nn.Module, b: nn.Module) -> None:
@@ -59,8 +69,11 @@ def equal_length_ids(tokenizer: Any, prompts: Sequence[str], prepend_bos: bool) 
     """Tokenize prompts that must all have the same token length (no padding).
 
     Raises:
-        ConfigError: the prompts tokenize to different lengths (the message lists them).
+        ConfigError: no prompts, a bare string instead of a list, or prompts that tokenize to different lengths
+            (the message lists them).
     """
+    if isinstance(prompts, str) or len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError("prompts must be a non-empty list of strings (one prompt? wrap it: [prompt])")
     ids = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     if prepend_bos:
         ids = [[tokenizer.bos_token_id, *x] for x in ids]
@@ -71,12 +84,33 @@ def equal_length_ids(tokenizer: Any, prompts: Sequence[str], prepend_bos: bool) 
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _check_ids(target: Tensor, source: Tensor | None) -> None:
-    if target.ndim != 2:
-        raise ConfigError(f"input ids must be [batch, pos], got shape {tuple(target.shape)}")
+def as_ids(model: nn.Module | Side, ids: Any, name: str = "input_ids") -> Int[Tensor, "batch pos"]:
+    """Token ids for ``model`` (a tensor or ``list[list[int]]``) as a long ``[batch, pos]`` tensor
+    (:func:`workbench.data.as_token_ids`, checked against the model's vocabulary).
+
+    Raises:
+        ConfigError: not a non-empty rectangular ``[batch, pos]`` of ids in the model's vocabulary.
+    """
+    return as_token_ids(ids, name, vocab_size=vocab_size_of(as_side(model).model))
+
+
+def _check_ids(target: Any, source: Any, model: nn.Module | Side | None = None,
+               names: tuple[str, str] = ("target_ids", "source_ids")) -> tuple[Tensor, Tensor | None]:
+    """Both id arguments normalised by :func:`as_ids`; ConfigError unless their shapes agree."""
+    vocab = vocab_size_of(as_side(model).model) if model is not None else None
+    target = as_token_ids(target, names[0], vocab_size=vocab)
+    source = None if source is None else as_token_ids(source, names[1], vocab_size=vocab)
     if source is not None and source.shape != target.shape:
-        raise ConfigError(f"target and source ids must have the same [batch, pos] shape, got "
+        raise ConfigError(f"{names[0]} and {names[1]} must have the same [batch, pos] shape, got "
                           f"{tuple(target.shape)} vs {tuple(source.shape)} (unequal prompt lengths?)")
+    return target, source
+
+
+def check_metric(metric: Any) -> None:
+    """Raises ConfigError unless ``metric`` is callable (logits ``[batch, d_vocab]`` → ``[batch]``, see probes.metrics)."""
+    if not callable(metric):
+        raise ConfigError(f"metric must be a function of final-position logits [batch, d_vocab] -> [batch] "
+                          f"(e.g. probes.metrics.logit_diff(...)), got {type(metric).__name__}")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -118,7 +152,12 @@ def site_mask(site: Site, batch: int, seq_len: int, dims: Dims, positions: Posit
 
 
 def _as_sets(sites: Sequence[SiteSet]) -> list[tuple[Site, ...]]:
-    out = [(s,) if isinstance(s, Site) else tuple(s) for s in sites]
+    if isinstance(sites, Site):  # one site: one variant
+        sites = [sites]
+    try:
+        out = [(s,) if isinstance(s, Site) else tuple(s) for s in sites]
+    except TypeError:  # not iterable (an int, None ...)
+        out = []
     if not out or any(not v or not all(isinstance(x, Site) for x in v) for v in out):
         raise ConfigError("sites must be a non-empty list of Sites or of non-empty Site lists")
     return out

@@ -22,7 +22,7 @@ specialisation that builds masks from :class:`~workbench.sites.Site` objects:
 Every function returns the **effect** ``metric(patched) − metric(unpatched target)`` per variant and prompt,
 ``Float[Tensor, "variant batch"]``, in the metric's units (nats for a logit difference).
 
-Sides, inputs and masks live in :mod:`probes.patch_sites` (re-exported here). Positions: a Site's ``pos`` is ``None`` (all positions), an int (negative counts from the end) or the name
+Sides, inputs and masks live in :mod:`probes.patch_sites` (re-exported here). Token ids may be tensors or ``list[list[int]]`` (:func:`as_ids`). Positions: a Site's ``pos`` is ``None`` (all positions), an int (negative counts from the end) or the name
 of a per-prompt position given in ``positions={"query_label": LongTensor[batch]}`` — nothing is hard-coded.
 Prompts must have equal token length (position-wise patching and means need it; padding would shift
 positions): :func:`equal_length_ids` tokenizes and refuses unequal lengths.
@@ -46,7 +46,9 @@ from probes.patch_sites import (
     _as_sets,
     _check_ids,
     _parse,
+    as_ids,
     as_side,
+    check_metric,
     check_same_dims,
     equal_length_ids,
     head_sites,
@@ -63,7 +65,7 @@ Metric = Callable[[Float[Tensor, "batch d_vocab"]], Float[Tensor, " batch"]]
 
 #: The public API; sides, inputs and masks come from :mod:`probes.patch_sites`, ``Dims`` from the library.
 __all__ = ["HeadScores", "Metric", "PatchLayer", "Positions", "Side", "SiteSet", "activation_patch", "as_head_scores",
-           "as_side", "attribution_patch", "cache", "check_same_dims", "equal_length_ids", "head_sites", "layer_pos_sites",
+           "as_ids", "as_side", "attribution_patch", "cache", "check_same_dims", "equal_length_ids", "head_sites", "layer_pos_sites",
            "mean_activations", "path_patch", "run_patched", "site_mask", "variant_masks"]
 
 
@@ -106,6 +108,9 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
         activation ``[variant, batch, pos, ...]`` in TransformerLens layout.
     """
     side = as_side(model)
+    input_ids = as_ids(side, input_ids)
+    if isinstance(n_variants, bool) or not isinstance(n_variants, int) or n_variants < 1:
+        raise ConfigError(f"n_variants must be an int >= 1, got {n_variants!r}")
     device = next(side.model.parameters()).device
     b = input_ids.shape[0]
     per = max(1, max_batch // b)
@@ -146,6 +151,7 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
 @torch.no_grad()
 def cache(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], hook_names: Sequence[str]) -> dict[str, Tensor]:
     """Activations at ``hook_names`` (TransformerLens layout, e.g. ``blocks.3.attn.hook_z`` → ``[batch, pos, n_heads, d_head]``)."""
+    input_ids = as_ids(model, input_ids)
     _, rec = run_patched(model, input_ids, [], 1, record=list(dict.fromkeys(hook_names)), max_batch=max(1, input_ids.shape[0]))
     return {n: t[0] for n, t in rec.items()}
 
@@ -154,6 +160,7 @@ def cache(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], hook_nam
 def mean_activations(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], hook_names: Sequence[str],
                      max_batch: int = 64) -> dict[str, Float[Tensor, "1 pos ..."]]:
     """Position-wise means over a reference set of equal-length prompts (for mean ablation; Wang et al. 2023 §3)."""
+    input_ids = as_ids(model, input_ids)
     sums: dict[str, Tensor] = {}
     for i in range(0, input_ids.shape[0], max_batch):
         for n, t in cache(model, input_ids[i:i + max_batch], hook_names).items():
@@ -171,15 +178,16 @@ def _effects(logits: Tensor, metric: Metric, base: Tensor) -> Float[Tensor, "var
 
 
 # ----------------------------------------------------------------------------- the three patchings
-def _masks_and_source(model, sites, target_ids, source_ids, source_model, positions) -> tuple[Side, dict, dict]:
-    """Checks shared by activation / attribution patching; the variant masks and the source activations."""
+def _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric) -> tuple[Side, dict, dict, Tensor]:
+    """Checks shared by activation / attribution patching; the variant masks, the source activations, the target ids."""
     side = as_side(model)
+    check_metric(metric)
     src_side = as_side(source_model) if source_model is not None else side
-    _check_ids(target_ids, source_ids)
+    target_ids, source_ids = _check_ids(target_ids, source_ids, side)
     if src_side is not side:
         check_same_dims(side.model, src_side.model)
     masks = variant_masks(sites, *target_ids.shape, Dims.of(side.model), positions)
-    return side, masks, cache(src_side, source_ids, list(masks))
+    return side, masks, cache(src_side, source_ids, list(masks)), target_ids
 
 
 def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
@@ -190,6 +198,7 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
 
     Args:
         sites: one variant per entry, a Site or a list of Sites patched together (a head group for CMAP).
+        target_ids, source_ids: equal-shape ``[batch, pos]`` token ids, a tensor or ``list[list[int]]``.
         metric: final-position logits ``[batch, d_vocab]`` → per-prompt values ``[batch]``.
 
     Returns:
@@ -199,7 +208,7 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         ConfigError: mismatched id shapes, sites out of range, unknown position names.
         MismatchError: ``source_model`` has different layer / head shapes.
     """
-    side, masks, source = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions)
+    side, masks, source, target_ids = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric)
     logits, _ = run_patched(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), max_batch=max_batch)
     return _effects(logits, metric, _baseline(side, target_ids, metric))
 
@@ -213,7 +222,7 @@ def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_
 
     Returns / raises: as :func:`activation_patch` (the estimate of the effect, ``[variant, batch]``).
     """
-    side, masks, source = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions)
+    side, masks, source, target_ids = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric)
     acts: dict[str, Tensor] = {}
 
     def fn_for(name: str) -> Callable[[Tensor], Tensor | None]:
@@ -258,7 +267,8 @@ def path_patch(model: nn.Module | Side, senders: Sequence[SiteSet], receivers: s
         ConfigError: receivers that are not query / key / value sites, or as :func:`activation_patch`.
     """
     side = as_side(model)
-    _check_ids(target_ids, source_ids)
+    target_ids, source_ids = _check_ids(target_ids, source_ids, side)
+    check_metric(metric)
     dims = Dims.of(side.model)
     sets = _as_sets(senders)
     b, seq = target_ids.shape
@@ -266,7 +276,8 @@ def path_patch(model: nn.Module | Side, senders: Sequence[SiteSet], receivers: s
     if to_logits and receivers != "logits":
         raise ConfigError(f"receivers must be 'logits' or a list of Sites, got {receivers!r}")
     if not to_logits:
-        bad = [str(r) for r in receivers if r.hook not in ("attn.hook_q", "attn.hook_k", "attn.hook_v")]
+        receivers = [receivers] if isinstance(receivers, Site) else list(receivers)
+        bad = [str(r) for r in receivers if not isinstance(r, Site) or r.hook not in ("attn.hook_q", "attn.hook_k", "attn.hook_v")]
         if not receivers or bad:
             raise ConfigError(f"receivers must be attn.hook_q / hook_k / hook_v sites, got {bad or 'none'}")
     last = dims.n_layers if to_logits else max(r.layer for r in receivers)

@@ -74,13 +74,22 @@ def write_figure_files(figs: dict[str, Any], fig_dir: str | Path, html: bool = T
 def study_main(name: str, doc: str | None, load: Callable[[str], Any], run: Callable[[Any, str], dict[str, Any]],
                report: Callable[[dict[str, Any]], None], argv: list[str] | None = None, out_help: str = "results.json, figures/") -> int:
     """``python -m studies.<name> --config tiny|default|full|PATH --out runs/<name>``: run, then ``report``
-    the record; a :class:`WorkbenchError` is printed as one line and exits 2."""
+    the record; a :class:`WorkbenchError` is printed as one line and exits 2.
+
+    ``--out`` may be any folder; it is checked before the config loads (not a regular file, creatable,
+    writable: :func:`workbench.runs.check_output_dir`). If the study fails, an ``--out`` folder it created and
+    left without files is removed; one holding files is kept with ``failed.json`` (:mod:`workbench.runs`)."""
+    from workbench.runs import check_output_dir, run_folder
+
     parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc)
     parser.add_argument("--config", default="default", help="tiny, default, full, or a path to a JSON config")
     parser.add_argument("--out", default=f"runs/{name}", help=f"output folder ({out_help})")
     args = parser.parse_args(argv)
     try:
-        record = run(load(args.config), args.out)
+        out = check_output_dir(args.out, "--out")
+        cfg = load(args.config)
+        with run_folder(out, create=False):
+            record = run(cfg, args.out)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

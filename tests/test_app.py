@@ -371,3 +371,86 @@ def test_lora_run_folder_binds_before_the_bridge(tiny_dirs, tmp_path):
     assert float(a.kl.min()) > 0 and float(a.resid_diff_norm[0].min()) > 0  # q/k/v/o of layer 0 changed
     view = method_view(loaded, a)
     assert view.title == "lora intervention" and any("lora_A" in r["name"] for r in view.table) and view.figures
+
+
+# --- the page's error states (issue 13): every error in the page, with what to do next ---------------------
+def _texts(at) -> str:
+    return " ".join(e.value for kind in ("error", "warning", "info", "success", "caption") for e in getattr(at, kind))
+
+
+def test_page_missing_runs_folder_says_so_and_keeps_the_selection(monkeypatch, tiny_dirs, tmp_path):
+    base, _, run, _, runs = tiny_dirs
+    at = _app(monkeypatch, base, "", tmp_path / "no-runs-here")  # no tuned model given, the runs folder does not exist
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "does not exist" in errors and "no-runs-here" in errors and "workbench quickstart --runs-dir" in errors
+    assert "no tuned model:" not in errors.lower()
+    assert at.text_area(key="prompt") is not None  # the prompt box stays
+    assert "Load a pair" not in _texts(at)
+
+    at = _app(monkeypatch, base, "", runs)  # the newest run folder is picked ...
+    assert not at.exception and not at.error and at.selectbox(key="tuned_choice").value == str(run)
+    at.text_input(key="runs_dir").set_value(str(tmp_path / "gone")).run()  # ... and kept when the runs folder is mistyped
+    assert not at.exception
+    assert at.selectbox(key="tuned_choice").value == str(run)
+    assert [e.value for e in at.error] and all("does not exist" in e.value for e in at.error)  # the sidebar says so, nothing else fails
+    assert any("does not exist" in w.value for w in at.warning)  # the run-results tab too, instead of "no results.json"
+    assert _figure_count(at) == 2  # the pair is still loaded: its method view draws
+
+
+def test_page_keeps_results_when_a_prompt_is_refused(monkeypatch, tiny_dirs):
+    base, _, run, _, runs = tiny_dirs
+    at = _app(monkeypatch, base, run, runs)
+    at.text_area(key="prompt").set_value("Hello world " * 300)  # refused before any result exists
+    at.button[0].click().run()
+    assert not at.exception and any("at most 256 tokens" in e.value for e in at.error)
+    text = _texts(at)
+    assert "Load a pair" not in text and "The prompt was refused" in text
+    at.text_area(key="prompt").set_value(PROMPT)
+    at.button[0].click().run()
+    assert not at.exception and not at.error and _figure_count(at) == 20
+    at.text_area(key="prompt").set_value("Hello world " * 300)  # refused: the previous results stay, under the error
+    at.button[0].click().run()
+    assert not at.exception and any("at most 256 tokens" in e.value for e in at.error)
+    assert _figure_count(at) == len(at.get("plotly_chart")) == 20
+    assert any("previous prompt" in i.value for i in at.info) and "Load a pair" not in _texts(at)
+
+
+def test_page_keeps_the_prompt_box_when_the_pair_fails_to_load(monkeypatch, tiny_dirs, tmp_path):
+    base, _, _, _, runs = tiny_dirs
+    at = _app(monkeypatch, base, tmp_path / "nowhere", runs)
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "Cannot load model" in errors and "sidebar" in errors  # the error and what to do next
+    at.text_area(key="prompt").set_value(PROMPT)
+    at.button[0].click().run()
+    assert not at.exception and at.text_area(key="prompt").value == PROMPT
+    assert any("once the pair loads" in w.value for w in at.warning)
+    assert "No pair is loaded" in _texts(at) and len(at.get("plotly_chart")) == 7  # run results still show
+
+
+def test_page_says_when_it_waits_for_another_sessions_analysis(monkeypatch, tiny_dirs):
+    import threading
+
+    import streamlit as st
+
+    from app.views import load as load_view
+
+    base, tuned, _, _, runs = tiny_dirs
+    loaded = []
+    real = load_view.load_pair
+    monkeypatch.setattr(load_view, "load_pair", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    st.cache_resource.clear()  # load the pair through the wrapper, to reach its lock
+    at = _app(monkeypatch, base, tuned, runs)
+    assert not at.exception and len(loaded) == 1
+    loaded[0].lock.acquire()  # "another session" is analysing
+    threading.Timer(2.0, loaded[0].lock.release).start()
+    at.text_area(key="prompt").set_value("Hello app")
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    waited = [c.value for c in at.caption if c.value.startswith("Waited")]
+    assert waited and "another session's analysis" in waited[0] and float(waited[0].split()[1]) > 0
+    assert "tokens. Next token" in at.success[0].value
+    at.text_area(key="prompt").set_value("Hello app")  # cached: no waiting, no notice
+    at.button[0].click().run()
+    assert not [c.value for c in at.caption if c.value.startswith("Waited")]

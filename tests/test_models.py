@@ -215,6 +215,86 @@ def test_bad_dtype(tmp_path):
         load_model(tmp_path, device="cpu", dtype="int8")
 
 
+# ----------------------------------------------------------------------------- read-only / unusable cache
+def _fake_cache(home, corrupt: bool = False):
+    """A cache folder that :func:`cache._verify` accepts (manifest + files + matching sha256), no real weights."""
+    d = home / "models" / DEFAULT_MODEL
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights")
+    (d / "config.json").write_text("{}")
+    sha = models._file_sha256(d / "model.safetensors")
+    (d / "workbench_manifest.json").write_text(json.dumps({"format_version": 1, "file_sha256": sha, "files": ["model.safetensors", "config.json"]}))
+    if corrupt:
+        (d / "model.safetensors").write_bytes(b"changed")
+    return d
+
+
+def _read_only_cache(monkeypatch, home, errno_: int):
+    """Simulate a read-only WORKBENCH_HOME. We run as root, which ignores permission bits (chmod would not stop
+    us), so: ``os.access(.., W_OK)`` answers False under ``home``, and the lock file cannot be opened
+    (``_lock`` raises ``OSError(errno_)`` as ``open(.., "a+")`` does on a read-only file system)."""
+    import contextlib
+    import os
+
+    from workbench.models import cache
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if m & os.W_OK and str(p).startswith(str(home)) else real(p, m, *a, **k))
+
+    @contextlib.contextmanager
+    def no_lock(path):
+        raise OSError(errno_, os.strerror(errno_), str(path))
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(cache, "_lock", no_lock)
+    monkeypatch.setattr(cache, "_convert", lambda *a, **k: pytest.fail("converted into a read-only cache"))
+
+
+@pytest.mark.parametrize("errno_", [30, 13])  # EROFS, EACCES
+def test_valid_cache_on_read_only_home_is_used_without_the_lock(errno_, tmp_path, monkeypatch):
+    from workbench.models import cache
+
+    d = _fake_cache(tmp_path)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    _read_only_cache(monkeypatch, tmp_path, errno_)
+    before = sorted(p.name for p in d.parent.iterdir())
+    path, man = cache._ensure(DEFAULT_MODEL)
+    assert path == d and man["file_sha256"]
+    assert sorted(p.name for p in d.parent.iterdir()) == before  # no lock file appeared
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["missing", "corrupt"])
+@pytest.mark.parametrize("simulate", ["access", "lock"])
+def test_missing_or_corrupt_cache_on_read_only_home_is_one_clear_error(corrupt, simulate, tmp_path, monkeypatch):
+    """``access``: the folder reports itself read-only; ``lock``: it claims to be writable but opening the lock
+    file fails with EROFS (a read-only mount as seen by root). Either way: ConfigError naming WORKBENCH_HOME."""
+    from workbench.errors import ConfigError
+
+    if corrupt:
+        _fake_cache(tmp_path, corrupt=True)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    _read_only_cache(monkeypatch, tmp_path, 30)
+    if simulate == "lock":
+        import os
+        monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    with pytest.raises(ConfigError, match="WORKBENCH_HOME.*must be built") as info:
+        ensure_model(DEFAULT_MODEL)
+    assert ("sha256" in str(info.value)) == corrupt
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_workbench_home_that_is_a_file(where, tmp_path, monkeypatch):
+    from workbench.errors import ConfigError
+    from workbench.models import cache_root
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "f" if where == "file" else tmp_path / "f" / "home"))
+    for call in (cache_root, ensure_model, lambda: load_model(DEFAULT_MODEL)):
+        with pytest.raises(ConfigError, match="WORKBENCH_HOME=.*regular file"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
 # ----------------------------------------------------------------------------- real
 @pytest.fixture(scope="module")
 def real_home(tmp_path_factory):
@@ -266,6 +346,22 @@ def test_real_corrupt_cache_is_rebuilt(real_home, monkeypatch):
     assert models._file_sha256(f) == good  # rebuilt bit-identically
     assert not [p for p in f.parent.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert _top_token(model, tok) == " Paris"
+
+
+@pytest.mark.real
+def test_real_cache_on_read_only_home_loads(tmp_path, monkeypatch):
+    """The converted SmolLM2 cache, linked file by file into a fresh home that is read-only (simulated: we are
+    root, so :func:`_read_only_cache` makes ``os.access`` and the lock fail), loads without touching the lock."""
+    src = ensure_model(DEFAULT_MODEL)  # the usual cache (converted once)
+    d = tmp_path / "models" / DEFAULT_MODEL
+    d.mkdir(parents=True)
+    for f in src.iterdir():
+        (d / f.name).symlink_to(f)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    _read_only_cache(monkeypatch, tmp_path, 30)
+    model, tok, info = load_model(DEFAULT_MODEL, device="cpu")
+    assert info.path == str(d) and _top_token(model, tok) == " Paris"
+    assert sorted(p.name for p in tmp_path.joinpath("models").iterdir()) == [DEFAULT_MODEL]
 
 
 # ----------------------------------------------------------------------------- real: Qwen

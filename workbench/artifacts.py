@@ -70,18 +70,59 @@ def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor
     return _atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata))
 
 
+# --- refusing pickle checkpoints (unpickling can run arbitrary code) -------------------------------
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"}  # trainer state, not weights
+_CONVERT = {
+    "model": "AutoModelForCausalLM.from_pretrained(d).save_pretrained(d, safe_serialization=True)",
+    "adapter": "PeftModel.from_pretrained(base, d).save_pretrained(d, safe_serialization=True)",
+    "tensors": "safetensors.torch.save_file(torch.load(f, weights_only=True), 'adapter.safetensors')",
+}
+
+
+def pickle_error(where: str, pickles: list[str], kind: str) -> CheckpointError:
+    """The one message for weights found only as pickle (``kind``: ``model`` / ``adapter`` / ``tensors``)."""
+    return CheckpointError(
+        f"{where} holds its weights only as pickle ({', '.join(pickles[:3])}) and no .safetensors; the workbench "
+        "loads safetensors only, since unpickling a file can run arbitrary code, and has not opened it. Convert it "
+        f"once, in an environment you trust: {_CONVERT[kind]} (then delete the pickle)")
+
+
+def refuse_pickle_only(files: Any, where: str) -> None:
+    """Raise :class:`CheckpointError` when a model or peft adapter folder's top-level ``files`` (names) hold the
+    weights only as pickle: called before anything is loaded. Safetensors beside trainer pickles
+    (``training_args.bin``, ``optimizer.pt``) pass; a folder with no weights at all is left to the loader."""
+    names = {str(f) for f in files if "/" not in str(f)}
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES) and n not in _NOT_WEIGHTS
+                     and not n.startswith("rng_state"))
+    if not pickles:
+        return
+    if "adapter_config.json" in names and "adapter_model.safetensors" not in names:
+        raise pickle_error(where, pickles, "adapter")
+    if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+        raise pickle_error(where, pickles, "model")
+
+
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file.
+    """Load a safetensors file (never a pickle: a ``torch.save`` file is refused, not opened).
 
     Raises:
-        CheckpointError: the file is missing or corrupt (truncated, bad header).
+        CheckpointError: the file is missing or corrupt (truncated, bad header), or only a pickle sibling
+            (``adapter.pt`` / ``.bin`` ...) or a pickle under this name exists (the message says how to convert).
     """
     path = Path(path)
     if not path.is_file():
+        pickles = [path.with_suffix(sfx).name for sfx in PICKLE_SUFFIXES if path.with_suffix(sfx).is_file()]
+        if pickles:
+            raise pickle_error(str(path.parent), pickles, "tensors")
         raise CheckpointError(f"{path} does not exist")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:1] == b"\x80" or head == b"PK\x03\x04":  # pickle protocol 2+ / torch.save zip
+            raise pickle_error(str(path), [path.name], "tensors") from exc
         raise CheckpointError(f"{path} is corrupt or not a safetensors file ({exc}); re-create it") from exc
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -34,6 +35,61 @@ class Example:
     rejected_ids: tuple[int, ...] | None = None
 
 
+_SHAPE = {1: "[batch]", 2: "[batch, pos]"}
+
+
+def as_token_ids(x: Any, name: str = "input_ids", *, ndim: int = 2, vocab_size: int | None = None) -> Tensor:
+    """``x`` as a ``torch.long`` tensor of token ids with ``ndim`` axes (2: ``[batch, pos]``, 1: ``[batch]``).
+
+    The one input check of every public function that takes token ids. Accepts an integer tensor (kept on its
+    device), a numpy array, or nested lists / tuples of ints (``[[1, 2, 3], [4, 5, 6]]``).
+
+    Raises:
+        ConfigError: naming ``name``: not token ids (None, a str, floats, bools), ragged rows, another number
+            of axes, an empty batch or row, a negative id, or an id ``>= vocab_size`` when that is given.
+    """
+    shape = _SHAPE.get(ndim, f"{ndim}-D")
+    if x is None or isinstance(x, (str, bytes)):
+        raise ConfigError(f"{name} must be token ids {shape}, got {type(x).__name__}; tokenize text first")
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        try:
+            t = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise ConfigError(f"{name} must be a rectangular {shape} of int token ids (rows of equal length; "
+                              f"right_pad pads ragged rows): cannot convert the {type(x).__name__} ({exc})") from exc
+    if t.ndim != ndim:
+        hint = " (one prompt? wrap it: [ids])" if t.ndim == ndim - 1 else ""
+        raise ConfigError(f"{name} must have {ndim} axes {shape}, got shape {tuple(t.shape)}{hint}")
+    if t.numel() == 0:
+        raise ConfigError(f"{name} is empty (shape {tuple(t.shape)}): need at least one prompt and one token")
+    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+        raise ConfigError(f"{name} must hold integer token ids, got dtype {t.dtype}")
+    t = t.long()
+    if bool((t < 0).any()):
+        raise ConfigError(f"{name} holds a negative token id ({int(t.min())}); padding must use a real id (pad_id)")
+    if vocab_size is not None and bool((t >= vocab_size).any()):
+        raise ConfigError(f"{name} holds token id {int(t.max())}, outside the vocabulary of {vocab_size} tokens "
+                          "(ids from another tokenizer?)")
+    return t
+
+
+def check_examples(examples: Any, vocab_size: int | None = None, name: str = "examples") -> None:
+    """Raises ConfigError unless ``examples`` is a non-empty sequence of :class:`Example` whose ids are token ids
+    (``< vocab_size`` when given); the message names the first bad example."""
+    if isinstance(examples, (str, bytes, Example)) or not isinstance(examples, Sequence) or len(examples) == 0:
+        raise ConfigError(f"{name} must be a non-empty list of workbench.data.Example (at least one training example), got {type(examples).__name__}"
+                          + (f" of length {len(examples)}" if isinstance(examples, Sequence) else ""))
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, Example):
+            raise ConfigError(f"{name}[{i}] is a {type(ex).__name__}, not an Example(prompt_ids, answer_ids)")
+        ids = tuple(ex.prompt_ids) + tuple(ex.answer_ids) + tuple(ex.rejected_ids or ())
+        if not ids:
+            raise ConfigError(f"{name}[{i}] has neither prompt nor answer tokens")
+        as_token_ids(ids, f"{name}[{i}] ids", ndim=1, vocab_size=vocab_size)
+
+
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
     """Right-pad token lists into ``(input_ids, attention_mask, last_index)``.
 
@@ -43,9 +99,11 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "
     Raises:
         ConfigError: no sequences, or an empty one.
     """
-    if len(seqs) == 0 or any(len(s) == 0 for s in seqs):
-        raise ConfigError("right_pad needs at least one sequence and no empty sequence")
-    rows = [torch.as_tensor(list(s), dtype=torch.long) for s in seqs]
+    if isinstance(seqs, (str, bytes)) or len(seqs) == 0 or any(
+            isinstance(s, (str, bytes)) or not hasattr(s, "__len__") or len(s) == 0 for s in seqs):
+        raise ConfigError("right_pad needs at least one sequence and no empty sequence (a list of token-id "
+                          "lists; one prompt? wrap it: [ids])")
+    rows = [as_token_ids(s, f"sequence {i}", ndim=1).cpu() for i, s in enumerate(seqs)]
     lengths = torch.tensor([len(r) for r in rows])
     ids = pad_sequence(rows, batch_first=True, padding_value=pad_id)
     mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
@@ -73,13 +131,32 @@ def last_index(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, " batch"
     Raises:
         ConfigError: a mask that is not 2-D, or a row without a real token.
     """
-    if attention_mask.ndim != 2:
-        raise ConfigError(f"attention_mask must be [batch, pos], got shape {tuple(attention_mask.shape)}")
+    attention_mask = as_attention_mask(attention_mask)
     real = attention_mask != 0
     if not bool(real.any(-1).all()):
         raise ConfigError("attention_mask has a row with no real token")
     pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (pos * real).amax(-1)
+
+
+def vocab_size_of(model: nn.Module) -> int | None:
+    """Rows of ``model``'s input embedding (the ids it can take), or ``None`` when it has none to ask."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+
+
+def as_attention_mask(mask: Any, name: str = "attention_mask") -> Tensor:
+    """``mask`` (tensor or nested lists of 0/1 or bools) as a 2-D tensor. Raises ConfigError otherwise."""
+    if not isinstance(mask, Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{name} must be a rectangular [batch, pos] of 0/1: cannot convert ({exc})") from exc
+    if mask.ndim != 2:
+        raise ConfigError(f"{name} must be [batch, pos], got shape {tuple(mask.shape)}")
+    return mask
 
 
 def _takes_logits_to_keep(model: nn.Module) -> bool:
@@ -103,6 +180,7 @@ def final_position_logits(model: nn.Module, input_ids: Int[Tensor, "batch pos"],
     Raises:
         ConfigError: mismatched shapes, or a row without a real token.
     """
+    input_ids, attention_mask = as_token_ids(input_ids, vocab_size=vocab_size_of(model)), as_attention_mask(attention_mask)
     if input_ids.shape != attention_mask.shape:
         raise ConfigError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape")
     last = last_index(attention_mask) if last is None else last

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "MismatchError",
     "CheckpointError",
+    "DivergenceError",
     "NonFiniteLossError",
 ]
 
@@ -36,5 +37,11 @@ class CheckpointError(WorkbenchError):
     """A checkpoint is missing, unreadable or inconsistent."""
 
 
-class NonFiniteLossError(WorkbenchError, FloatingPointError):
-    """Training produced a NaN or infinite loss."""
+class DivergenceError(WorkbenchError):
+    """Training blew up (see :mod:`workbench.divergence`): a loss far above its reference, a parameter beyond
+    its bound, or an optimizer step that overflowed. The message names the step, the last good checkpoint
+    and the command that resumes from it with a lower learning rate."""
+
+
+class NonFiniteLossError(DivergenceError, FloatingPointError):
+    """Training produced a NaN or infinite loss, gradient norm or parameter (a kind of divergence)."""

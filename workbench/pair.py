@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench.data import right_pad
-from workbench.errors import MismatchError
+from workbench.data import as_token_ids, right_pad, vocab_size_of
+from workbench.errors import ConfigError, MismatchError
 
 _DIMS = ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model", "d_mlp", "d_vocab")
 
@@ -29,8 +29,8 @@ class ModelPair:
         base, tuned: Hugging Face causal LMs.
         tokenizer: the shared tokenizer (the base's).
         base_info, tuned_info: their :class:`~workbench.models.ModelInfo` records.
-        tuned_tokenizer: the tuned model's own tokenizer, if it has one; its vocabulary must equal the
-            base's.
+        tuned_tokenizer: the tuned model's own tokenizer, if it has one; its vocabulary (and merges) must equal
+            the base's. Without it, the tokenizer fingerprints the two ModelInfos recorded at load are compared.
         tuned_intervention: an :class:`~workbench.intervention.Intervention` that turns ``tuned`` into the
             tuned model while the pair runs it (e.g. LoFiT offsets on the base weights: pass the base as
             ``tuned`` and the pair shares one copy of the weights).
@@ -52,9 +52,7 @@ class ModelPair:
     _bridges: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.tuned_tokenizer is not None and self.tuned_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            problems.append("the tokenizers have different vocabularies")
+        problems = self._tokenizer_problems()
         if self.base_info.architecture != self.tuned_info.architecture:
             problems.append(f"architecture {self.base_info.architecture} vs {self.tuned_info.architecture}")
         dims = {k: (getattr(self.base_info, k), getattr(self.tuned_info, k)) for k in _DIMS}
@@ -72,13 +70,35 @@ class ModelPair:
             )
         self.prepend_bos = bool(self.base_info.prepend_bos)
 
+    def _tokenizer_problems(self) -> list[str]:
+        """Tokenizers are compared by content (vocabulary and merges, :func:`tokenizer_fingerprint`), not size: the
+        tuned tokenizer if given, the fingerprints recorded in the two ModelInfos at load time, and the passed
+        tokenizer against the base's record — so two equal-size vocabularies that differ are caught even when
+        only one tokenizer is passed."""
+        from workbench.models.load import tokenizer_fingerprint
+
+        if self.tuned_tokenizer is not None and self.tuned_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            return ["the tokenizers have different vocabularies"]
+        base_fp, tuned_fp = (getattr(i, "tokenizer_hash", "") for i in (self.base_info, self.tuned_info))
+        if base_fp and tuned_fp and base_fp != tuned_fp:
+            return [f"the tokenizers differ (fingerprints {base_fp[:19]}… vs {tuned_fp[:19]}…, recorded at load time)"]
+        fp = tokenizer_fingerprint(self.tokenizer) if base_fp or self.tuned_tokenizer is not None else ""
+        if self.tuned_tokenizer is not None and tokenizer_fingerprint(self.tuned_tokenizer) != fp:
+            return ["the tokenizers have the same vocabulary but different merges"]
+        if base_fp and fp and fp != base_fp:
+            return ["the tokenizer passed is not the base model's (its fingerprint differs from the one recorded at load)"]
+        return []
+
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Left-aligned, right-padded ``(input_ids, attention_mask)``, both ``Int[Tensor, "batch pos"]``, BOS
         prepended if the model needs it (padding: :func:`workbench.data.right_pad`).
 
         Raises:
-            ConfigError: no prompts, or a prompt with no tokens.
+            ConfigError: no prompts, a bare string instead of a list of them, or a prompt with no tokens.
         """
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__}"
+                              + (" (one prompt? wrap it: [prompt])" if isinstance(prompts, str) else ""))
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if self.prepend_bos:
             ids = [[self.tokenizer.bos_token_id, *x] for x in ids]
@@ -92,7 +112,9 @@ class ModelPair:
 
     @torch.no_grad()
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Both models' logits on the same tokens: two ``Float[Tensor, "batch pos d_vocab"]``."""
+        """Both models' logits on the same tokens (a tensor or ``list[list[int]]``): two
+        ``Float[Tensor, "batch pos d_vocab"]``. Raises ConfigError for ids that are not ``[batch, pos]`` token ids."""
+        input_ids = as_token_ids(input_ids, vocab_size=vocab_size_of(self.base))
         device = next(self.base.parameters()).device
         args = {"input_ids": input_ids.to(device), "attention_mask": None if attention_mask is None else attention_mask.to(device)}
         base = self.base(**args).logits
@@ -104,6 +126,8 @@ class ModelPair:
         both roles are the same module)."""
         from workbench.hooked import to_bridge
 
+        if role not in ("base", "tuned"):
+            raise ConfigError(f"role must be 'base' or 'tuned', got {role!r}")
         model, info = (self.base, self.base_info) if role == "base" else (self.tuned, self.tuned_info)
         key = id(model)
         if key not in self._bridges:
@@ -117,7 +141,11 @@ class ModelPair:
         Returns:
             ``(base_logits, base_cache, tuned_logits, tuned_cache)``; caches are TransformerLens
             ``ActivationCache`` objects keyed by hook name (``blocks.{l}.attn.hook_z`` ...).
+
+        Raises:
+            ConfigError: ids that are not ``[batch, pos]`` token ids (a tensor or ``list[list[int]]``).
         """
+        input_ids = as_token_ids(input_ids, vocab_size=vocab_size_of(self.base))
         base_logits, base_cache = self.bridge("base").run_with_cache(input_ids, names_filter=names_filter)
         with self.tuned_context():
             tuned_logits, tuned_cache = self.bridge("tuned").run_with_cache(input_ids, names_filter=names_filter)

@@ -10,30 +10,47 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from workbench.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from workbench.checkpoints import drop_checkpoints_after, resume, save_checkpoint
 from workbench.config import config_from_dict
 from workbench.data import Example, collate
-from workbench.errors import CheckpointError, ConfigError, NonFiniteLossError
+from workbench.divergence import DivergenceGuard, current_restart_hint
+from workbench.errors import ConfigError, DivergenceError, NonFiniteLossError
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings (units in the names). Validated on construction.
 
+    Divergence guard (:mod:`workbench.divergence`; 0 disables a threshold, NaN/inf always stops):
+
+    - ``divergence_loss_factor`` (ratio, default 20): after ``divergence_warmup_steps`` (default 10) steps,
+      stop when a step's loss exceeds this multiple of the largest of the starting loss, the running median
+      and ``divergence_min_loss_nats`` (default 1 nat, so a task the model already solves, loss ≈ 0, does
+      not trip on one noisy batch). The project's runs start at 1-10 nats and fall; 20× that (≥ 20 nats)
+      means the answer tokens got probability < e⁻²⁰, which only a blown-up run reaches.
+    - ``divergence_max_param_abs`` (parameter units, default 1e4): stop when any trainable parameter's
+      magnitude exceeds it. AdamW moves a parameter by about ``lr`` per step, so the project's settings
+      (lr ≤ 0.1, ≤ a few thousand steps) stay below ~100 and model weights are far below 1e4; lr 1e30
+      crosses it in the first step.
+
+    Only what changes *what* is trained must match to resume a run (seed, batch size, loss, dpo_beta);
+    the fields in ``RESUMABLE`` may change between a run and its resumption (e.g. a lower ``lr`` after a
+    divergence).
+
     Raises:
-        ConfigError: a non-positive step count, batch size or learning rate, or a negative clip norm.
+        ConfigError: a non-positive step count, batch size or learning rate, or a negative clip norm or
+            divergence threshold.
     """
 
     max_steps: int = 50
@@ -48,13 +65,23 @@ class TrainConfig:
     loss: str = "sft"  # "sft": answer-only cross-entropy; "dpo": Rafailov et al. 2023 (needs rejected_ids)
     dpo_beta: float = 0.5
     progress: bool = True
+    divergence_loss_factor: float = 20.0  # ratio to the reference loss; 0 = off
+    divergence_warmup_steps: int = 10
+    divergence_min_loss_nats: float = 1.0
+    divergence_max_param_abs: float = 1e4  # 0 = off (non-finite parameters always stop)
+
+    #: Optimisation-only fields: a run may resume from a checkpoint written with other values of these.
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "max_steps", "lr", "weight_decay", "grad_clip_norm", "eval_every_steps", "checkpoint_every_steps",
+        "keep_checkpoints", "progress", "divergence_loss_factor", "divergence_warmup_steps",
+        "divergence_min_loss_nats", "divergence_max_param_abs")
 
     def __post_init__(self) -> None:
         if self.loss not in ("sft", "dpo"):
             raise ConfigError(f"TrainConfig.loss must be 'sft' or 'dpo', got {self.loss!r}")
         if not self.dpo_beta > 0:
             raise ConfigError(f"TrainConfig.dpo_beta must be > 0, got {self.dpo_beta}")
-        for name in ("max_steps", "batch_size_prompts", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size_prompts", "keep_checkpoints", "divergence_warmup_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every_steps", "checkpoint_every_steps"):
@@ -64,6 +91,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr must be a positive finite number, got {self.lr}")
         if self.grad_clip_norm < 0 or self.weight_decay < 0:
             raise ConfigError("TrainConfig.grad_clip_norm and weight_decay must be >= 0")
+        for name in ("divergence_loss_factor", "divergence_min_loss_nats", "divergence_max_param_abs"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number >= 0 (0 = off), got {getattr(self, name)}")
+        if 0 < self.divergence_loss_factor <= 1:
+            raise ConfigError(f"TrainConfig.divergence_loss_factor must be > 1 (or 0 = off), got {self.divergence_loss_factor}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,62 +205,6 @@ def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> lis
     return out
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors = {f"opt.{idx}.{k}": (v if isinstance(v, Tensor) else torch.tensor(v)) for idx, st in sd["state"].items() for k, v in st.items()}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict[str, Any]]) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    return sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if ckpt_dir.is_dir() else []
-
-
-def _save_checkpoint(ckpt_dir: Path, step: int, intervention: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, losses: list[float], evals: list[dict]) -> Path:
-    final = ckpt_dir / f"step-{step:06d}"
-    tmp = ckpt_dir / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
-    params = {f"param.{k}": v for k, v in intervention.state_dict().items()}
-    atomic_save_tensors(tmp / "state.safetensors", {**params, **opt_tensors})
-    atomic_write_json(tmp / "state.json", {"step": step, "train_config": cfg.to_dict(), "losses": losses, "evals": evals, **opt_meta})
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _checkpoints(ckpt_dir)[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _resume(ckpt_dir: Path, intervention: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, list[float], list[dict]] | None:
-    """Load the newest readable checkpoint; return (step, losses, evals) or None when there is none."""
-    for path in reversed(_checkpoints(ckpt_dir)):
-        try:
-            meta = read_json(path / "state.json")
-            tensors = load_tensors(path / "state.safetensors")
-        except CheckpointError as exc:
-            import warnings
-
-            warnings.warn(f"skipping unreadable checkpoint {path}: {exc}", stacklevel=3)
-            continue
-        saved = {k: v for k, v in meta["train_config"].items() if k not in ("max_steps", "progress")}
-        current = {k: v for k, v in cfg.to_dict().items() if k not in ("max_steps", "progress")}
-        if saved != current:
-            raise CheckpointError(f"{path} was written with another TrainConfig ({saved}); use a new out_dir or the same config")
-        params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
-        intervention.load_state_dict(params, strict=True)
-        _restore_optimizer(opt, tensors, meta["param_groups"])
-        return int(meta["step"]), list(meta["losses"]), list(meta["evals"])
-    return None
-
-
 def fit(
     model: nn.Module,
     intervention: Any,
@@ -239,6 +215,7 @@ def fit(
     out_dir: str | Path | None = None,
     eval_fn: Callable[[], dict[str, Any]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    restart_hint: str | None = None,
 ) -> TrainResult:
     """Train ``intervention`` (attached to the frozen ``model``) on ``examples``.
 
@@ -248,14 +225,20 @@ def fit(
     ``cfg.lr`` / ``cfg.weight_decay``, gradient clipping at ``cfg.grad_clip_norm`` (0 = off). When
     ``out_dir`` is given, checkpoints go to ``out_dir/checkpoints/step-N`` every
     ``cfg.checkpoint_every_steps`` and at the end, and a rerun with the same ``out_dir`` resumes from the
-    newest one. ``eval_fn`` is called (with the intervention attached) every ``cfg.eval_every_steps``
-    and at the end; ``on_step(step, loss)`` after each step (used to simulate a kill in tests).
+    newest one (a lower ``lr`` or other ``TrainConfig.RESUMABLE`` settings may change). ``eval_fn`` is called
+    (with the intervention attached) every ``cfg.eval_every_steps`` and at the end; ``on_step(step, loss)``
+    after each step (used to simulate a kill in tests). ``restart_hint`` is the command a divergence message
+    recommends (default: an enclosing :func:`~workbench.divergence.restart_hint_scope`, else Python wording).
 
     Raises:
         ConfigError: no examples, or an intervention with nothing to train.
-        NonFiniteLossError: the loss or gradient norm became NaN/inf; the last good state is saved as a
-            checkpoint first (when ``out_dir`` is set) and the parameters are left un-stepped.
-        CheckpointError: ``out_dir`` holds checkpoints from a different TrainConfig.
+        NonFiniteLossError: the loss, gradient norm or a parameter became NaN/inf.
+        DivergenceError: the divergence guard tripped (loss far above its reference, a parameter beyond
+            ``cfg.divergence_max_param_abs``, or the optimizer step overflowed). For both: the parameters are
+            left at the last good state (a bad update is undone in memory), that state is saved as a
+            checkpoint (when ``out_dir`` is set; newer checkpoints are deleted), and the message names the
+            step, the checkpoint and ``restart_hint``.
+        CheckpointError: ``out_dir`` holds checkpoints from a TrainConfig that trains something else.
     """
     if not examples:
         raise ConfigError("fit() needs at least one training example")
@@ -276,9 +259,23 @@ def fit(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt_dir = Path(out_dir) / "checkpoints" if out_dir is not None else None
     start, losses, evals, resumed = 0, [], [], None
-    if ckpt_dir is not None and (state := _resume(ckpt_dir, intervention, opt, cfg)) is not None:
+    if ckpt_dir is not None and (state := resume(ckpt_dir, intervention, opt, cfg)) is not None:
         start, losses, evals = state
         resumed = start
+    guard = DivergenceGuard(cfg, intervention, opt, params)
+    hint = current_restart_hint(restart_hint)
+
+    def stop(error: type[DivergenceError], head: str, good_step: int, undone: str) -> DivergenceError:
+        """Save the last good state (``good_step``), drop newer checkpoints, and build the error."""
+        if ckpt_dir is None:
+            return error(f"{head}; {undone}; the parameters hold the last good state (step {good_step}), no checkpoint "
+                         f"was written (no out_dir). Train again with a lower lr (this run's lr: {cfg.lr:g}).")
+        good_evals = [e for e in evals if e["step"] <= good_step]
+        drop_checkpoints_after(ckpt_dir, good_step)  # first: pruning to keep_checkpoints must not hit good_step
+        path = save_checkpoint(ckpt_dir, good_step, intervention, opt, cfg, losses[:good_step], good_evals)
+        return error(f"{head}; {undone}; last good state saved at {path} (step {good_step}). "
+                     f"To resume from it: {hint} (this run's lr: {cfg.lr:g}).")
+
     t0 = time.perf_counter()
     try:
         # DPO's reference is the untouched model: computed once, before the intervention is attached.
@@ -290,16 +287,34 @@ def fit(
                 task_loss = _step_loss(model, [examples[i] for i in idx], idx, cfg, pad_id, device, ref)
                 loss = task_loss + intervention.regularization()
                 opt.zero_grad(set_to_none=True)
+                if torch.isfinite(loss) and (why := guard.loss_blowup(float(task_loss.detach()), losses)):
+                    # These parameters came from the previous update: undo it (when it happened in this call).
+                    if guard.has_snapshot:
+                        guard.restore()
+                        raise stop(DivergenceError, f"training diverged at step {step}: {why}", step - 1,
+                                   f"the update of step {step - 1} that led there was undone")
+                    raise stop(DivergenceError, f"training diverged at step {step}: {why}", step, "parameters were not updated")
                 if torch.isfinite(loss):
+                    guard.snapshot()
                     loss.backward()
                     gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf"))
                 if not torch.isfinite(loss) or not torch.isfinite(gnorm):
-                    where = ""
-                    if ckpt_dir is not None:
-                        where = f"; last good state saved at {_save_checkpoint(ckpt_dir, step, intervention, opt, cfg, losses, evals)}"
                     what = "loss" if not torch.isfinite(loss) else "gradient norm"
-                    raise NonFiniteLossError(f"{what} became non-finite ({float((loss if what == 'loss' else gnorm).detach())}) at step {step}; parameters were not updated{where}. Lower the learning rate or check the data.")
-                opt.step()
+                    value = float((loss if what == "loss" else gnorm).detach())
+                    raise stop(NonFiniteLossError, f"{what} became non-finite ({value}) at step {step}", step, "parameters were not updated")
+                try:
+                    opt.step()
+                except torch.OutOfMemoryError:
+                    raise
+                except RuntimeError as exc:  # e.g. "value cannot be converted to type float without overflow"
+                    guard.restore()
+                    raise stop(DivergenceError, f"training diverged at step {step}: the optimizer step failed ({exc})", step,
+                               f"the update of step {step} was undone") from exc
+                if problem := guard.param_problem():
+                    why, non_finite = problem
+                    guard.restore()
+                    raise stop(NonFiniteLossError if non_finite else DivergenceError, f"training diverged at step {step}: {why}",
+                               step, f"the update of step {step} was undone")
                 losses.append(float(task_loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 done = step + 1
@@ -307,14 +322,14 @@ def fit(
                     with torch.no_grad():
                         evals.append({"step": done, **eval_fn()})
                 if ckpt_dir is not None and cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0:
-                    _save_checkpoint(ckpt_dir, done, intervention, opt, cfg, losses, evals)
+                    save_checkpoint(ckpt_dir, done, intervention, opt, cfg, losses, evals)
                 if on_step is not None:
                     on_step(done, losses[-1])
             if eval_fn is not None and (not evals or evals[-1]["step"] != cfg.max_steps):
                 with torch.no_grad():
                     evals.append({"step": cfg.max_steps, **eval_fn()})
             if ckpt_dir is not None and not (ckpt_dir / f"step-{cfg.max_steps:06d}").exists():
-                _save_checkpoint(ckpt_dir, cfg.max_steps, intervention, opt, cfg, losses, evals)
+                save_checkpoint(ckpt_dir, cfg.max_steps, intervention, opt, cfg, losses, evals)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -74,26 +74,46 @@ def _check_ids(examples: list) -> torch.Tensor:
 
 
 def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
-    """Run the job; return its run folder.
+    """Run the job; return its run folder ``runs_dir / name``.
+
+    ``name`` is one folder name (see :func:`workbench.runs.check_run_name`); an existing run folder resumes.
+    The name and ``runs_dir`` are checked before the model loads; the run folder is created only after the
+    model has loaded and the task's data was generated. On failure the folder follows the rule of
+    :mod:`workbench.runs`: removed when this job created it and it holds no file, else kept (checkpoints let
+    a rerun resume) with ``failed.json`` recording the error.
 
     Raises:
-        ModelNotFoundError, ConfigError, NonFiniteLossError: as raised by loading and training.
+        ConfigError: a bad run name or an unusable ``runs_dir`` (before any model loads), and as raised by
+            loading and training, like ModelNotFoundError and NonFiniteLossError.
     """
+    from workbench.models import load_model
+    from workbench.runs import plan_run, run_folder
+
+    started = time.time()
+    task, task_cfg = get_task(cfg.task), cfg.task_settings()  # validated before the model loads
+    run_dir = plan_run(runs_dir, name, time.strftime(f"train-{cfg.method}-{cfg.task}-%Y%m%d-%H%M%S"))
+    model, tok, info = load_model(cfg.model)
+    split = task.generate(tok, task_cfg, prepend_bos=info.prepend_bos)
+    with run_folder(run_dir):
+        _train_into(run_dir, cfg, task, split, model, tok, info, started, log)
+    return run_dir
+
+
+def _train_into(run_dir: Path, cfg: TrainJobConfig, task: Any, split: Any, model: Any, tok: Any, info: Any, started: float, log) -> None:
+    """The writing part of :func:`run_train_job`: train, evaluate, save into the (created) ``run_dir``."""
     from workbench.artifacts import atomic_write_json, results_record, save_intervention
     from workbench.export import export_hf, export_max_logit_diff
     from workbench.finetune import finetune
     from workbench.models import load_model
 
-    started = time.time()
-    task, task_cfg = get_task(cfg.task), cfg.task_settings()  # validated before the model loads
-    run_dir = Path(runs_dir) / (name or time.strftime(f"train-{cfg.method}-{cfg.task}-%Y%m%d-%H%M%S"))
-    model, tok, info = load_model(cfg.model)
     pad_id = tok.pad_token_id or 0
-    split = task.generate(tok, task_cfg, prepend_bos=info.prepend_bos)
     examples = task.to_examples(split)
     base = task.evaluate(model, split, pad_id=pad_id)
     log(f"base held-out accuracy {base['accuracy']:.3f} on {cfg.task}; training {cfg.method}")
-    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train")
+    hint = (f"`workbench train {cfg.method} --task {cfg.task} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
+            "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
+    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train",
+                      restart_hint=hint)
     with result.intervention.attach(model):
         tuned = task.evaluate(model, split, pad_id=pad_id)
     log(f"tuned held-out accuracy {tuned['accuracy']:.3f}")
@@ -109,4 +129,3 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
         metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, _check_ids(task.to_examples(split, "heldout")))
         log(f"exported to {out} (max |Δlogit| {metrics['export_max_abs_logit_diff']:.2e})")
     atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time()))
-    return run_dir

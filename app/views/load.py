@@ -48,12 +48,33 @@ def adapter_dir(path: str | os.PathLike) -> Path | None:
 
 def run_folders(runs_dir: str | os.PathLike) -> list[Path]:
     """Run folders under ``runs_dir`` that hold a saved intervention (``adapter/adapter.json``), newest
-    first (by the adapter's modification time). A missing ``runs_dir`` gives ``[]``."""
+    first (by the adapter's modification time). A missing or unreadable ``runs_dir`` gives ``[]``
+    (:func:`runs_folder_problem` says why)."""
     root = Path(runs_dir).expanduser()
-    if not root.is_dir():
+    if runs_folder_problem(runs_dir) is not None:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and (p / "adapter" / "adapter.json").is_file()]
     return sorted(found, key=lambda p: (p / "adapter" / "adapter.json").stat().st_mtime, reverse=True)
+
+
+def runs_folder_problem(runs_dir: str | os.PathLike) -> str | None:
+    """Why ``runs_dir`` cannot be searched for run folders (it does not exist, or is not a folder), with what
+    to do next; ``None`` when it is a readable folder."""
+    text = str(runs_dir).strip()
+    if not text:
+        return "the runs folder is empty: enter the folder that holds your run folders (default: runs)"
+    root = Path(text).expanduser()
+    fix = (f"create a run there with `workbench quickstart --runs-dir {text}` (or `make demo` for runs/), "
+           "or enter an existing folder in the sidebar")
+    if not root.exists():
+        return f"the runs folder {text!r} does not exist: {fix}"
+    if not root.is_dir():
+        return f"the runs folder {text!r} is a file, not a folder: {fix}"
+    try:
+        next(root.iterdir(), None)
+    except OSError as exc:
+        return f"the runs folder {text!r} cannot be read ({exc.strerror or exc}): check its permissions or enter another folder"
+    return None
 
 
 def default_tuned(runs_dir: str | os.PathLike) -> str | None:
@@ -117,7 +138,8 @@ def load_pair(base: str, tuned: str, device: str | None = None) -> LoadedPair:
         ModelNotFoundError: a model that cannot be loaded (the message lists what can be passed).
         MismatchError: an intervention trained on another model, or a tuned model whose tokenizer,
             architecture or shapes differ from the base's.
-        CheckpointError: a corrupt adapter.
+        CheckpointError: a corrupt adapter, or weights stored only as pickle (``*.bin`` / ``*.pt``; refused
+            unopened, the message says how to convert them to safetensors).
     """
     from workbench.artifacts import load_intervention
     from workbench.models import load_model
@@ -149,9 +171,12 @@ def load_pair(base: str, tuned: str, device: str | None = None) -> LoadedPair:
     if tuned == base:
         pair = ModelPair(model, model, tok, info, info)
         return LoadedPair(pair, base, tuned, device, "model", key=key)
-    if Path(tuned).expanduser().is_dir() and not (Path(tuned).expanduser() / "config.json").is_file():
+    tdir = Path(tuned).expanduser()
+    if tdir.is_dir() and not any((tdir / f).is_file() for f in ("config.json", "adapter_config.json")):
         raise ModelNotFoundError(f"{tuned!r} is a folder but neither a run folder (no adapter/adapter.json), an adapter folder "
-                                 "(no adapter.json) nor a saved model (no config.json); pick one of those")
+                                 "(no adapter.json), a peft adapter (no adapter_config.json) nor a saved model (no config.json); "
+                                 "pick one of those")
+    # a model directory or peft adapter goes through load_model, which refuses pickle-only weights before loading
     tuned_model, tuned_tok, tuned_info = load_model(tuned, device=device)
     pair = ModelPair(model, tuned_model, tok, info, tuned_info, tuned_tokenizer=tuned_tok)
     return LoadedPair(pair, base, tuned, device, "model", key=key)

@@ -63,21 +63,35 @@ class QuickstartConfig(ShippedConfig):
 def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
     """Run the main job and return its run folder (``results.json``, ``report.html``, ``figures/``, ``adapter/``).
 
+    ``name`` is one folder name (an existing run folder resumes); it and ``runs_dir`` are checked before the
+    model loads, and the run folder is created only once the model has loaded. On failure it follows the
+    rule of :mod:`workbench.runs`: removed when this run created it and it holds no file, else kept (the
+    LoFiT checkpoints let a rerun resume) with ``failed.json`` recording the error.
+
     Raises:
+        ConfigError: a bad run name or an unusable ``runs_dir`` (before any model loads).
         ModelNotFoundError: the model cannot be loaded (message says what to install / pass).
         NonFiniteLossError: training diverged (checkpoints kept in the run folder).
     """
-    from probes.model_diff import compare
-    from workbench.artifacts import atomic_write_json, results_record, save_intervention
     from workbench.models import load_model
-    from workbench.pair import ModelPair
+    from workbench.runs import plan_run, run_folder
 
     started = time.time()
-    run_dir = Path(runs_dir) / (name or time.strftime("quickstart-%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = plan_run(runs_dir, name, time.strftime("quickstart-%Y%m%d-%H%M%S"))
     log(f"[1/6] loading {cfg.model}")
     model, tok, info = load_model(cfg.model)
     split = et.generate(tok, et.EntityTrackingConfig(n_boxes=cfg.n_boxes, n_train=cfg.n_train, n_heldout=cfg.n_heldout, seed=cfg.seed), prepend_bos=info.prepend_bos)
+    with run_folder(run_dir):
+        _run_into(run_dir, cfg, model, tok, info, split, started, log)
+    return run_dir
+
+
+def _run_into(run_dir: Path, cfg: QuickstartConfig, model, tok, info, split: et.EntityTrackingSplit, started: float, log) -> None:
+    """Steps 2-6 of :func:`run_quickstart`, writing into the (created) ``run_dir``."""
+    from probes.model_diff import compare
+    from workbench.artifacts import atomic_write_json, results_record, save_intervention
+    from workbench.pair import ModelPair
+
     log(f"[2/6] evaluating the base model on {len(split.heldout)} held-out prompts")
     base_metrics = et.evaluate(model, split.heldout)
     log(f"      base accuracy {base_metrics['accuracy']:.3f}")
@@ -126,7 +140,6 @@ def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: s
     record = results_record(cfg.to_dict(), metrics, {"base": info, "tuned": tuned_info}, str(model.device), started, time.time())
     atomic_write_json(run_dir / "results.json", record)
     _write_report(run_dir, cfg, record, split.heldout[0])
-    return run_dir
 
 
 def _write_report(run_dir: Path, cfg: QuickstartConfig, record: dict, example: et.BoxPrompt) -> None:

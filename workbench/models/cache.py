@@ -2,11 +2,13 @@
 
 ``<root>/models/<name>/{model.safetensors, config.json, tokenizer files, workbench_manifest.json}`` under
 ``$WORKBENCH_HOME`` or ``platformdirs.user_cache_dir("ft-workbench")``. Every later load verifies the
-safetensors sha256 against the manifest and rebuilds a corrupt cache."""
+safetensors sha256 against the manifest and rebuilds a corrupt cache. Verifying only reads (no lock file), so
+a valid cache on a read-only file system loads; the lock is taken only to convert or rebuild."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.errors import ModelNotFoundError
+from workbench.errors import ConfigError, ModelNotFoundError
 from workbench.models.registry import DEFAULT_MODEL, REGISTRY, RegistryEntry, _file_sha256, _unknown
 
 log = logging.getLogger(__name__)
@@ -51,17 +53,53 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 # ----------------------------------------------------------------------------- cache
 def cache_root() -> Path:
-    """Return the cache root: ``$WORKBENCH_HOME`` or ``user_cache_dir("ft-workbench")``."""
+    """Return the cache root: ``$WORKBENCH_HOME`` or ``user_cache_dir("ft-workbench")``.
+
+    Raises:
+        ConfigError: the root is a regular file or lies under one (the message names WORKBENCH_HOME).
+            Writability is checked only when something must be written (see :func:`_ensure`).
+    """
     env = os.environ.get("WORKBENCH_HOME")
     if env:
-        return Path(env).expanduser()
-    import platformdirs
+        root = Path(env).expanduser()
+    else:
+        import platformdirs
 
-    return Path(platformdirs.user_cache_dir("ft-workbench"))
+        root = Path(platformdirs.user_cache_dir("ft-workbench"))
+    problem = _root_problem(root)
+    if problem:
+        raise ConfigError(_root_message(root, problem))
+    return root
+
+
+def _where(root: Path) -> str:
+    env = os.environ.get("WORKBENCH_HOME")
+    return f"WORKBENCH_HOME={env!r}" if env else f"the model cache folder {str(root)!r} (set WORKBENCH_HOME to use another)"
+
+
+def _root_message(root: Path, problem: str) -> str:
+    return (f"{_where(root)} {problem}; set WORKBENCH_HOME to a folder you can write to "
+            "(e.g. export WORKBENCH_HOME=~/.cache/ft-workbench), or unset it for the default")
+
+
+def _root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot hold a cache even for reading (a file, or under a file); ``None`` if it can."""
+    if "\x00" in str(root):
+        return "contains a NUL character"
+    probe = root
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            return "is a regular file, not a folder" if probe == root else f"lies under {str(probe)!r}, a regular file"
+    except OSError as exc:
+        return f"cannot be used ({exc.strerror or exc})"
+    return None
 
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created): only for converting / rebuilding, never to read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         try:
@@ -133,22 +171,55 @@ def _convert(entry: RegistryEntry, root: Path, target: Path) -> None:
 
 
 def _ensure(name: str) -> tuple[Path, dict]:
+    """Verify the cache of ``name`` (reading only, no lock: a valid cache on a read-only file system loads);
+    only a missing or corrupt one takes the lock and is (re)built.
+
+    Raises:
+        ConfigError: the cache must be written (missing / corrupt) but its folder is not writable or cannot
+            be created; the message names WORKBENCH_HOME and the reason the cache must be built.
+    """
     entry = REGISTRY[name]
     root = cache_root()
     target = root / "models" / name
-    with _lock(root / "models" / f".{name}.lock"):
-        man, reason = _verify(target)
-        if man is None:
-            if reason != "missing":
-                msg = f"Model cache {target} was corrupt ({reason}); rebuilding it from the GGUF."
-                warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            for stale in target.parent.glob(f".{name}.tmp-*"):  # from killed conversions
-                shutil.rmtree(stale, ignore_errors=True)
-            _convert(entry, root, target)
-            man, reason = _verify(target)
+    man, reason = _verify(target)
+    if man is not None:
+        return target, man
+    problem = _unwritable(root / "models")
+    if problem:
+        raise ConfigError(_root_message(root, f"{problem}, and the cache of {name!r} must be built there "
+                                              f"(cache {target}: {reason})"))
+    try:
+        with _lock(root / "models" / f".{name}.lock"):
+            man, reason = _verify(target)  # another process may have built it while we waited
             if man is None:
-                raise ModelNotFoundError(f"Conversion of {name!r} into {target} failed: {reason}")
+                if reason != "missing":
+                    msg = f"Model cache {target} was corrupt ({reason}); rebuilding it from the GGUF."
+                    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                for stale in target.parent.glob(f".{name}.tmp-*"):  # from killed conversions
+                    shutil.rmtree(stale, ignore_errors=True)
+                _convert(entry, root, target)
+                man, reason = _verify(target)
+                if man is None:
+                    raise ModelNotFoundError(f"Conversion of {name!r} into {target} failed: {reason}")
+    except OSError as exc:
+        if isinstance(exc, (PermissionError, NotADirectoryError, FileExistsError)) or exc.errno == errno.EROFS:
+            raise ConfigError(_root_message(root, f"cannot be written ({exc.strerror or exc}: {exc.filename}), "
+                                                  f"and the cache of {name!r} must be built there (cache {target}: {reason})")) from exc
+        raise ModelNotFoundError(f"Could not build the model cache {target}: {exc}; free some space or set WORKBENCH_HOME "
+                                 "to another folder") from exc
     return target, man
+
+
+def _unwritable(d: Path) -> str | None:
+    """Why folder ``d`` (or the folder that would hold it) cannot be written; ``None`` if it can."""
+    probe = d
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"cannot hold a folder ({str(probe)!r} is not a folder)"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"is not writable ({str(probe)!r})"
+    return None
 
 
 def ensure_model(name: str = DEFAULT_MODEL) -> Path:
@@ -161,6 +232,8 @@ def ensure_model(name: str = DEFAULT_MODEL) -> Path:
     Raises:
         ModelNotFoundError: unknown name, or the package shipping the GGUF is missing
             (the message contains the pip install command).
+        ConfigError: WORKBENCH_HOME (or the default cache folder) is a regular file, or the cache is missing /
+            corrupt and its folder cannot be written (a valid cache in a read-only folder loads).
     """
     if name not in REGISTRY:
         raise _unknown(name)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from workbench.architecture import Dims, text_config
+from workbench.artifacts import refuse_pickle_only
 from workbench.errors import ConfigError, ModelNotFoundError
 from workbench.models.cache import _ensure, weights_hash
 from workbench.models.registry import DEFAULT_MODEL, REGISTRY, _unknown
@@ -43,6 +47,7 @@ class ModelInfo:
     architecture: str
     prepend_bos: bool
     path: str
+    tokenizer_hash: str = ""  # tokenizer_fingerprint() at load time; "" = not recorded (ModelPair skips the check)
 
     @property
     def dims(self) -> Dims:
@@ -78,6 +83,37 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return _DTYPES[key]
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """``sha256:…`` over what decides how text becomes ids: the vocabulary (token → id, added tokens included) and a
+    fast BPE tokenizer's merges. Which token plays EOS / PAD and the chat template are left out: fine-tunes change
+    them without changing any id. ``""`` when ``tok`` has no vocabulary to read. Remembered per tokenizer object
+    (and size, so added tokens count): ~0.5 s for a 49k-token BPE."""
+    try:
+        vocab = tok.get_vocab()
+    except (AttributeError, TypeError, NotImplementedError):
+        return ""
+    with contextlib.suppress(TypeError):  # an unhashable / non-weakref-able tokenizer is just not remembered
+        known = _FINGERPRINTS.get(tok)
+        if known is not None and known[0] == len(vocab):
+            return known[1]
+    fp = _fingerprint(tok, sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])))
+    with contextlib.suppress(TypeError):
+        _FINGERPRINTS[tok] = (len(vocab), fp)
+    return fp
+
+
+def _fingerprint(tok: Any, vocab: list) -> str:
+    h = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        with contextlib.suppress(Exception):  # merges are a bonus; the vocabulary alone is still a fingerprint
+            h.update(json.dumps(json.loads(backend.to_str())["model"].get("merges", []), ensure_ascii=False).encode())
+    return "sha256:" + h.hexdigest()
+
+
 def _info(model: Any, tok: Any, id_: str, path: str, weight_hash: str,
           prepend_bos: bool | None) -> ModelInfo:
     full = model.config
@@ -89,8 +125,55 @@ def _info(model: Any, tok: Any, id_: str, path: str, weight_hash: str,
     return ModelInfo(
         id=id_, weight_hash=weight_hash, **{**dims.to_dict(), "d_vocab": int(cfg.vocab_size)},
         architecture=(getattr(full, "architectures", None) or [type(model).__name__])[0],
-        prepend_bos=bool(prepend_bos), path=path,
+        prepend_bos=bool(prepend_bos), path=path, tokenizer_hash=tokenizer_fingerprint(tok),
     )
+
+
+_HUB: dict[str, bool] = {}  # the network probe's answer, once per process
+
+
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether the Hugging Face hub can be reached: ``False`` when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``
+    is set, else one HEAD request to the endpoint (the hub's own HTTP session, so proxies apply) with a short
+    timeout, made once per process. Offline, hub ids load from the local HF cache only, so an id that is not
+    cached fails in seconds instead of after the hub client's ~50 s of retries."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"}
+                                          for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return False
+    if "reachable" not in _HUB:
+        _HUB["reachable"] = _probe_hub(timeout_s)
+    return _HUB["reachable"]
+
+
+def _probe_hub(timeout_s: float) -> bool:
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means offline: DNS failure, refused or timed-out connection, OfflineModeIsEnabled ...
+        return False
+
+
+def _dir_files(path: str | os.PathLike) -> list[str]:
+    return [p.name for p in Path(path).iterdir() if p.is_file()]
+
+
+def _hub_files(name: str, offline: bool) -> list[str] | None:
+    """Top-level files of hub repo ``name`` (the cached snapshot when offline); ``None`` when unknown."""
+    try:
+        if offline:
+            from huggingface_hub import snapshot_download
+
+            return _dir_files(snapshot_download(name, local_files_only=True))
+        from huggingface_hub import HfApi
+
+        return list(HfApi().list_repo_files(name))
+    except Exception:  # noqa: BLE001 - not cached / not found / no network: from_pretrained reports it
+        return None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -114,6 +197,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
     Raises:
         ModelNotFoundError: unknown name / missing directory / hub unreachable or repo not
             found, or a registry model's package is not installed (message has the pip command).
+            With the hub unreachable (:func:`hub_reachable`) an uncached hub id fails in seconds.
+        CheckpointError: a directory or hub repo (model or peft adapter) holding its weights only as
+            pickle (``pytorch_model.bin``, ``*.pt`` ...): refused before anything is unpickled.
         ConfigError: unsupported ``dtype``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,8 +219,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
 
     local = Path(name).expanduser()
     if local.is_dir():
+        refuse_pickle_only(_dir_files(local), f"directory {str(local)!r}")
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(local), **kw)
+            model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **kw)
             tok = AutoTokenizer.from_pretrained(str(local))
         except (OSError, ValueError) as e:
             raise ModelNotFoundError(
@@ -144,11 +231,17 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
     elif "/" not in name or _looks_like_path(name):
         raise _unknown(name)  # fail fast: a typo of a registry name or a missing path
     else:
+        offline = not hub_reachable()
+        files = _hub_files(name, offline)
+        if files is not None:
+            refuse_pickle_only(files, f"Hugging Face repo {name!r}")
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, **kw)
-            tok = AutoTokenizer.from_pretrained(name)
+            # adapter_kwargs: transformers does not pass local_files_only on to its peft-adapter lookup (it would retry)
+            model = AutoModelForCausalLM.from_pretrained(name, local_files_only=offline, use_safetensors=True,
+                                                         adapter_kwargs={"local_files_only": offline}, **kw)
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=offline)
         except Exception as e:  # hub errors are OSError/ValueError/httpx subclasses
-            raise _unknown(name, e) from e
+            raise _unknown(name, e, offline=offline) from e
         id_, path = name, str(getattr(model.config, "_name_or_path", "") or name)
         with contextlib.suppress(Exception):
             from huggingface_hub import snapshot_download

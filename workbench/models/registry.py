@@ -163,13 +163,16 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _unknown(name: str, hub_error: BaseException | None = None) -> ModelNotFoundError:
+def _unknown(name: str, hub_error: BaseException | None = None, offline: bool = False) -> ModelNotFoundError:
     low = name.lower()
     close = [k for k in known_models() if low and (low in k or k in low)]
     close = close or difflib.get_close_matches(low, known_models(), n=1, cutoff=0.5)
     parts = [f"Cannot load model {name!r}: it is not a built-in name "
              f"(known: {', '.join(known_models())}), not an existing local directory"]
-    if hub_error is not None:
+    if hub_error is not None and offline:
+        parts.append(", and is not in the local HF cache while the Hugging Face hub is unreachable (offline: "
+                     "HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set, or no network)")
+    elif hub_error is not None:
         brief = str(hub_error).strip().splitlines()[0][:200] if str(hub_error).strip() else ""
         parts.append(f", and could not be fetched from the Hugging Face hub "
                      f"({type(hub_error).__name__}: {brief})")
