@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
+from studies.common import study_main
+from studies.method_comparison.study import StudyConfig, markdown_table, run
 
-from studies.method_comparison.study import StudyConfig, run
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="default", help="tiny, default, full or a JSON path")
-    parser.add_argument("--out", default="runs/method_comparison", help="output folder (a rerun resumes)")
-    args = parser.parse_args(argv)
-    record = run(StudyConfig.load(args.config), args.out)
-    from studies.method_comparison.study import markdown_table
-
+def report(record: dict) -> None:
     print(markdown_table(record["metrics"]["table"]))
 
 
+def main(argv: list[str] | None = None) -> int:
+    return study_main("method_comparison", __doc__, StudyConfig.load, run, report, argv, out_help="results.json, figures/, runs/ (a rerun resumes)")
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
