@@ -205,12 +205,16 @@ def _invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, st
     return result.exit_code, result.output, exc
 
 
-def _assert_refused(code: int, output: str, exc: BaseException | None, fragment: str = "") -> None:
+def _assert_refused(code: int, output: str, exc: BaseException | None, fragment: str = "", only_line: bool = True) -> None:
+    """Exit code 2, no traceback, and exactly one ``error: ...`` line: the only line (``only_line``: refused
+    before any work), or the last one after the command's progress output."""
     assert exc is None, f"{type(exc).__name__}: {exc}"
     assert "Traceback" not in output, output
     assert code == 2, output
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], output
+    if only_line:
+        assert len(lines) == 1, output
     assert fragment.lower() in output.lower(), f"{fragment!r} not in {output!r}"
 
 
@@ -302,7 +306,8 @@ class Row:
     runs folder, ``{tmp}`` the test's folder, ``{tiny}`` / ``{pickle}`` / ``{truncated}`` model folders,
     ``{file}`` a regular file); ``python``: instead of a command line, a call that must raise a WorkbenchError;
     ``expect``: a regular expression the message must match; ``writes``: paths (under ``{tmp}``) the input may
-    leave behind (a diverged run keeps its checkpoints, by design)."""
+    leave behind (a diverged run keeps its checkpoints, by design); ``loads``: the input is only found out
+    after a model loads (otherwise loading one fails the row, and the error must be the only output line)."""
 
     args: list[str] = dataclasses.field(default_factory=list)
     config: Any = None
@@ -310,6 +315,7 @@ class Row:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     python: Callable[[dict], Any] | None = None
     writes: tuple[str, ...] = ()
+    loads: bool = False
 
 
 def _train(config: Any = None, *extra: str, method: str = "lofit", runs: str = "{runs}", **row: Any) -> Row:
@@ -380,8 +386,6 @@ def _app_runs_folder(ctx):
 
 
 NAN, INF = float("nan"), float("inf")
-PATHS = "paths & run folders"
-DIVERGENCE = "divergence in training"
 CHECKPOINTS = "pickle checkpoints / offline hub / API boundaries"
 ROWS: dict[str, tuple[Row, str | None]] = {
     # config types and values (TrainJobConfig and the configs inside it)
@@ -424,37 +428,37 @@ ROWS: dict[str, tuple[Row, str | None]] = {
     "quickstart unknown key": (Row(["quickstart", "--config", "{cfg}", "--runs-dir", "{runs}"], config={"steps": 5},
                                expect=r"unknown QuickstartConfig key"), None),
     # paths and run folders
-    "run name with ..": (_train(_job(), "--name", "../escape", expect=r"name"), PATHS),
-    "absolute run name": (_train(_job(), "--name", "{tmp}/absolute-run", expect=r"name"), PATHS),
-    "runs-dir a regular file": (_train(_job(), runs="{file}", expect=r"file|folder|director"), PATHS),
-    "quickstart runs-dir a regular file": (Row(["quickstart", "--model", "{tiny}", "--runs-dir", "{file}"], expect=r"file|folder|director"), PATHS),
+    "run name with ..": (_train(_job(), "--name", "../escape", expect=r"name"), None),
+    "absolute run name": (_train(_job(), "--name", "{tmp}/absolute-run", expect=r"name"), None),
+    "runs-dir a regular file": (_train(_job(), runs="{file}", expect=r"file|folder|director"), None),
+    "quickstart runs-dir a regular file": (Row(["quickstart", "--model", "{tiny}", "--runs-dir", "{file}"], expect=r"file|folder|director"), None),
     "WORKBENCH_HOME a regular file": (Row(["fetch"], env={"WORKBENCH_HOME": "{file}"}, expect=r"WORKBENCH_HOME"), None),
     "WORKBENCH_HOME under a file": (Row(["fetch"], env={"WORKBENCH_HOME": "{file}/cache"}, expect=r"WORKBENCH_HOME"), None),
-    "model folder missing": (_train({"model": "{tmp}/no-such-model"}, expect=r"Cannot load model"), None),
-    "quickstart model missing": (Row(["quickstart", "--model", "{tmp}/no-such-model", "--runs-dir", "{runs}"], expect=r"Cannot load model"), PATHS),
+    "model folder missing": (_train({"model": "{tmp}/no-such-model"}, loads=True, expect=r"Cannot load model"), None),
+    "quickstart model missing": (Row(["quickstart", "--model", "{tmp}/no-such-model", "--runs-dir", "{runs}"], loads=True, expect=r"Cannot load model"), None),
     "fetch unknown model": (Row(["fetch", "no-such-model"], expect=r"Cannot load model"), None),
     # training blow-ups on the tiny model
-    "lr 1e30": (_train(_job(train={"lr": 1e30}), expect=r"diverg|non-finite|nan|inf", writes=("runs",)), DIVERGENCE),
-    "lr 1e38": (_train(_job(train={"lr": 1e38}), expect=r"diverg|non-finite|nan|inf", writes=("runs",)), DIVERGENCE),
+    "lr 1e30": (_train(_job(train={"lr": 1e30}), loads=True, expect=r"diverg|non-finite|nan|inf", writes=("runs",)), None),
+    "lr 1e38": (_train(_job(train={"lr": 1e38}), loads=True, expect=r"diverg|non-finite|nan|inf", writes=("runs",)), None),
     "lr 1e30 quickstart": (Row(["quickstart", "--config", "{cfg}", "--runs-dir", "{runs}"],
                                config={"model": "{tiny}", "n_train": 16, "n_heldout": 8, "n_compare": 4,
                                        "lofit": {"select": {"max_steps": 2, "lr": 1e30, "progress": False},
                                                  "offset": {"max_steps": 2, "lr": 1e30, "progress": False}}},
-                               expect=r"diverg|non-finite|nan|inf", writes=("runs",)), DIVERGENCE),
+                               loads=True, expect=r"diverg|non-finite|nan|inf", writes=("runs",)), None),
     # checkpoints and the hub
-    "pickle-only model folder": (_train({**_job(), "model": "{pickle}"}, expect=r"pickle|safetensors|\.bin"), CHECKPOINTS),
-    "truncated safetensors": (_train({**_job(), "model": "{truncated}"}, expect=r"safetensors|corrupt|cannot|incomplete|truncat"), CHECKPOINTS),
+    "pickle-only model folder": (_train({**_job(), "model": "{pickle}"}, loads=True, expect=r"pickle|safetensors|\.bin"), CHECKPOINTS),
+    "truncated safetensors": (_train({**_job(), "model": "{truncated}"}, loads=True, expect=r"safetensors|corrupt|cannot|incomplete|truncat"), CHECKPOINTS),
     "offline hub id": (_train({**_job(), "model": "no-such-owner/no-such-model"}, env={"HF_HUB_OFFLINE": "1"},
-                           expect=r"Cannot load model|offline"), None),
+                           loads=True, expect=r"Cannot load model|offline"), None),
     # API boundaries (Python)
-    "patching: ragged plain lists": (Row(python=_api_patch_lists, expect=r"shape|length|ragged|same"), CHECKPOINTS),
+    "patching: ragged plain lists": (Row(python=_api_patch_lists, expect=r"shape|length|ragged|same"), None),
     "patching: mismatched id shapes": (Row(python=_api_patch_shapes, expect=r"shape"), None),
     "patching: site out of range": (Row(python=_api_patch_site_range, expect=r"99|range|layer"), None),
     "finetune: unknown method": (Row(python=_api_finetune_unknown, expect=r"no_such_method"), None),
     # app inputs (the page itself: tests/test_app.py)
     "app: empty tuned model": (Row(python=_app_load("{tiny}", ""), expect=r"no tuned model"), None),
     "app: empty base model": (Row(python=_app_load("", "{tiny}"), expect=r"no base model"), None),
-    "app: missing tuned folder": (Row(python=_app_load("{tiny}", "{tmp}/nowhere"), expect=r"Cannot load model"), None),
+    "app: missing tuned folder": (Row(python=_app_load("{tiny}", "{tmp}/nowhere"), loads=True, expect=r"Cannot load model"), None),
     "app: device not available": (Row(python=_app_load("{tiny}", "{tiny}", "tpu"), expect=r"not available"), None),
     "app: prompt too long": (Row(python=_app_prompt("Hello world " * 300), expect=r"at most 256 tokens"), None),
     "app: empty prompt": (Row(python=_app_prompt("  "), expect=r"empty"), None),
@@ -485,7 +489,9 @@ def tiny_loaded(model_dirs):
 
 
 @pytest.mark.parametrize("row", list(_table_params()))
-def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, monkeypatch):
+def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, request, monkeypatch):
+    if not row.loads:
+        request.getfixturevalue("no_model")
     paths = {"tmp": str(tmp_path), "runs": str(tmp_path / "runs"), "file": str(tmp_path / "a-file"),
              **{k: str(v) for k, v in model_dirs.items()}}
     (tmp_path / "a-file").write_text("not a folder\n")
@@ -510,7 +516,7 @@ def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, monkeypatc
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         code, message, exc = _invoke(args, env)
-        _assert_refused(code, message, exc)
+        _assert_refused(code, message, exc, only_line=not row.loads)
     import re
 
     assert re.search(row.expect, message, re.IGNORECASE), f"{row.expect!r} not in {message!r}"

@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from workbench.checkpoints import checkpoint_steps
-from workbench.divergence import DEFAULT_RESTART_HINT, DivergenceGuard, restart_hint_scope
-from workbench.errors import CheckpointError, ConfigError, DivergenceError, NonFiniteLossError, WorkbenchError
+from workbench.divergence import (
+    DEFAULT_RESTART_HINT,
+    DivergenceGuard,
+    restart_hint_scope,
+)
+from workbench.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergenceError,
+    NonFiniteLossError,
+    WorkbenchError,
+)
 from workbench.methods.lofit import LofitConfig, LofitOffsets
 from workbench.train import TrainConfig, fit
 
@@ -19,7 +29,7 @@ def offsets(info, std=1e-2, seed=0):
 
 
 def _cfg(**kw):
-    return TrainConfig(**{**dict(max_steps=8, lr=1e-2, batch_size_prompts=4, checkpoint_every_steps=1, progress=False), **kw})
+    return TrainConfig(**{"max_steps": 8, "lr": 1e-2, "batch_size_prompts": 4, "checkpoint_every_steps": 1, "progress": False, **kw})
 
 
 def _saved_params(path):
@@ -97,7 +107,7 @@ def test_loss_blowup_undoes_the_update_that_caused_it(tiny, tiny_examples, tmp_p
 
 
 def test_loss_rule_ignores_noise_on_a_small_loss_and_respects_warmup(tiny, tiny_examples):
-    model, info = tiny
+    _, info = tiny
     inter = offsets(info)
     params = list(inter.parameters())
     guard = DivergenceGuard(_cfg(), inter, torch.optim.AdamW(params), params)
@@ -111,7 +121,7 @@ def test_loss_rule_ignores_noise_on_a_small_loss_and_respects_warmup(tiny, tiny_
 
 
 def test_non_finite_parameter_is_reported_as_non_finite(tiny):
-    model, info = tiny
+    _, info = tiny
     inter = offsets(info)
     params = list(inter.parameters())
     guard = DivergenceGuard(_cfg(), inter, torch.optim.AdamW(params), params)
@@ -136,9 +146,8 @@ def test_restart_hint_reaches_nested_fit_calls(tiny, tiny_examples, tmp_path):
     from workbench.finetune import finetune
 
     model, info = tiny
-    with pytest.raises(DivergenceError, match="NESTED-HINT"):
-        with restart_hint_scope("NESTED-HINT"):
-            fit(model, offsets(info), tiny_examples, _cfg(lr=1e30), out_dir=tmp_path / "fit")
+    with pytest.raises(DivergenceError, match="NESTED-HINT"), restart_hint_scope("NESTED-HINT"):
+        fit(model, offsets(info), tiny_examples, _cfg(lr=1e30), out_dir=tmp_path / "fit")
     lofit = {"top_k_heads": 2, "select": {"max_steps": 2, "lr": 1e30, "progress": False}}
     with pytest.raises(DivergenceError, match="FINETUNE-HINT"):
         finetune("lofit", model, info, tiny_examples, lofit, out_dir=tmp_path / "lofit", restart_hint="FINETUNE-HINT")

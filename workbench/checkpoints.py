@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from workbench.artifacts import (
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 from workbench.errors import CheckpointError
 
 

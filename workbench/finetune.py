@@ -17,9 +17,9 @@ from typing import Any
 
 from workbench.config import config_from_dict
 from workbench.data import Example, check_examples, vocab_size_of
+from workbench.divergence import restart_hint_scope
 from workbench.errors import ConfigError
 from workbench.methods import get_method
-from workbench.divergence import restart_hint_scope
 from workbench.train import TrainConfig, TrainResult, fit, seed_everything
 
 
