@@ -210,3 +210,16 @@ def test_cli_divergence_names_the_command_and_its_advice_works(model_dir, tmp_pa
     refused = job(lr=1e-2, seed=5)
     out = " ".join(refused.output.split())
     assert refused.exit_code != 0 and "seed" in out and "--name <new run>" in out and "out_dir" not in out, out
+
+
+def test_neft_selection_step_overflow_is_one_clear_error():
+    """NeFT's brief full fine-tuning (its own loop, for neuron scores) refuses an overflowing lr too."""
+    from tests.conftest import make_tiny
+    from workbench.data import Example
+    from workbench.errors import DivergenceError
+    from workbench.methods.neft import brief_full_finetune
+
+    model, _ = make_tiny(0)
+    examples = [Example((1, 2, 3), (4,)), Example((5, 6, 7), (8,))]
+    with pytest.raises(DivergenceError):
+        brief_full_finetune(model, examples, steps=2, lr=1e38, batch_size=2, seed=0)

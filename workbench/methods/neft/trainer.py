@@ -31,6 +31,7 @@ from workbench.data import Example, collate
 from workbench.errors import (
     CheckpointError,
     ConfigError,
+    DivergenceError,
     MismatchError,
     NonFiniteLossError,
 )
@@ -99,7 +100,8 @@ def brief_full_finetune(
 
     Raises:
         ConfigError: no examples or non-positive steps / lr / batch size.
-        NonFiniteLossError: the loss or gradient norm became NaN/inf (lower ``lr``).
+        NonFiniteLossError: the loss, gradient norm or a weight became NaN/inf (lower ``lr``).
+        DivergenceError: the optimizer step overflowed (lower ``lr``).
     """
     if not examples:
         raise ConfigError("brief_full_finetune needs at least one training example")
@@ -122,7 +124,14 @@ def brief_full_finetune(
         gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         if not torch.isfinite(gnorm):
             raise NonFiniteLossError(f"brief full fine-tuning: gradient norm became {float(gnorm)} at step {step}; lower NeftConfig.select_lr")
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as exc:  # an overflowing update (e.g. lr 1e38); the copy is discarded
+            if "out of memory" in str(exc).lower():
+                raise
+            raise DivergenceError(f"brief full fine-tuning: the optimizer step failed at step {step} ({exc}); lower NeftConfig.select_lr") from exc
+        if not all(torch.isfinite(p).all() for p in params):
+            raise NonFiniteLossError(f"brief full fine-tuning: a weight became non-finite at step {step}; lower NeftConfig.select_lr")
         if on_step is not None:
             on_step(step + 1, float(loss.detach()))
     del opt
