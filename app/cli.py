@@ -22,7 +22,7 @@ from workbench.errors import WorkbenchError
 
 #: What a command reports as ``error: ...`` (exit code 2) instead of a traceback.
 EXPECTED_ERRORS = (WorkbenchError, json.JSONDecodeError, OSError)
-console = Console()
+console = Console(soft_wrap=True)  # log lines and paths are never broken across lines (tables still fit the terminal)
 
 
 def _fail(exc: BaseException) -> None:

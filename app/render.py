@@ -96,7 +96,8 @@ def runs_tab(runs_dir: str, problem: str | None = None) -> int:
     result = results[choice]
     st.caption(str(result.path))
     if result.error:
-        st.error(f"{result.path} could not be read: {result.error}")
+        st.error(f"{result.path} could not be read: {result.error}. Rerun the job or study that wrote it (an interrupted run leaves "
+                 "no results.json, so this one was edited or damaged afterwards), or pick another result above.")
         return 0
     figs, notes = run_figures(result)
     for note in notes:
