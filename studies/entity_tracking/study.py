@@ -101,6 +101,9 @@ class EntityTrackingStudyConfig(ShippedConfig):
         if self.n_dcm < 2:
             raise ConfigError("n_dcm must be >= 2 (half trains the DCM masks, half evaluates them)")
         for name, spec in self.tune.items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("method_config", {}), dict):
+                raise ConfigError(f"tune[{name!r}] must be an object such as {{\"task\": \"boxes\", \"max_steps\": 40, "
+                                  f"\"lr\": 0.003}} (method_config an object too), got {spec!r}")
             unknown = set(spec) - {"task", "max_steps", "lr", "batch_size_prompts", "method", "method_config", "n_train"}
             if unknown or spec.get("task") not in TUNE_TASKS:
                 raise ConfigError(f"tune[{name!r}]: task must be one of {TUNE_TASKS}, keys task/max_steps/lr/"

@@ -19,7 +19,7 @@ import torch
 
 from workbench.architecture import Dims, text_config
 from workbench.artifacts import refuse_pickle_only
-from workbench.errors import ConfigError, ModelNotFoundError
+from workbench.errors import CheckpointError, ConfigError, ModelNotFoundError
 from workbench.models.cache import _ensure, weights_hash
 from workbench.models.registry import DEFAULT_MODEL, REGISTRY, _unknown
 
@@ -200,6 +200,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
             With the hub unreachable (:func:`hub_reachable`) an uncached hub id fails in seconds.
         CheckpointError: a directory or hub repo (model or peft adapter) holding its weights only as
             pickle (``pytorch_model.bin``, ``*.pt`` ...): refused before anything is unpickled.
+            A damaged or truncated safetensors file in a local directory.
         ConfigError: unsupported ``dtype``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -220,9 +221,15 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
     local = Path(name).expanduser()
     if local.is_dir():
         refuse_pickle_only(_dir_files(local), f"directory {str(local)!r}")
+        from safetensors import SafetensorError
+
         try:
             model = AutoModelForCausalLM.from_pretrained(str(local), use_safetensors=True, **kw)
             tok = AutoTokenizer.from_pretrained(str(local))
+        except SafetensorError as e:
+            raise CheckpointError(
+                f"Directory {str(local)!r}: a safetensors weights file is damaged or incomplete (truncated copy or "
+                f"interrupted download?): {e}. Copy or save the model again (save_pretrained).") from e
         except (OSError, ValueError) as e:
             raise ModelNotFoundError(
                 f"Directory {str(local)!r} does not hold a loadable causal LM and tokenizer "

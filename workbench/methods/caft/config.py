@@ -19,7 +19,7 @@ class CaftConfig:
 
     Attributes:
         layers: block indices whose residual output (``blocks.{l}.hook_resid_post``) is ablated.
-        n_directions: directions per layer, ``k_l`` (one count per entry of ``layers``), each >= 1.
+        n_directions: directions per layer, ``k_l`` (one count per entry of ``layers``, or one int for every layer), each >= 1.
         source: free-text provenance of the directions, e.g. ``"pca[3,7,12]"``, ``"random seed=0"``,
             ``"probe"``; recorded in ``adapter.json`` for the reader, never interpreted.
         inner: the registered method trained under the ablation by ``finetune("caft", ...)``
@@ -34,7 +34,7 @@ class CaftConfig:
     """
 
     layers: list[int] = field(default_factory=list)
-    n_directions: list[int] = field(default_factory=list)
+    n_directions: int | list[int] = field(default_factory=list)
     source: str = ""
     inner: str = "lofit"
     inner_config: dict[str, Any] = field(default_factory=dict)
