@@ -7,6 +7,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spin-wai
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests are derandomized in the suite (the same examples on every run, so CI cannot fail by chance);
+# `pytest --hypothesis-profile=explore` draws new examples to look for more bugs.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

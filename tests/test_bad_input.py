@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import time
 import typing
 from pathlib import Path
@@ -523,3 +524,6 @@ def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, request, m
     assert re.search(row.expect, message, re.IGNORECASE), f"{row.expect!r} not in {message!r}"
     after = {k: v for k, v in _tree(tmp_path).items() if not any(k == w or k.startswith(w + "/") for w in row.writes)}
     assert after == before, f"written: {sorted(set(after) - set(before))}"
+    if os.environ.get("WORKBENCH_BAD_INPUT_REPORT"):  # the table of messages for a release note
+        with open(os.environ["WORKBENCH_BAD_INPUT_REPORT"], "a") as f:
+            f.write(json.dumps({"input": request.node.callspec.id, "message": message.strip().splitlines()[0]}) + "\n")

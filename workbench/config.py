@@ -167,7 +167,12 @@ def config_from_dict(config_cls: type[C], data: Any, *, where: str | None = None
         raise ConfigError(f"{label} needs key(s) {missing}")
     hints = _type_hints(config_cls)
     checked = {k: check_value(v, hints.get(k, Any), f"{label}.{k}") for k, v in data.items()}
-    return config_cls(**checked)
+    try:
+        return config_cls(**checked)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a config's own range check written as ValueError: still one clear ConfigError
+        raise ConfigError(f"{label}: {exc}") from exc
 
 
 def _type_hints(config_cls: type) -> dict[str, Any]:

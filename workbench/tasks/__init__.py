@@ -26,7 +26,6 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.registry import Registry
 
 
-
 @dataclass(frozen=True)
 class TaskSpec:
     """A registered task. Build one per task folder and pass it to :func:`register_task`.
@@ -69,9 +68,9 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: unknown setting(s) {unknown}; valid keys: {self.valid_keys()}")
         try:  # types checked field by field (JSON lists become tuples), then the config's own __post_init__
             return config_from_dict(self.config_cls, {**self.defaults, **settings}, where=self.name or None)
-        except WorkbenchError:
-            raise
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:  # ConfigError included: say which task refused which settings
+            if self.name and repr(self.name) in str(exc):
+                raise
             raise ConfigError(f"task {self.name!r}: invalid settings {settings}: {exc}") from exc
 
     def generate(self, tokenizer: Any, config: Any = None, *, prepend_bos: bool = False, seed: int | None = None) -> Any:

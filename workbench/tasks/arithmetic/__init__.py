@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.data import Example
+from workbench.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +26,7 @@ class ArithmeticConfig:
 
     def __post_init__(self) -> None:
         if self.n_train < 1 or self.n_heldout < 1 or not 1 <= self.n_digits <= 6 or not self.ops or set(self.ops) - set("+-"):
-            raise ValueError(f"invalid ArithmeticConfig {self}: need positive counts, 1..6 digits, ops from '+-'")
+            raise ConfigError(f"invalid ArithmeticConfig {self}: need positive counts, 1..6 digits, ops from '+-'")
 
 
 def problems(cfg: ArithmeticConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -42,7 +43,7 @@ def problems(cfg: ArithmeticConfig) -> tuple[list[tuple[str, str]], list[tuple[s
             a, b = b, a
         seen.setdefault(f"{a} {op} {b} = ", str(a + b if op == "+" else a - b))
     if len(seen) < total:
-        raise ValueError(f"only {len(seen)} distinct problems for {total} requested; use more digits")
+        raise ConfigError(f"only {len(seen)} distinct problems for {total} requested; use more digits")
     items = list(seen.items())
     return items[: cfg.n_train], items[cfg.n_train:]
 

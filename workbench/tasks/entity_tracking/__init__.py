@@ -24,6 +24,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.errors import ConfigError
+
 DEFAULT_OBJECTS: tuple[str, ...] = tuple(
     "apple key ring book coin cup hat bell ball bag pen map car boat train plane bird "
     "fish cat dog egg fan fork knife spoon plate bowl bottle bread cake shoe sock shirt "
@@ -52,7 +54,7 @@ class EntityTrackingConfig:
             isinstance(n, bool) or not isinstance(n, int) or not MIN_BOXES <= n <= MAX_BOXES
             for n in nb
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"n_boxes must be an int or non-empty tuple of ints in "
                 f"{MIN_BOXES}..{MAX_BOXES}, got {self.n_boxes!r}"
             )
@@ -61,14 +63,14 @@ class EntityTrackingConfig:
         for name in ("n_train", "n_heldout"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+                raise ConfigError(f"{name} must be a positive int, got {v!r}")
         for name in ("objects", "labels"):
             pool = getattr(self, name)
             if pool is None:
                 continue
             pool = tuple(pool)
             if len(set(pool)) != len(pool) or len(pool) < max(nb):
-                raise ValueError(
+                raise ConfigError(
                     f"{name} must hold at least max(n_boxes)={max(nb)} distinct strings, "
                     f"got {len(set(pool))}"
                 )
@@ -125,7 +127,7 @@ def single_token_vocab(
     prefix = " " if leading_space else ""
     kept = [w for w in words if len(_ids(tokenizer, prefix + w)) == 1]
     if len(kept) < min_count:
-        raise ValueError(
+        raise ConfigError(
             f"only {len(kept)} of {len(words)} candidates are single tokens for this "
             f"tokenizer (need >= {min_count}): {kept}"
         )
@@ -155,7 +157,7 @@ def _make_prompt(tokenizer, objects, labels, q, prepend_bos, cache) -> BoxPrompt
     off = 1 if prepend_bos else 0
     if prepend_bos:
         if tokenizer.bos_token_id is None:
-            raise ValueError("prepend_bos=True but the tokenizer has no bos_token_id")
+            raise ConfigError("prepend_bos=True but the tokenizer has no bos_token_id")
         expected = [tokenizer.bos_token_id] + expected
     roles = {r: i + off for i, (r, _) in enumerate(pieces) if r}
     obj_ids = tuple(cache[" " + o][0] for o in objects)
@@ -196,7 +198,7 @@ def generate(tokenizer, cfg: EntityTrackingConfig, prepend_bos: bool = False) ->
             seen.add(p.text)
             out.append(p)
     if len(out) < total:
-        raise ValueError(
+        raise ConfigError(
             f"could only produce {len(out)} unique regular prompts of {total} requested "
             f"(n_train + n_heldout) after {attempts} attempts ({irregular} tokenized "
             f"irregularly); enlarge the object/label pools or request fewer prompts"
@@ -215,7 +217,7 @@ def batches(
     With it: items shuffled within each group and batch order shuffled.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
     groups: dict[int, list[BoxPrompt]] = {}
     for p in prompts:
         groups.setdefault(p.length, []).append(p)
@@ -236,11 +238,11 @@ def to_tensors(
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"], Int[Tensor, "batch n_boxes"]]:
     """(input_ids [batch, pos], answer_ids [batch], object_ids [batch, n_boxes]) as LongTensors."""
     if not prompts:
-        raise ValueError("to_tensors needs at least one prompt")
+        raise ConfigError("to_tensors needs at least one prompt")
     lengths = sorted({p.length for p in prompts})
     boxes = sorted({p.n_boxes for p in prompts})
     if len(lengths) > 1 or len(boxes) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"prompts of unequal length: token lengths {lengths}, n_boxes {boxes}; "
             f"group them with batches()"
         )
@@ -268,7 +270,7 @@ def _object_logits(logits, answer_ids, object_ids):
     object_ids = object_ids.to(logits.device)
     is_answer = object_ids == answer_ids.to(logits.device)[:, None]
     if not bool(is_answer.any(-1).all()):
-        raise ValueError("every answer id must appear among that row's object_ids")
+        raise ConfigError("every answer id must appear among that row's object_ids")
     return logits.gather(-1, object_ids), is_answer
 
 

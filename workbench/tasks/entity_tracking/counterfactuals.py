@@ -22,7 +22,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from workbench.tasks.entity_tracking import DEFAULT_LABELS, DEFAULT_OBJECTS, BoxPrompt, _make_prompt, single_token_vocab
+from workbench.errors import ConfigError
+from workbench.tasks.entity_tracking import (
+    DEFAULT_LABELS,
+    DEFAULT_OBJECTS,
+    BoxPrompt,
+    _make_prompt,
+    single_token_vocab,
+)
 
 KINDS = ("random", "object", "position", "box_label")
 
@@ -62,7 +69,7 @@ def make_pairs(tokenizer, prompts: list[BoxPrompt], kind: str, seed: int = 0, ma
         ValueError: unknown kind, too few spare objects / labels, or no regularly tokenized counterfactual.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown counterfactual kind {kind!r}; known: {KINDS}")
+        raise ConfigError(f"unknown counterfactual kind {kind!r}; known: {KINDS}")
     if not prompts:
         return []
     n = max(p.n_boxes for p in prompts)
@@ -78,7 +85,7 @@ def make_pairs(tokenizer, prompts: list[BoxPrompt], kind: str, seed: int = 0, ma
             if cf is not None and cf.length == p.length:
                 break
         else:
-            raise ValueError(f"no regularly tokenized {kind!r} counterfactual for {p.text!r} in {max_tries} tries")
+            raise ConfigError(f"no regularly tokenized {kind!r} counterfactual for {p.text!r} in {max_tries} tries")
         if target is None:
             tid, cands = p.answer_token_id, p.object_token_ids
         elif target[0] == "cf":
