@@ -139,29 +139,12 @@ def table(records: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base", default="smollm2-135m-instruct")
-    p.add_argument("--tuned", default=None, help="run folder (default: the newest under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--out", default="runs/app_latency")
+    browser.add_pair_arguments(p)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-merged", action="store_true", help="skip the two-model configuration")
-    p.add_argument("--tiny", action="store_true", help="a quick check of this script on tiny random models (numbers meaningless)")
     args = p.parse_args()
-    missing = browser.missing_browser()
-    if missing:
-        raise SystemExit(f"the benchmark needs {', '.join(missing)}")
-    from app.views.load import default_tuned
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.tiny:
-        from app.latency.tiny import make_tiny_pair
-
-        base, run, runs = make_tiny_pair(out / "tiny")
-        args.base, args.tuned, args.runs_dir, args.no_merged = str(base), str(run), str(runs), True
-    tuned = args.tuned or default_tuned(args.runs_dir)
-    if tuned is None:
-        raise SystemExit(f"no run folder under {args.runs_dir!r}: run `make demo` first or pass --tuned")
+    out, tuned = browser.resolve_pair(args)
+    args.no_merged = args.no_merged or args.tiny
     load_before = os.getloadavg()
     # the tiny tokenizer splits long English text into more than the app's 256-token limit
     prompts = {k: v for k, v in PROMPTS.items() if k in ("short", "entity tracking")} if args.tiny else PROMPTS

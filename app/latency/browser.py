@@ -193,3 +193,42 @@ def figure_titles(driver) -> str:
     from selenium.webdriver.common.by import By
 
     return " ".join(el.get_attribute("textContent") for el in driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .gtitle"))
+
+
+def add_pair_arguments(parser: Any) -> None:
+    """The options every app measurement takes: which pair to serve, where to write, ``--tiny``."""
+    parser.add_argument("--base", default="smollm2-135m-instruct")
+    parser.add_argument("--tuned", default=None, help="run folder or model (default: the newest run folder under --runs-dir)")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--out", default="runs/app_latency")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (a quick check; numbers are the app's own)")
+
+
+def resolve_pair(args: Any) -> tuple[Path, str]:
+    """Check the browser and ``--out``, make the tiny pair under ``--out`` with ``--tiny``, and return
+    ``(out_dir, tuned)`` (``args.base`` / ``args.runs_dir`` updated for ``--tiny``).
+
+    Raises:
+        SystemExit: no Chromium / chromedriver, a bad ``--out``, or no run folder to serve as tuned.
+    """
+    from app.views.load import default_tuned
+    from workbench.errors import WorkbenchError
+    from workbench.runs import check_output_dir
+
+    missing = missing_browser()
+    if missing:
+        raise SystemExit(f"this measurement needs {', '.join(missing)}")
+    try:
+        out = check_output_dir(args.out, "--out")
+    except WorkbenchError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        from app.latency.tiny import make_tiny_pair
+
+        base, run, runs = make_tiny_pair(out / "tiny")
+        args.base, args.tuned, args.runs_dir = str(base), str(run), str(runs)
+    tuned = args.tuned or default_tuned(args.runs_dir)
+    if tuned is None:
+        raise SystemExit(f"no run folder under {args.runs_dir!r}: run `make demo` first or pass --tuned")
+    return out, tuned

@@ -107,27 +107,9 @@ def concurrent_sessions(base: str, tuned: str, runs_dir: str, log_path: Path, n_
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sessions", type=int, default=5)
-    p.add_argument("--base", default="smollm2-135m-instruct")
-    p.add_argument("--tuned", default=None, help="run folder or model (default: the newest run folder under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--out", default="runs/app_latency")
-    p.add_argument("--tiny", action="store_true", help="tiny random models (memory numbers of the app itself, not of a real model)")
+    browser.add_pair_arguments(p)
     args = p.parse_args()
-    missing = browser.missing_browser()
-    if missing:
-        raise SystemExit(f"this measurement needs {', '.join(missing)}")
-    from app.views.load import default_tuned
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.tiny:
-        from app.latency.tiny import make_tiny_pair
-
-        base, run, runs = make_tiny_pair(out / "tiny")
-        args.base, args.tuned, args.runs_dir = str(base), str(run), str(runs)
-    tuned = args.tuned or default_tuned(args.runs_dir)
-    if tuned is None:
-        raise SystemExit(f"no run folder under {args.runs_dir!r}: run `make demo` first or pass --tuned")
+    out, tuned = browser.resolve_pair(args)
     load_before = os.getloadavg()
     record = concurrent_sessions(args.base, str(Path(tuned).resolve()) if Path(tuned).exists() else tuned, args.runs_dir,
                                  out / "streamlit-sessions.log", args.sessions)
