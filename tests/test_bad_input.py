@@ -526,4 +526,6 @@ def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, request, m
     assert after == before, f"written: {sorted(set(after) - set(before))}"
     if os.environ.get("WORKBENCH_BAD_INPUT_REPORT"):  # the table of messages for a release note
         with open(os.environ["WORKBENCH_BAD_INPUT_REPORT"], "a") as f:
-            f.write(json.dumps({"input": request.node.callspec.id, "message": message.strip().splitlines()[0]}) + "\n")
+            found = re.search(r"error: [^\r\n]*", message)
+            shown = found.group(0) if found else message.strip().splitlines()[0]
+            f.write(json.dumps({"input": request.node.callspec.id, "message": shown}) + "\n")
