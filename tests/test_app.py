@@ -156,7 +156,7 @@ def test_method_views_for_models_and_other_interventions(model_pair, run_pair):
 
 
 def test_neft_view(tiny_dirs):
-    neft = pytest.importorskip("workbench.methods.neft")
+    import workbench.methods.neft as neft
     from app.views.analysis import analyse_prompt
     from app.views.load import LoadedPair
     from app.views.method import method_view
@@ -285,7 +285,7 @@ def test_page_shows_load_errors_in_the_page(monkeypatch, tiny_dirs, tmp_path, wh
 
 
 def test_caft_view_from_an_adapter_and_from_a_run_folder(tiny_dirs, tmp_path):
-    caft = pytest.importorskip("workbench.methods.caft")
+    import workbench.methods.caft as caft
     from app.views.analysis import analyse_prompt
     from app.views.load import load_pair
     from app.views.method import method_views

@@ -133,9 +133,9 @@ def _verify(d: Path) -> tuple[dict | None, str]:
 
 
 def _convert(entry: RegistryEntry, root: Path, target: Path) -> None:
+    gguf = entry.locate(root / "gguf")  # first: a missing package fails fast, before transformers is imported
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = entry.locate(root / "gguf")
     log.info("Converting %s from %s (one-time, ~30 s)", entry.name, gguf)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     m = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
