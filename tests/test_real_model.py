@@ -90,6 +90,10 @@ def test_quickstart_smoke_on_real_model(tmp_path):
     assert 0 <= m["base_accuracy"] <= 1 and 0 <= m["tuned_accuracy"] <= 1
     assert len(m["selected_heads"]) == 14 and m["n_trainable_parameters"] == 14 * 64
     assert m["offset_losses"][-1] < m["offset_losses"][0]
+    # learning shows even at this budget: measured (2-core CPU) accuracy 0.25 -> 0.50 (12 held-out prompts),
+    # logit difference -0.57 -> -0.03 nats; the margins leave two prompts and half the logit gain as slack
+    assert m["tuned_accuracy"] > m["base_accuracy"]
+    assert m["tuned"]["logit_difference"] - m["base"]["logit_difference"] >= 0.25
     assert m["merge_max_abs_logit_diff"] < 1e-3
     assert len(m["diff"]["head_diff_norm"]) == 30 and len(m["diff"]["kl"]) == 25
     assert record["run_info"]["commit"] and "torch" in record["meta_info"]["versions"]
