@@ -49,15 +49,6 @@ PROMPTS = {
 }
 
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) // 1024  # MiB
-    return out
-
-
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -80,7 +71,7 @@ def measure(label: str, base: str, tuned: str, runs_dir: str, out: Path, repeats
         driver.get(url)
         record["first_page_figures"] = browser.wait_rendered(driver, None, 600)
         record["first_page_s"] = round(time.perf_counter() - started, 2)
-        record["memory_after_load_mib"] = _status(proc.pid)
+        record["memory_after_load_mib"] = browser.server_memory_mib(proc.pid)
         cpu0, wall0 = _cpu_s(proc.pid), time.perf_counter()
         for name, text in prompts.items():
             seen = []
@@ -101,7 +92,7 @@ def measure(label: str, base: str, tuned: str, runs_dir: str, out: Path, repeats
                                       "submit_to_rendered_s": round(time.perf_counter() - t0, 2), **_numbers(driver)})
             print(f"[{label}] {name}: {[p['submit_to_rendered_s'] for p in record['prompts'] if p['prompt'] == name]}", flush=True)
         record["server_cpu_over_wall"] = round((_cpu_s(proc.pid) - cpu0) / (time.perf_counter() - wall0), 2)
-        record["memory_end_mib"] = _status(proc.pid)
+        record["memory_end_mib"] = browser.server_memory_mib(proc.pid)
         driver.save_screenshot(str(out / f"screenshot-{label.replace(' ', '_')}.png"))
     return record
 

@@ -232,3 +232,13 @@ def resolve_pair(args: Any) -> tuple[Path, str]:
     if tuned is None:
         raise SystemExit(f"no run folder under {args.runs_dir!r}: run `make demo` first or pass --tuned")
     return out, tuned
+
+
+def server_memory_mib(pid: int) -> dict[str, int]:
+    """``{"VmRSS": resident now, "VmHWM": the kernel's peak resident}`` of process ``pid``, in MiB (Linux ``/proc``)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) // 1024
+    return out

@@ -31,15 +31,6 @@ PROMPTS = ["The Eiffel Tower is in the city of", "The apple is in Box F, the key
            "Paris is the capital of", "Hello world, hello", "The key is in Box C. Box C contains the"]
 
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) // 1024  # MiB
-    return out
-
-
 class _Sampler(threading.Thread):
     """The largest ``VmRSS`` of ``pid`` seen every ``period_s`` until :meth:`stop`."""
 
@@ -50,7 +41,7 @@ class _Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                self.peak_mib = max(self.peak_mib, _status(self.pid)["VmRSS"])
+                self.peak_mib = max(self.peak_mib, browser.server_memory_mib(self.pid)["VmRSS"])
             except (OSError, KeyError):
                 return
             self._stop_event.wait(self.period_s)
@@ -74,7 +65,7 @@ def concurrent_sessions(base: str, tuned: str, runs_dir: str, log_path: Path, n_
             driver.get(url)
             browser.wait_rendered(driver, None, timeout_s)
         record["first_pages_s"] = round(time.perf_counter() - started, 2)
-        record["memory_after_load_mib"] = _status(proc.pid)
+        record["memory_after_load_mib"] = browser.server_memory_mib(proc.pid)
         sampler = _Sampler(proc.pid)
         sampler.start()
         mine = [f"{prompts[i % len(prompts)]}{' ' * (i // len(prompts))}" for i in range(n_sessions)]
@@ -99,7 +90,7 @@ def concurrent_sessions(base: str, tuned: str, runs_dir: str, log_path: Path, n_
         for t in threads:
             t.join()
         record["sampled_peak_rss_mib"] = sampler.stop()
-        record["memory_end_mib"] = _status(proc.pid)
+        record["memory_end_mib"] = browser.server_memory_mib(proc.pid)
         record["sessions"] = results
     return record
 
