@@ -98,6 +98,25 @@ def make_tiny(seed: int = 0, hidden_size: int = 16):
     return model, tiny_info(model, f"tiny-llama-{seed}")
 
 
+def tiny_llama_with_smollm2_tokenizer():
+    """``(model, tokenizer)``: a tiny random Llama (2 layers, d_model 16, seed 0) over SmolLM2's real tokenizer
+    from the model cache, for tests that save a model folder any command can read. Skips, with the reason,
+    when the model package is missing (a failure under WORKBENCH_CI=1)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from workbench.errors import ModelNotFoundError
+    from workbench.models.cache import ensure_model
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(ensure_model("smollm2-135m-instruct")))
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=256, attn_implementation="eager", pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
 @pytest.fixture
 def tiny():
     """(model, info) of a fresh tiny random Llama."""

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from app.cli import app
 from workbench.config import config_from_dict
 from workbench.errors import ConfigError, WorkbenchError
+from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,19 +263,8 @@ def test_cli_refuses_generated_invalid_configs_before_loading_a_model(command, d
 def model_dirs(tmp_path_factory):
     """``{"tiny": a tiny random Llama with SmolLM2's tokenizer (safetensors), "pickle": the same saved as a
     pickle (pytorch_model.bin only), "truncated": the same with its safetensors file cut short}``."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from workbench.errors import ModelNotFoundError
-    from workbench.models.cache import ensure_model
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(ensure_model("smollm2-135m-instruct")))
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
+    model, tok = tiny_llama_with_smollm2_tokenizer()
     root = tmp_path_factory.mktemp("bad_input_models")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0)).eval()
     out = {}
     for name in ("tiny", "pickle", "truncated"):
         model.save_pretrained(root / name)

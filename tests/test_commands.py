@@ -29,6 +29,7 @@ import typer
 from typer.testing import CliRunner
 
 from app.cli import app
+from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking"]
@@ -64,20 +65,9 @@ def test_every_command_has_help_and_refuses_an_unknown_option(command):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama saved with SmolLM2's tokenizer (a model folder any command reads)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from workbench.errors import ModelNotFoundError
-    from workbench.models.cache import ensure_model
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(ensure_model("smollm2-135m-instruct")))
-    except ModelNotFoundError as exc:  # part of `make install`: under WORKBENCH_CI=1 this skip fails the run
-        pytest.skip(str(exc))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=256, attn_implementation="eager", pad_token_id=0)
+    model, tok = tiny_llama_with_smollm2_tokenizer()
     out = tmp_path_factory.mktemp("commands") / "tiny"
-    LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 

@@ -21,6 +21,7 @@ from workbench.errors import (
 )
 from workbench.methods.lofit import LofitConfig, LofitOffsets
 from workbench.train import TrainConfig, fit
+from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 
 def offsets(info, std=1e-2, seed=0):
@@ -164,20 +165,9 @@ def test_bad_divergence_thresholds_are_refused(field, value):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random Llama saved with SmolLM2's tokenizer (skipped when that tokenizer is not cached)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from workbench.errors import ModelNotFoundError
-    from workbench.models.cache import ensure_model
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(ensure_model("smollm2-135m-instruct")))
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=256, attn_implementation="eager", pad_token_id=0)
+    model, tok = tiny_llama_with_smollm2_tokenizer()
     out = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
