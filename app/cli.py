@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -92,24 +93,64 @@ def quickstart(
 def train(
     method: str = typer.Argument(..., help="a registered method (see `workbench methods`)"),
     task: Optional[str] = typer.Option(None, help="a registered task (see `workbench tasks`; default: the config's, else entity_tracking)"),
-    config: Optional[Path] = typer.Option(None, help="JSON with TrainJobConfig fields: model, method_config, train, task, task_config, export"),
+    data: Optional[str] = typer.Option(None, help="train on your data instead of a task: a .jsonl/.json/.csv/.parquet file "
+                                                  "(prompt/completion, messages or text rows) or a hub dataset id"),
+    eval_data: Optional[str] = typer.Option(None, help="held-out data file (default: hold out --eval-fraction of --data)"),
+    prompt_field: Optional[str] = typer.Option(None, help="column holding the prompt (default 'prompt')"),
+    completion_field: Optional[str] = typer.Option(None, help="column holding the completion (default 'completion')"),
+    messages_field: Optional[str] = typer.Option(None, help="column holding the chat messages (default 'messages')"),
+    text_field: Optional[str] = typer.Option(None, help="column holding plain text (default 'text')"),
+    shape: Optional[str] = typer.Option(None, help="force the data shape: prompt_completion, messages or text (default: from the columns)"),
+    max_length: Optional[int] = typer.Option(None, help="most tokens per example, prompt + answer (default 512)"),
+    overflow: Optional[str] = typer.Option(None, help="a longer example: 'truncate' (prompt keeps its tail) or 'refuse' (default truncate)"),
+    eval_fraction: Optional[float] = typer.Option(None, help="share of --data held out without --eval-data (default 0.1)"),
+    split_seed: Optional[int] = typer.Option(None, help="seed of the held-out split (default 0)"),
+    config: Optional[Path] = typer.Option(None, help="JSON with TrainJobConfig fields: model, method_config, train, task, task_config, "
+                                                     "data, eval_data, data_fields, max_length, overflow, export ..."),
     runs_dir: Path = typer.Option(Path("runs"), help="parent folder of the run folder"),
     name: Optional[str] = typer.Option(None, help="run folder name (an existing one resumes training)"),
     export: bool = typer.Option(False, help="also save the merged model as a plain Hugging Face model"),
+    processes: int = typer.Option(1, min=1, help="data-parallel processes (accelerate; gloo on CPU, NCCL on GPU); the "
+                                                  "global batch stays train.batch_size_prompts"),
 ) -> None:
-    """Fine-tune one method on one task and save adapter, results (and optionally the merged model)."""
+    """Fine-tune one method on a task or on your data file, and save adapter, results (and optionally the merged model)."""
     from workbench.config import config_from_dict, read_json_object
-    from workbench.train_job import TrainJobConfig, run_train_job
+    from workbench.errors import ConfigError
+    from workbench.train_job import TrainJobConfig, is_main_process, run_train_job
 
+    if task is not None and data is not None:
+        raise ConfigError(f"--task {task!r} and --data {data!r} together: train on a registered task or on your data file, not both")
     fields = read_json_object(config) if config else {}
     fields["method"] = method
     if task is not None:
         fields["task"] = task
+    mapping = {k: v for k, v in {"prompt_field": prompt_field, "completion_field": completion_field, "messages_field": messages_field,
+                                 "text_field": text_field}.items() if v is not None}
+    if mapping and isinstance(fields.get("data_fields", {}), dict):  # a non-dict is refused by config_from_dict below
+        fields["data_fields"] = {**fields.get("data_fields", {}), **mapping}
+    for key, value in {"data": data, "eval_data": eval_data, "data_shape": shape, "max_length": max_length, "overflow": overflow,
+                       "eval_fraction": eval_fraction, "split_seed": split_seed}.items():
+        if value is not None:
+            fields[key] = value
     fields["export"] = export or fields.get("export", False)
-    run_dir = run_train_job(config_from_dict(TrainJobConfig, fields), runs_dir, name, log=console.print)
+    cfg = config_from_dict(TrainJobConfig, fields)
+    if processes > 1 and "WORLD_SIZE" not in os.environ:  # the launcher: start the processes, each runs this command
+        from app.launch_train import launch_processes
+
+        run_dir = launch_processes(processes, cfg, runs_dir, name, console.print)
+    else:
+        run_dir = run_train_job(cfg, runs_dir, name, log=console.print)
+        if not is_main_process():
+            return
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
-    console.print(f"{method} on {fields.get('task', 'entity_tracking')}: held-out accuracy {m['base_accuracy']:.3f} → {m['tuned_accuracy']:.3f}, "
-                  f"{m['n_trainable_parameters']} trainable parameters, {m['seconds_per_step']:.2f} s/step; wrote {run_dir}")
+    tail = f"{m['n_trainable_parameters']} trainable parameters, {m['seconds_per_step']:.2f} s/step; wrote {run_dir}"
+    if cfg.data is None:
+        console.print(f"{method} on {cfg.task}: held-out accuracy {m['base_accuracy']:.3f} → {m['tuned_accuracy']:.3f}, {tail}")
+        return
+    b, t = m["base"], m["tuned"]
+    em = f", exact match {b['exact_match']:.3f} → {t['exact_match']:.3f}" if b.get("exact_match") is not None else ""
+    console.print(f"{method} on {cfg.data}: held-out answer loss {b['answer_loss']:.3f} → {t['answer_loss']:.3f} nats/token, "
+                  f"perplexity {b['perplexity']:.2f} → {t['perplexity']:.2f}{em}, {tail}")
 
 
 @app.command()
@@ -164,6 +205,37 @@ def app_command(
     if runs_dir.exists() and not runs_dir.is_dir():  # the app only reads it: a missing folder just means no runs yet
         raise ConfigError(f"--runs-dir {str(runs_dir)!r} is a regular file, not a folder; pass the folder that holds your run folders")
     raise typer.Exit(code=launch(base, tuned, port, headless, str(runs_dir)))
+
+
+@app.command("diff")
+def diff_command(
+    base: str = typer.Argument(..., help="base model: registry name, model directory or Hugging Face id"),
+    tuned: str = typer.Argument(..., help="tuned model: run folder, adapter folder, peft adapter, model directory or Hugging Face id"),
+    data: Path = typer.Option(..., help="corpus file (.jsonl/.json/.csv/.parquet rows of text, prompt+completion or messages)"),
+    config: Optional[Path] = typer.Option(None, help="JSON with ModelDiffConfig fields (the options below override it)"),
+    runs_dir: Path = typer.Option(Path("runs"), help="parent folder of the run folder (the app lists runs from there)"),
+    name: Optional[str] = typer.Option(None, help="run folder name inside --runs-dir (default: diff-<time>)"),
+    out: Optional[Path] = typer.Option(None, help="the run folder itself, inside --runs-dir (instead of --name)"),
+    batch_size: Optional[int] = typer.Option(None, help="rows per forward pass (default 8)"),
+    max_rows: Optional[int] = typer.Option(None, help="rows read from the corpus (default 256)"),
+    max_length: Optional[int] = typer.Option(None, help="tokens kept per row (default 128)"),
+    layer: Optional[int] = typer.Option(None, help="Activation Difference Lens layer (default: n_layers // 2)"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the first available)"),
+) -> None:
+    """Dataset-level diff of BASE and TUNED over a corpus: KL, diff mining, layer/head differences, logit lens, ADL."""
+    from studies.model_diff import ModelDiffConfig, plan_and_run
+    from workbench.config import config_from_dict, read_json_object
+
+    fields = read_json_object(config) if config else {}
+    fields.update({"base": base, "tuned": tuned, "data": str(data), "texts": []})
+    for key, value in (("batch_size", batch_size), ("max_rows", max_rows), ("max_length", max_length), ("layer", layer), ("device", device)):
+        if value is not None:
+            fields[key] = value
+    cfg = config_from_dict(ModelDiffConfig, fields)
+    run_dir = plan_and_run(cfg, runs_dir, name, out, log=console.print)
+    m = json.loads((run_dir / "results.json").read_text())["metrics"]
+    console.print(f"mean KL(tuned ‖ base) {m['kl']['mean_per_token']:.4g} nats/token over {m['n_tokens']} tokens; "
+                  f"ADL steering α {m['adl']['steering']['chosen_alpha']}; wrote {run_dir / 'results.json'} and {run_dir / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 import streamlit as st
 
 from app import render
+from app.views import diff as diff_view
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
 from app.views.load import DEFAULT_BASE, LoadedPair, available_devices, load_pair, run_folders, runs_folder_problem
 from workbench.errors import WorkbenchError
@@ -169,7 +170,7 @@ def main() -> None:
     analysis, empty_note = prompt_section(loaded)
 
     build_started = time.perf_counter()
-    names = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results"]
+    names = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
     tabs = st.tabs(names)
     n_figs, marked = 0, []
     if loaded is not None:
@@ -196,6 +197,8 @@ def main() -> None:
             tab.info(empty_note)
     with tabs[5]:
         n_figs += render.runs_tab(runs_dir, runs_problem)
+    with tabs[6]:
+        n_figs += diff_view.render(st, runs_dir, runs_problem)
     # The browser test and the latency benchmark wait for this line, then for this many plotly charts.
     st.caption(f"figures on this page: {n_figs} — built in {time.perf_counter() - build_started:.2f} s"
                + (f" — prompt {analysis.prompt[:40]!r}" if analysis is not None else ""))

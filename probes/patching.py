@@ -56,6 +56,12 @@ from probes.patch_sites import (
     site_mask,
     variant_masks,
 )
+from probes.patching_nnsight import (
+    activation_patch_nnsight,
+    attribution_patch_nnsight,
+    wants_nnsight,
+)
+from probes.prefix_patching import cache_argument, first_patched_position, prefix_cache, suffix, takes_cache, tiled_cache
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
@@ -99,9 +105,12 @@ def _final_logits(model: nn.Module, ids: Tensor, **kw: Any) -> Float[Tensor, "ba
 
 
 def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], layers: Sequence[PatchLayer], n_variants: int,
-                record: Sequence[str] = (), max_batch: int = 256, grad: bool = False
+                record: Sequence[str] = (), max_batch: int = 256, grad: bool = False, share_prefix: bool = True
                 ) -> tuple[Float[Tensor, "variant batch d_vocab"], dict[str, Tensor]]:
     """Run ``n_variants`` patched copies of ``input_ids`` in chunks of at most ``max_batch`` sequences.
+
+    With ``share_prefix`` (default), positions before the first patched position are computed once, for the target,
+    and reused through its key/value cache (:mod:`probes.prefix_patching`; same results to fp tolerance).
 
     Returns:
         final-position logits ``[variant, batch, d_vocab]`` and, for each hook name in ``record``, its (patched)
@@ -117,6 +126,10 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
     names = list(dict.fromkeys([n for layer in layers for n in layer.masks] + list(record)))
     chunk: dict[str, int] = {}
     rec: dict[str, list[Tensor]] = {n: [] for n in record}
+    seq = input_ids.shape[1]
+    all_masks = [m for layer in layers for m in layer.masks.values()]
+    start = (first_patched_position(all_masks, seq)
+             if share_prefix and all_masks and not record and not grad and takes_cache(side.model) else 0)
 
     def fn_for(name: str) -> Callable[[Tensor], Tensor | None]:
         def fn(x: Tensor) -> Tensor | None:
@@ -126,9 +139,9 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
             for layer in layers:
                 if name not in layer.masks:
                     continue
-                mask = layer.masks[name]
+                mask = suffix(layer.masks[name], start, 2, seq)
                 mask = (mask[c0:c1] if mask.shape[0] > 1 else mask).to(x.device)
-                src = layer.source[name].to(device=x.device, dtype=x.dtype)
+                src = suffix(layer.source[name], start, 2 if layer.per_variant else 1, seq).to(device=x.device, dtype=x.dtype)
                 src = src[c0:c1] if layer.per_variant else src.unsqueeze(0)
                 mask = mask.reshape(mask.shape + (1,) * (v.ndim - mask.ndim))
                 v = torch.where(mask, src, v)
@@ -140,11 +153,14 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
 
     outs = []
     ctx = nullcontext() if grad else torch.no_grad()
-    with ctx, side.context(), _hooks(side.model, names, fn_for):
-        for c0 in range(0, n_variants, per):
-            chunk.update(lo=c0, hi=min(n_variants, c0 + per))
-            ids = input_ids.to(device).repeat(chunk["hi"] - c0, 1)
-            outs.append(_final_logits(side.model, ids).unflatten(0, (chunk["hi"] - c0, b)))
+    with ctx, side.context():
+        prefix = prefix_cache(side.model, input_ids[:, :start].to(device)) if start else None  # unpatched, once
+        with _hooks(side.model, names, fn_for):
+            for c0 in range(0, n_variants, per):
+                chunk.update(lo=c0, hi=min(n_variants, c0 + per))
+                ids = input_ids[:, start:].to(device).repeat(chunk["hi"] - c0, 1)
+                kw = {} if prefix is None else {cache_argument(side.model): tiled_cache(prefix, chunk["hi"] - c0, b)}
+                outs.append(_final_logits(side.model, ids, **kw).unflatten(0, (chunk["hi"] - c0, b)))
     return torch.cat(outs), {n: torch.cat(v) for n, v in rec.items()}
 
 
@@ -192,7 +208,8 @@ def _masks_and_source(model, sites, target_ids, source_ids, source_model, positi
 
 def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
                      source_ids: Int[Tensor, "batch pos"], metric: Metric, *, source_model: nn.Module | Side | None = None,
-                     positions: Positions | None = None, max_batch: int = 256) -> Float[Tensor, "variant batch"]:
+                     positions: Positions | None = None, max_batch: int = 256, backend: str = "hooks",
+                     share_prefix: bool = True) -> Float[Tensor, "variant batch"]:
     """Activation patching: the effect on ``metric`` of overwriting each site (or site set) in a run on ``target_ids``
     with its value on ``source_ids`` — from ``source_model`` if given (CMAP, Prakash et al. 2024 §5), else the same model.
 
@@ -200,6 +217,8 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         sites: one variant per entry, a Site or a list of Sites patched together (a head group for CMAP).
         target_ids, source_ids: equal-shape ``[batch, pos]`` token ids, a tensor or ``list[list[int]]``.
         metric: final-position logits ``[batch, d_vocab]`` → per-prompt values ``[batch]``.
+        backend: ``"hooks"`` or ``"nnsight"`` (:mod:`probes.patching_nnsight`; also taken for an nnsight model).
+        share_prefix: reuse the target's key/value cache below the first patched position (see :func:`run_patched`).
 
     Returns:
         ``metric(patched) − metric(target)``, ``[variant, batch]``.
@@ -208,20 +227,27 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         ConfigError: mismatched id shapes, sites out of range, unknown position names.
         MismatchError: ``source_model`` has different layer / head shapes.
     """
+    if wants_nnsight(model, backend):
+        return activation_patch_nnsight(model, sites, target_ids, source_ids, metric, source_model=source_model,
+                                        positions=positions, max_batch=max_batch)
     side, masks, source, target_ids = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric)
-    logits, _ = run_patched(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), max_batch=max_batch)
+    logits, _ = run_patched(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), max_batch=max_batch,
+                            share_prefix=share_prefix)
     return _effects(logits, metric, _baseline(side, target_ids, metric))
 
 
 def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
                       source_ids: Int[Tensor, "batch pos"], metric: Metric, *, source_model: nn.Module | Side | None = None,
-                      positions: Positions | None = None) -> Float[Tensor, "variant batch"]:
+                      positions: Positions | None = None, backend: str = "hooks") -> Float[Tensor, "variant batch"]:
     """Attribution patching: the linear estimate of :func:`activation_patch`'s effect,
     ``Σ_elements ∂metric/∂a · (a_source − a_target)`` over each variant's masked elements, from one forward and
     backward pass on ``target_ids`` plus one forward on ``source_ids`` (Nanda 2023; Syed et al. 2023 eq. 1).
 
     Returns / raises: as :func:`activation_patch` (the estimate of the effect, ``[variant, batch]``).
     """
+    if wants_nnsight(model, backend):
+        return attribution_patch_nnsight(model, sites, target_ids, source_ids, metric, source_model=source_model,
+                                         positions=positions)
     side, masks, source, target_ids = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric)
     acts: dict[str, Tensor] = {}
 

@@ -16,6 +16,7 @@ from torch import nn
 from studies.context_knob.figures import layer_search_trace, separation_histogram, steering_curves
 from studies.context_knob.study import ContextKnobConfig, flipped, run
 from tests.conftest import execute_notebook
+from tests.test_notebooks import check_default_section
 from workbench.errors import ConfigError
 from workbench.tasks import intent as it
 
@@ -201,6 +202,7 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
     for name in ("separation", "steering", "layer_search"):
         assert 'src="plotly.min.js"' in (tmp_path / "run" / "figures" / f"{name}.html").read_text()
 
-    execute_notebook(STUDY_DIR / "context_knob.ipynb", "CONTEXT_KNOB_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
+    nb = execute_notebook(STUDY_DIR / "context_knob.ipynb", "CONTEXT_KNOB_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)
+    check_default_section(nb, "context_knob")  # the notebook opens with results/default.json, drawn by figures.py

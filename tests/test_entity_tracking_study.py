@@ -13,6 +13,7 @@ import torch
 from studies.entity_tracking.__main__ import report
 from studies.entity_tracking.study import EntityTrackingStudyConfig, figures, run
 from tests.conftest import execute_notebook
+from tests.test_notebooks import check_default_section
 from workbench.errors import ConfigError
 from workbench.tasks import arithmetic as ar
 
@@ -158,6 +159,7 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "DCM on base, base circuit" in printed and "| value_fetchers | " in printed and "CMAP boxes -> base" in printed
 
-    execute_notebook(STUDY_DIR / "entity_tracking.ipynb", "ENTITY_TRACKING_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch, timeout=600)
+    nb = execute_notebook(STUDY_DIR / "entity_tracking.ipynb", "ENTITY_TRACKING_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch, timeout=600)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)
+    check_default_section(nb, "entity_tracking")  # the notebook opens with results/default.json, drawn by figures.py

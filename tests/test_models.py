@@ -118,7 +118,7 @@ def test_load_local_directory(tmp_path):
     model, tok, info = loaded
     assert isinstance(info, ModelInfo)
     assert not model.training
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
     assert (info.n_layers, info.n_heads, info.n_kv_heads, info.d_head) == (2, 2, 2, 8)
     assert (info.d_model, info.d_mlp, info.d_vocab) == (16, 32, 64)
     assert info.architecture == "LlamaForCausalLM"
@@ -329,7 +329,7 @@ def test_real_smollm2_paris(real_home, monkeypatch):
         30, 9, 64, 576, 1536)
     assert info.n_kv_heads == 3 and info.d_vocab == 49152
     assert info.prepend_bos is False and info.id == DEFAULT_MODEL and info.path == str(d)
-    assert model.config._attn_implementation == "eager" and not model.training
+    assert model.config._attn_implementation == "sdpa" and not model.training
     assert _top_token(model, tok) == " Paris"
 
 
@@ -401,7 +401,7 @@ def test_real_qwen_coder(qwen_home, monkeypatch):
     assert (info.n_layers, info.n_heads, info.n_kv_heads, info.d_model) == (24, 14, 2, 896)
     assert (info.d_head, info.d_mlp, info.d_vocab) == (64, 4864, 151936)
     assert info.architecture == "Qwen2ForCausalLM" and info.prepend_bos is False
-    assert model.config._attn_implementation == "eager" and not model.training
+    assert model.config._attn_implementation == "sdpa" and not model.training
 
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     assert tok.bos_token_id not in ids[0].tolist()  # Qwen's tokenizer adds no BOS

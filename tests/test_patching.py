@@ -115,7 +115,8 @@ def test_batched_patching_does_not_depend_on_chunk_size(setup):
 @pytest.mark.parametrize("n_layers", [2, 5])
 def test_all_heads_sweep_forward_passes_grow_with_layers_not_heads(n_layers):
     """Every head of every layer patched: with ``max_batch = n_heads × batch`` the sweep takes one patched forward
-    per layer (plus one to cache the source and one unpatched baseline), not one per (layer, head)."""
+    per layer (plus one to cache the source, one unpatched baseline and one for the target's shared prefix, see
+    probes/prefix_patching.py), not one per (layer, head)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -136,8 +137,8 @@ def test_all_heads_sweep_forward_passes_grow_with_layers_not_heads(n_layers):
     finally:
         handle.remove()
     assert len(sites) == n_layers * n_heads
-    assert n_batched == n_layers + 2
-    assert len(calls) - n_batched == n_layers * n_heads + 2
+    assert n_batched == n_layers + 3
+    assert len(calls) - n_batched == n_layers * n_heads + 3
     assert torch.allclose(batched, one_by_one, atol=ATOL)
 
 

@@ -14,6 +14,7 @@ from probes.priming import keyword_logprob, log10_mean_ratio
 from workbench.text_learning import IgnoreTopK, LearnConfig, fresh_copy, largest_mask, learn_text
 from studies.priming.study import PrimingStudyConfig, spearman
 from tests.conftest import execute_notebook, make_tiny
+from tests.test_notebooks import check_default_section
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.tasks import priming as pt
 
@@ -179,6 +180,7 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
         assert 'src="plotly.min.js"' in (tmp_path / "run" / "figures" / f"{name}.html").read_text()
     assert _without_timing(record) == _without_timing(saved)
 
-    execute_notebook(STUDY_DIR / "priming.ipynb", "PRIMING_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
+    nb = execute_notebook(STUDY_DIR / "priming.ipynb", "PRIMING_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)
+    check_default_section(nb, "priming")  # the notebook opens with results/default.json, drawn by figures.py

@@ -12,6 +12,7 @@ import pytest
 from studies.tuco.figures import alpha_sweep, component_norms, tuco_by_group
 from studies.tuco.study import TucoStudyConfig, group_stats, mann_whitney, run
 from tests.conftest import execute_notebook
+from tests.test_notebooks import check_default_section
 from workbench.errors import ConfigError
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "studies" / "tuco"
@@ -94,6 +95,7 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
         assert 'src="plotly.min.js"' in html
     assert (tmp_path / "run" / "figures" / "plotly.min.js").stat().st_size > 1_000_000
 
-    execute_notebook(STUDY_DIR / "tuco.ipynb", "TUCO_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
+    nb = execute_notebook(STUDY_DIR / "tuco.ipynb", "TUCO_NOTEBOOK_OUT", tmp_path / "notebook", monkeypatch)
     again = json.loads((tmp_path / "notebook" / "results.json").read_text())
     assert _without_timing(again) == _without_timing(saved)
+    check_default_section(nb, "tuco")  # the notebook opens with results/default.json, drawn by figures.py

@@ -1,5 +1,8 @@
 """The one data layer: :class:`Example`, right-padding, :func:`collate` and final-position logits.
 
+Your own files (JSONL / JSON / CSV / Parquet, or a hub dataset) are read by :mod:`workbench.datafiles`,
+whose main functions are also reachable here: ``workbench.data.load_rows``, ``to_examples``, ``corpus_texts``.
+
 Every batch in the workbench is *right*-padded (real tokens first, then ``pad_id``; mask 1 on real
 tokens), so position ``t`` of a row is the same position it has in the unpadded sequence and causal
 attention never sees the padding. Code that batches token lists calls :func:`right_pad`; code that
@@ -22,17 +25,32 @@ from workbench.errors import ConfigError
 
 IGNORE_INDEX = -100  # label of positions the loss skips (torch's cross_entropy default ignore_index)
 
+#: Your own data files (``workbench.data.load_rows`` ...), re-exported lazily from :mod:`workbench.datafiles`
+#: (which imports this module, so an eager import would be a cycle).
+_DATAFILES = ("DataRows", "load_rows", "to_examples", "encode_rows", "corpus_texts")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DATAFILES:
+        import workbench.datafiles as datafiles
+
+        return getattr(datafiles, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 @dataclass(frozen=True)
 class Example:
     """One supervised example: prompt token ids and the answer token ids the loss is taken on.
 
-    ``rejected_ids`` (a dispreferred answer) is needed only for the DPO loss.
+    ``rejected_ids`` (a dispreferred answer) is needed only for the DPO loss. ``answer_mask`` (one 0/1 per
+    answer token, ``len(answer_mask) == len(answer_ids)``) limits the loss to the answer tokens marked 1, e.g.
+    the assistant turns of a chat whose user turns sit between them; ``None`` = every answer token.
     """
 
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...] | None = None
+    answer_mask: tuple[int, ...] | None = None
 
 
 _SHAPE = {1: "[batch]", 2: "[batch, pos]"}
@@ -88,6 +106,13 @@ def check_examples(examples: Any, vocab_size: int | None = None, name: str = "ex
         if not ids:
             raise ConfigError(f"{name}[{i}] has neither prompt nor answer tokens")
         as_token_ids(ids, f"{name}[{i}] ids", ndim=1, vocab_size=vocab_size)
+        if ex.answer_mask is not None:
+            mask = tuple(ex.answer_mask)
+            if len(mask) != len(ex.answer_ids) or any(m not in (0, 1) or isinstance(m, float) for m in mask):
+                raise ConfigError(f"{name}[{i}].answer_mask must hold one 0 or 1 per answer token ({len(ex.answer_ids)}), "
+                                  f"got {len(mask)} value(s)")
+            if not any(mask):
+                raise ConfigError(f"{name}[{i}].answer_mask marks no answer token (all 0): nothing to train on")
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
@@ -114,14 +139,22 @@ def collate(examples: Sequence[Example], pad_id: int) -> tuple[Int[Tensor, "batc
     """Right-pad prompt+answer into ``(input_ids, attention_mask, labels)``.
 
     ``labels`` equal ``input_ids`` on each row's answer tokens and are ``-100`` elsewhere (prompt and
-    padding), so the loss is taken on the answer only.
+    padding), so the loss is taken on the answer only; an example's ``answer_mask`` (when set) also sets
+    ``-100`` on its answer tokens marked 0.
 
     Raises:
-        ConfigError: no examples, or one whose prompt and answer are both empty.
+        ConfigError: no examples, one whose prompt and answer are both empty, or an ``answer_mask`` whose
+            length differs from its answer's.
     """
     ids, mask, _ = right_pad([tuple(e.prompt_ids) + tuple(e.answer_ids) for e in examples], pad_id)
     prompt_len = torch.tensor([len(e.prompt_ids) for e in examples])
     is_answer = (torch.arange(ids.shape[1]) >= prompt_len[:, None]) & mask.bool()
+    for row, e in enumerate(examples):
+        if e.answer_mask is not None:
+            if len(e.answer_mask) != len(e.answer_ids):
+                raise ConfigError(f"examples[{row}].answer_mask has {len(e.answer_mask)} values for {len(e.answer_ids)} answer tokens")
+            start = len(e.prompt_ids)
+            is_answer[row, start : start + len(e.answer_ids)] &= torch.tensor(e.answer_mask, dtype=torch.bool)
     return ids, mask, ids.masked_fill(~is_answer, IGNORE_INDEX)
 
 

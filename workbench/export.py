@@ -79,7 +79,8 @@ def export_max_logit_diff(model: nn.Module, intervention: Any, exported_dir: str
     """Largest |logit| difference between ``model`` with ``intervention`` attached and the reloaded export."""
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(exported_dir, attn_implementation="eager").eval()
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"  # the source model's path
+    reloaded = AutoModelForCausalLM.from_pretrained(exported_dir, attn_implementation=attn).eval()
     with intervention.attach(model):
         hooked = model(input_ids=input_ids).logits
     return float((reloaded(input_ids=input_ids).logits - hooked).abs().max())

@@ -16,6 +16,13 @@ Two ways to act on a model, both addressed by :class:`~workbench.sites.Site`:
   :func:`resolve_module` unwraps them, so our hooks keep working on a bridged model.
 * **nnsight** (:func:`to_nnsight`): ``nnsight.TransformersModel`` for tracing (and remote execution of
   large models).
+
+Attention path: models load with SDPA (:func:`workbench.models.load_model`); none of the Sites above needs the
+attention pattern, so training and every hook of this module run on the fused kernel. Code that reads
+``attn.hook_pattern`` runs inside :func:`eager_attention` (or boots a bridge, which switches to eager for good).
+
+Devices: with a model split by ``device_map`` each layer runs on its own device; a hook receives the activation
+there, and :func:`add_hook` hands back a replacement on that same device whatever device ``fn`` computed it on.
 """
 
 from __future__ import annotations
@@ -93,6 +100,11 @@ def _first(value: Any) -> Tensor:
     return value if isinstance(value, Tensor) else value[0]
 
 
+def _on(out: Tensor, x: Tensor) -> Tensor:
+    """``out`` on ``x``'s device (a no-op when it is there already): a hook's replacement stays where the layer runs."""
+    return out if out.device == x.device else out.to(x.device)
+
+
 def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None = None) -> RemovableHandle:
     """Register ``fn`` on the module carrying ``site``'s activation; return the removable handle.
 
@@ -121,15 +133,17 @@ def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None
         def pre_hook(_mod: nn.Module, args: tuple, kwargs: dict) -> Any:
             if args:
                 out = fn(to_site(args[0]))
-                return None if out is None else ((from_site(out), *args[1:]), kwargs)
-            out = fn(to_site(kwargs["hidden_states"]))
-            return None if out is None else (args, {**kwargs, "hidden_states": from_site(out)})
+                return None if out is None else ((from_site(_on(out, args[0])), *args[1:]), kwargs)
+            x = kwargs["hidden_states"]
+            out = fn(to_site(x))
+            return None if out is None else (args, {**kwargs, "hidden_states": from_site(_on(out, x))})
 
         return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def post_hook(_mod: nn.Module, _args: tuple, output: Any) -> Any:
-        out = fn(to_site(_first(output)))
-        return None if out is None else _swap_first(output, from_site(out))
+        x = _first(output)
+        out = fn(to_site(x))
+        return None if out is None else _swap_first(output, from_site(_on(out, x)))
 
     return module.register_forward_hook(post_hook)
 
@@ -248,16 +262,54 @@ def record(model: nn.Module, sites: Sequence[Site], *, select: Callable[[Tensor]
             pass
 
 
+def attn_implementation(model: nn.Module) -> str | None:
+    """The attention implementation ``model`` runs (``"sdpa"``, ``"eager"`` ...; ``None`` if it has no config)."""
+    config = getattr(unwrap(model), "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
+def _set_attn(model: nn.Module, impl: str) -> None:
+    hf = unwrap(model)
+    if hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation(impl)  # transformers 5: dispatches to sub-configs too
+    if attn_implementation(hf) != impl:  # a model without the public API: write the config
+        hf.config._attn_implementation = impl
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` with eager attention inside the ``with`` block, then restore its implementation (also on error).
+
+    SDPA never materialises the attention pattern, so code that reads ``blocks.{l}.attn.hook_pattern`` (the
+    TransformerLens bridge's cache, the app's attention view, pattern patching) needs eager attention;
+    everything else runs faster on SDPA with the same values up to rounding (fp32, SmolLM2: max |Δlogit| 3.8e-5 at
+    |logit| ≤ 28; see tests/test_attention_path.py). Switching is a config
+    change (transformers dispatches attention at each forward), no weights move. Nested use is fine.
+    """
+    before = attn_implementation(model)
+    if before in (None, "eager"):
+        yield model
+        return
+    _set_attn(model, "eager")
+    try:
+        yield model
+    finally:
+        _set_attn(model, before)
+
+
 def to_bridge(model: nn.Module, tokenizer: Any, name_or_path: str) -> Any:
     """Wrap a loaded Hugging Face model as a TransformerLens ``TransformerBridge`` (no reload).
 
-    The bridge exposes TransformerLens hook names (``blocks.{l}.attn.hook_z``, ``hook_resid_post`` ...)
-    and ``run_with_cache``. Its attention runs eagerly; load the Hugging Face model with
-    ``attn_implementation="eager"`` (as :func:`workbench.models.load_model` does) for identical logits.
-    Note: booting replaces submodules of ``model`` in place with bridge components.
+    The bridge exposes TransformerLens hook names (``blocks.{l}.attn.hook_z``, ``hook_resid_post`` ...,
+    ``attn.hook_pattern``) and ``run_with_cache``. Its hook_pattern needs eager attention, so booting switches
+    ``model`` to eager attention for good (a bridged model is a pattern reader; TransformerLens does the same);
+    the bridge's logits then match ``model``'s (``tests/test_real_model.py``). Note: booting replaces submodules of
+    ``model`` in place with bridge components. A model split by ``device_map`` is booted on its first parameter's
+    device (not tested on a split model).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    _set_attn(model, "eager")
     device = next(model.parameters()).device
     return TransformerBridge.boot_transformers(
         name_or_path, hf_model=model, tokenizer=tokenizer, device=device, dtype=next(model.parameters()).dtype

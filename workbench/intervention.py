@@ -3,6 +3,12 @@
 An intervention names the Sites it acts on and how it changes each activation. ``attach(model)`` is a
 context manager that registers one hook per Site through the hook scope :func:`workbench.hooked.hooks`,
 which always removes them, also when the body raises.
+
+Precision and devices: an intervention's parameters are fp32 (:func:`init_param`) whatever the model's dtype,
+because the updates an optimizer makes to small offsets / deltas are below a bf16 weight's ulp and would round
+away; :meth:`Intervention.apply` casts them to the activation's dtype and device at the hook (a no-op for an fp32
+model on one device, so fp32 results are unchanged bit for bit). On a model split with ``device_map`` the hook
+runs on the layer's device and the cast moves the parameter there (autograd moves the gradient back).
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class Intervention(nn.Module):
         raise NotImplementedError
 
     def apply(self, site: Site, act: Tensor) -> Tensor:
-        """Return the new activation for ``site`` (same shape and dtype as ``act``)."""
+        """Return the new activation for ``site`` (same shape, dtype and device as ``act``: cast fp32 parameters with
+        ``p.to(device=act.device, dtype=act.dtype)``)."""
         raise NotImplementedError
 
     # --- optional -----------------------------------------------------------------------------
@@ -108,8 +115,8 @@ def check_dims(dims: DimsLike, model_dims: DimsLike) -> None:
 
 
 def init_param(shape: tuple[int, ...], std: float, generator: torch.Generator | None = None) -> nn.Parameter:
-    """A parameter drawn from N(0, std²) (zeros when std == 0), reproducible with ``generator``."""
+    """An fp32 parameter drawn from N(0, std²) (zeros when std == 0), reproducible with ``generator``."""
     if std < 0:
         raise ConfigError(f"init std must be >= 0, got {std}")
-    data = torch.randn(shape, generator=generator) * std if std > 0 else torch.zeros(shape)
+    data = torch.randn(shape, generator=generator, dtype=torch.float32) * std if std > 0 else torch.zeros(shape, dtype=torch.float32)
     return nn.Parameter(data)

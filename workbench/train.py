@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from workbench.checkpoints import drop_checkpoints_after, resume, save_checkpoint
 from workbench.config import config_from_dict
 from workbench.data import Example, collate
+from workbench.distributed import DataParallel, accumulate
 from workbench.divergence import DivergenceGuard, current_restart_hint
 from workbench.errors import ConfigError, DivergenceError, NonFiniteLossError
 
@@ -69,19 +70,23 @@ class TrainConfig:
     divergence_warmup_steps: int = 10
     divergence_min_loss_nats: float = 1.0
     divergence_max_param_abs: float = 1e4  # 0 = off (non-finite parameters always stop)
+    gradient_accumulation_steps: int = 1  # micro-batches per process per step (same global batch, same gradient)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16": accelerate's autocast around the forward passes
 
     #: Optimisation-only fields: a run may resume from a checkpoint written with other values of these.
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "max_steps", "lr", "weight_decay", "grad_clip_norm", "eval_every_steps", "checkpoint_every_steps",
         "keep_checkpoints", "progress", "divergence_loss_factor", "divergence_warmup_steps",
-        "divergence_min_loss_nats", "divergence_max_param_abs")
+        "divergence_min_loss_nats", "divergence_max_param_abs", "gradient_accumulation_steps", "mixed_precision")
 
     def __post_init__(self) -> None:
         if self.loss not in ("sft", "dpo"):
             raise ConfigError(f"TrainConfig.loss must be 'sft' or 'dpo', got {self.loss!r}")
         if not self.dpo_beta > 0:
             raise ConfigError(f"TrainConfig.dpo_beta must be > 0, got {self.dpo_beta}")
-        for name in ("max_steps", "batch_size_prompts", "keep_checkpoints", "divergence_warmup_steps"):
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"TrainConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size_prompts", "keep_checkpoints", "divergence_warmup_steps", "gradient_accumulation_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every_steps", "checkpoint_every_steps"):
@@ -149,14 +154,16 @@ def answer_logprob(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tenso
     return (picked * keep).sum(-1)
 
 
-def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float) -> Tensor:
-    """DPO loss, −log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]), batch mean.
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float,
+             reduction: str = "mean") -> Tensor:
+    """DPO loss, −log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]), batch mean (or sum).
 
     Source: Rafailov et al., "Direct Preference Optimization", NeurIPS 2023, Eq. 7. LoFiT uses it with
     β = 0.5 for TruthfulQA (Yin et al. 2024, §4); the reference is the untouched base model.
     """
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return -nn.functional.logsigmoid(beta * margin).mean()
+    losses = -nn.functional.logsigmoid(beta * margin)
+    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 def _pairs(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
@@ -180,18 +187,33 @@ def reference_logprobs(model: nn.Module, examples: Sequence[Example], pad_id: in
     return torch.cat(out)
 
 
-def _step_loss(model: nn.Module, batch: list[Example], idx: list[int], cfg: TrainConfig, pad_id: int, device, ref: Tensor | None) -> Tensor:
-    """The task loss of one batch: answer cross-entropy (SFT) or DPO against precomputed references."""
+def _step_loss(model: nn.Module, batch: list[Example], idx: list[int], cfg: TrainConfig, pad_id: int, device, ref: Tensor | None,
+               reduction: str = "mean") -> Tensor:
+    """The task loss of one batch: answer cross-entropy (SFT) or DPO against precomputed references.
+
+    ``reduction="sum"``: summed over answer tokens (SFT) or pairs (DPO) instead of their mean (the data-parallel
+    path divides by the global batch's :func:`loss_count`)."""
     if cfg.loss == "sft":
         ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-        return answer_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        if reduction == "sum":
+            return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                               ignore_index=-100, reduction="sum")
+        return answer_loss(logits, labels)
     chosen, rejected = _pairs(batch)
     logps = []
     for part in (chosen, rejected):
         ids, mask, labels = (t.to(device) for t in collate(part, pad_id))
         logps.append(answer_logprob(model(input_ids=ids, attention_mask=mask).logits, labels))
     r = ref[idx].to(device)
-    return dpo_loss(logps[0], logps[1], r[:, 0], r[:, 1], cfg.dpo_beta)
+    return dpo_loss(logps[0], logps[1], r[:, 0], r[:, 1], cfg.dpo_beta, reduction)
+
+
+def loss_count(batch: Sequence[Example], cfg: TrainConfig, pad_id: int) -> int:
+    """What the batch's mean loss divides by: its answer tokens that the loss sees (SFT), or its pairs (DPO)."""
+    if cfg.loss == "dpo":
+        return len(batch)
+    return int((collate(batch, pad_id)[2][:, 1:] != -100).sum())
 
 
 def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -249,7 +271,9 @@ def fit(
     if not params:
         raise ConfigError(f"{type(intervention).__name__} has no trainable parameters")
     device = next(model.parameters()).device
-    intervention.to(device)
+    in_model = {id(p) for p in model.parameters()}
+    if not any(id(p) in in_model for p in params):  # parameters bind() put inside the model stay on their layers' devices
+        intervention.to(device)
     was_training = model.training
     model.eval()  # no dropout: the step is a deterministic function of (params, batch)
     trainable = {id(p) for p in params}  # methods whose parameters live in the model (full FT, LoRA)
@@ -264,6 +288,9 @@ def fit(
         resumed = start
     guard = DivergenceGuard(cfg, intervention, opt, params)
     hint = current_restart_hint(restart_hint)
+    dp = DataParallel.from_env(cfg.mixed_precision)  # one process unless launched with accelerate (see workbench.distributed)
+    plain = not dp.distributed and cfg.gradient_accumulation_steps == 1 and cfg.mixed_precision == "no"
+    writer = ckpt_dir if dp.is_main else None  # only the main process writes checkpoints
 
     def stop(error: type[DivergenceError], head: str, good_step: int, undone: str) -> DivergenceError:
         """Save the last good state (``good_step``), drop newer checkpoints, and build the error."""
@@ -271,8 +298,10 @@ def fit(
             return error(f"{head}; {undone}; the parameters hold the last good state (step {good_step}), no checkpoint "
                          f"was written (no out_dir). Train again with a lower lr (this run's lr: {cfg.lr:g}).")
         good_evals = [e for e in evals if e["step"] <= good_step]
-        drop_checkpoints_after(ckpt_dir, good_step)  # first: pruning to keep_checkpoints must not hit good_step
-        path = save_checkpoint(ckpt_dir, good_step, intervention, opt, cfg, losses[:good_step], good_evals)
+        path = ckpt_dir / f"step-{good_step:06d}"
+        if writer is not None:
+            drop_checkpoints_after(ckpt_dir, good_step)  # first: pruning to keep_checkpoints must not hit good_step
+            path = save_checkpoint(ckpt_dir, good_step, intervention, opt, cfg, losses[:good_step], good_evals)
         return error(f"{head}; {undone}; last good state saved at {path} (step {good_step}). "
                      f"To resume from it: {hint} (this run's lr: {cfg.lr:g}).")
 
@@ -281,12 +310,20 @@ def fit(
         # DPO's reference is the untouched model: computed once, before the intervention is attached.
         ref = reference_logprobs(model, examples, pad_id) if cfg.loss == "dpo" else None
         with intervention.attach(model):
-            bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not cfg.progress, desc=f"train {getattr(intervention, 'method', '')}", leave=False)
+            bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=not (cfg.progress and dp.is_main),
+                       desc=f"train {getattr(intervention, 'method', '')}", leave=False)
             for step in bar:
                 idx = batch_indices(len(examples), cfg.batch_size_prompts, cfg.seed, step)
-                task_loss = _step_loss(model, [examples[i] for i in idx], idx, cfg, pad_id, device, ref)
-                loss = task_loss + intervention.regularization()
                 opt.zero_grad(set_to_none=True)
+                if plain:
+                    task_loss = _step_loss(model, [examples[i] for i in idx], idx, cfg, pad_id, device, ref)
+                    loss = reg = task_loss + intervention.regularization()
+                else:  # data-parallel / accumulated: this process's share, forward and backward per micro-batch
+                    task_loss = accumulate(dp, dp.shard(idx), cfg.gradient_accumulation_steps,
+                                           lambda m: _step_loss(model, [examples[i] for i in m], m, cfg, pad_id, device, ref, "sum"),
+                                           loss_count([examples[i] for i in idx], cfg, pad_id), device)
+                    reg = intervention.regularization()
+                    loss = task_loss + (reg.detach() if isinstance(reg, Tensor) else reg)
                 if torch.isfinite(loss) and (why := guard.loss_blowup(float(task_loss.detach()), losses)):
                     # These parameters came from the previous update: undo it (when it happened in this call).
                     if guard.has_snapshot:
@@ -296,7 +333,12 @@ def fit(
                     raise stop(DivergenceError, f"training diverged at step {step}: {why}", step, "parameters were not updated")
                 if torch.isfinite(loss):
                     guard.snapshot()
-                    loss.backward()
+                    if plain:
+                        loss.backward()
+                    else:  # the regulariser's gradient once (main process), then the global sum
+                        if dp.is_main and isinstance(reg, Tensor) and reg.requires_grad:
+                            reg.backward()
+                        dp.sum_gradients(params)
                     gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf"))
                 if not torch.isfinite(loss) or not torch.isfinite(gnorm):
                     what = "loss" if not torch.isfinite(loss) else "gradient norm"
@@ -321,15 +363,16 @@ def fit(
                 if eval_fn is not None and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < cfg.max_steps:
                     with torch.no_grad():
                         evals.append({"step": done, **eval_fn()})
-                if ckpt_dir is not None and cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0:
+                if writer is not None and cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0:
                     save_checkpoint(ckpt_dir, done, intervention, opt, cfg, losses, evals)
                 if on_step is not None:
                     on_step(done, losses[-1])
             if eval_fn is not None and (not evals or evals[-1]["step"] != cfg.max_steps):
                 with torch.no_grad():
                     evals.append({"step": cfg.max_steps, **eval_fn()})
-            if ckpt_dir is not None and not (ckpt_dir / f"step-{cfg.max_steps:06d}").exists():
+            if writer is not None and not (ckpt_dir / f"step-{cfg.max_steps:06d}").exists():
                 save_checkpoint(ckpt_dir, cfg.max_steps, intervention, opt, cfg, losses, evals)
+            dp.barrier()  # every process leaves fit() after the main one has written its checkpoint
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -1,15 +1,34 @@
-"""``workbench train <method> --task <name> --config job.json``: fine-tune one method on a task, evaluate, save.
+"""``workbench train <method> --task <name> | --data train.jsonl [--eval-data eval.jsonl] --config job.json``.
+
+Fine-tune one method on a task or on your own data, evaluate base and tuned, save.
 
 The job's JSON holds ``model``, ``method_config`` (the method's fields), ``train`` (TrainConfig fields),
-``task`` (a registered task, see ``workbench tasks``), ``task_config`` (that task's settings) and
-``export`` (also write a merged Hugging Face model). Every registered method trains on every registered
-task through :mod:`workbench.tasks`. Output: ``runs/<name>/`` with ``adapter/``, ``results.json``
-(``base_accuracy`` / ``tuned_accuracy`` and the task's other held-out metrics of base and tuned under
-``base`` / ``tuned``, trainable parameters, seconds per step) and, with ``export``, ``exported/``.
+``export`` (also write a merged Hugging Face model) and either
+
+* ``task`` (a registered task, see ``workbench tasks``; default ``entity_tracking``) with ``task_config`` (that
+  task's settings) -- every registered method trains on every registered task through :mod:`workbench.tasks`;
+  ``results.json`` gets ``base_accuracy`` / ``tuned_accuracy`` and the task's other held-out metrics; or
+* ``data`` (a JSONL / JSON / CSV / Parquet file, or a hub dataset id; see :mod:`workbench.datafiles`) with
+  ``eval_data`` (another source; ``None`` = hold out ``eval_fraction`` of ``data``'s rows, drawn with
+  ``split_seed``), ``data_fields`` (column mapping, ``{"prompt_field": "question", ...}``), ``data_shape``
+  (force a shape), ``max_length`` (tokens per example) and ``overflow`` (``"truncate"`` / ``"refuse"``).
+  ``results.json`` gets ``base`` / ``tuned`` held-out answer loss (nats per answer token), perplexity and exact
+  match (:mod:`workbench.datafiles.evaluate`), and ``data``: each source's sha256, shape, rows, examples,
+  truncated / dropped counts, and the train/eval overlap.
+
+``task`` and ``data`` together are refused. Output: ``runs/<name>/`` with ``adapter/``, ``results.json``
+(also trainable parameters, losses, seconds per step) and, with ``export``, ``exported/``.
+
+In Python::
+
+    from workbench.train_job import TrainJobConfig, run_train_job
+    run_dir = run_train_job(TrainJobConfig(method="lofit", data="train.jsonl", eval_data="eval.jsonl",
+                                           train={"max_steps": 40}))
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +36,7 @@ from typing import Any
 
 import torch
 
+from workbench.distributed import is_main_process
 from workbench.errors import ConfigError
 from workbench.intervention import Intervention
 from workbench.tasks import get_task
@@ -29,20 +49,37 @@ class TrainJobConfig:
     Raises:
         ConfigError: an unknown method or task, ``method_config`` / ``train`` values their config classes
             refuse (type, range, unknown keys: the message names the field), or ``task_config`` settings the
-            task refuses (unknown keys: the message names the task and its valid keys). Checked here,
-            before any model loads.
+            task refuses (unknown keys: the message names the task and its valid keys); ``task`` and ``data``
+            together; ``eval_data`` / ``data_fields`` / ``data_shape`` without ``data``; a bad column mapping,
+            shape, ``max_length`` (< 2 tokens), ``overflow`` or ``eval_fraction`` (outside (0, 1)). Checked
+            here, as data, before any model loads (the data files themselves are read by :func:`run_train_job`).
     """
 
     method: str = "lofit"
     model: str = "smollm2-135m-instruct"
     method_config: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] | None = None
-    task: str = "entity_tracking"
+    task: str | None = None  # None: "entity_tracking" unless ``data`` is given
     task_config: dict[str, Any] = field(default_factory=dict)
     export: bool = False
+    data: str | None = None
+    eval_data: str | None = None
+    data_fields: dict[str, str] = field(default_factory=dict)
+    data_shape: str | None = None
+    max_length: int = 512
+    overflow: str = "truncate"
+    eval_fraction: float = 0.1
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task, str):
+        if self.data is not None:
+            self._check_data_fields()
+        elif self.task is None:
+            self.task = "entity_tracking"
+        if self.data is None and (self.eval_data is not None or self.data_fields or self.data_shape is not None):
+            raise ConfigError("TrainJobConfig.eval_data / data_fields / data_shape need data (the training file); "
+                              "pass --data train.jsonl")
+        if self.data is None and not isinstance(self.task, str):
             raise ConfigError(f"task must be a registered task name (e.g. 'entity_tracking'), got {self.task!r}; "
                               "its settings go in task_config")
         from workbench.config import config_from_dict
@@ -52,10 +89,41 @@ class TrainJobConfig:
         config_from_dict(get_method(self.method).config_cls, self.method_config)
         if self.train is not None:
             config_from_dict(TrainConfig, self.train)
-        self.task_settings()
+        if self.data is None:
+            self.task_settings()
+
+    def _check_data_fields(self) -> None:
+        """The data fields as data (no file is read here: :func:`run_train_job` reads them before the model)."""
+        from workbench.datafiles import SHAPES, normalise_fields
+
+        if self.task is not None or self.task_config:
+            raise ConfigError(f"TrainJobConfig: give either a task (task={self.task!r}) or your data (data={self.data!r}), not both; "
+                              "drop --task / \"task\" and \"task_config\" to train on the data file")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ConfigError("TrainJobConfig.data is empty; name a data file (.jsonl, .json, .csv, .parquet) or hub dataset id")
+        if self.eval_data is not None and (not isinstance(self.eval_data, str) or not self.eval_data.strip()):
+            raise ConfigError("TrainJobConfig.eval_data is empty; name a data file or leave it out to hold out eval_fraction")
+        normalise_fields(self.data_fields)
+        if isinstance(self.train, dict) and self.train.get("loss") == "dpo":
+            raise ConfigError("TrainJobConfig.train.loss 'dpo' needs a rejected answer per example, which data files do not carry "
+                              "(prompt/completion, messages or text rows); use loss 'sft' with --data")
+        if self.data_shape is not None and self.data_shape not in SHAPES:
+            raise ConfigError(f"TrainJobConfig.data_shape must be one of {sorted(SHAPES)} or null (detect), got {self.data_shape!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ConfigError(f"TrainJobConfig.max_length must be >= 2 (tokens per example), got {self.max_length}")
+        if self.overflow not in ("truncate", "refuse"):
+            raise ConfigError(f"TrainJobConfig.overflow must be 'truncate' or 'refuse', got {self.overflow!r}")
+        if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, (int, float)) or not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"TrainJobConfig.eval_fraction must be strictly between 0 and 1, got {self.eval_fraction}")
 
     def task_settings(self) -> Any:
-        """The task's validated config (its defaults updated with ``task_config``)."""
+        """The task's validated config (its defaults updated with ``task_config``).
+
+        Raises:
+            ConfigError: a data job (no task), or settings the task refuses.
+        """
+        if self.task is None:
+            raise ConfigError("this job trains on a data file (TrainJobConfig.data), not on a task")
         return get_task(self.task).config(**self.task_config)
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,55 +145,144 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
     """Run the job; return its run folder ``runs_dir / name``.
 
     ``name`` is one folder name (see :func:`workbench.runs.check_run_name`); an existing run folder resumes.
-    The name and ``runs_dir`` are checked before the model loads; the run folder is created only after the
-    model has loaded and the task's data was generated. On failure the folder follows the rule of
+    The name and ``runs_dir`` are checked before the model loads (and a data job's files are read and validated
+    before that); the run folder is created only after the model has loaded and the task's data was generated
+    (the data files tokenized). On failure the folder follows the rule of
     :mod:`workbench.runs`: removed when this job created it and it holds no file, else kept (checkpoints let
     a rerun resume) with ``failed.json`` recording the error.
 
     Raises:
-        ConfigError: a bad run name or an unusable ``runs_dir`` (before any model loads), and as raised by
-            loading and training, like ModelNotFoundError and NonFiniteLossError.
+        ConfigError: a bad run name or an unusable ``runs_dir``, a bad data file (naming file, row and field; see
+            :func:`workbench.datafiles.load_rows`) -- all before any model loads -- or a row over ``max_length``
+            under ``overflow="refuse"`` (before the run folder exists); and as raised by loading and training,
+            like ModelNotFoundError and NonFiniteLossError.
     """
     from workbench.models import load_model
     from workbench.runs import plan_run, run_folder
 
     started = time.time()
+    if cfg.data is not None:
+        return _run_data_job(cfg, runs_dir, name, log, started)
     task, task_cfg = get_task(cfg.task), cfg.task_settings()  # validated before the model loads
     run_dir = plan_run(runs_dir, name, time.strftime(f"train-{cfg.method}-{cfg.task}-%Y%m%d-%H%M%S"))
     model, tok, info = load_model(cfg.model)
     split = task.generate(tok, task_cfg, prepend_bos=info.prepend_bos)
-    with run_folder(run_dir):
+    with run_folder(run_dir) if is_main_process() else contextlib.nullcontext():
         _train_into(run_dir, cfg, task, split, model, tok, info, started, log)
     return run_dir
 
 
-def _train_into(run_dir: Path, cfg: TrainJobConfig, task: Any, split: Any, model: Any, tok: Any, info: Any, started: float, log) -> None:
-    """The writing part of :func:`run_train_job`: train, evaluate, save into the (created) ``run_dir``."""
+def _save_outputs(run_dir: Path, cfg: TrainJobConfig, result: Any, model: Any, tok: Any, info: Any, metrics: dict[str, Any],
+                  check_ids: torch.Tensor, started: float, log) -> None:
+    """Write a trained job's artifacts into ``run_dir``: ``adapter/`` (and CAFT's ``ablation/``), a standard peft
+    adapter ``peft_adapter/`` for LoRA (``PeftModel.from_pretrained`` loads it), ``exported/`` when ``cfg.export``
+    (its max |Δlogit| on ``check_ids`` recorded), then ``results.json`` last."""
     from workbench.artifacts import atomic_write_json, results_record, save_intervention
     from workbench.export import export_hf, export_max_logit_diff
-    from workbench.finetune import finetune
     from workbench.models import load_model
+
+    save_intervention(run_dir / "adapter", result.intervention, info)
+    if isinstance(result.details.get("ablation"), Intervention):  # CAFT: keep the directions trained under
+        save_intervention(run_dir / "ablation", result.details["ablation"], info)
+    if cfg.method == "lora":
+        from workbench.methods.lora.peft_format import save_peft_adapter
+
+        save_peft_adapter(run_dir / "peft_adapter", result.intervention, model, info)
+    metrics.update({"n_trainable_parameters": result.intervention.n_trainable(), "losses": result.train_result.losses,
+                    "seconds_per_step": result.train_result.seconds_per_step, "details": _json_details(result.details)})
+    if cfg.export:
+        clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
+        out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=tok, model_info=info)
+        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, check_ids)
+        log(f"exported to {out} (max |Δlogit| {metrics['export_max_abs_logit_diff']:.2e})")
+    atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time()))
+
+
+def _train_into(run_dir: Path, cfg: TrainJobConfig, task: Any, split: Any, model: Any, tok: Any, info: Any, started: float, log) -> None:
+    """The writing part of :func:`run_train_job`: train, evaluate, save into the (created) ``run_dir``."""
+    from workbench.finetune import finetune
 
     pad_id = tok.pad_token_id or 0
     examples = task.to_examples(split)
-    base = task.evaluate(model, split, pad_id=pad_id)
-    log(f"base held-out accuracy {base['accuracy']:.3f} on {cfg.task}; training {cfg.method}")
+    main = is_main_process()
+    if main:
+        base = task.evaluate(model, split, pad_id=pad_id)
+        log(f"base held-out accuracy {base['accuracy']:.3f} on {cfg.task}; training {cfg.method}")
     hint = (f"`workbench train {cfg.method} --task {cfg.task} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
             "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
     result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train",
                       restart_hint=hint)
+    if not main:
+        return
     with result.intervention.attach(model):
         tuned = task.evaluate(model, split, pad_id=pad_id)
     log(f"tuned held-out accuracy {tuned['accuracy']:.3f}")
-    save_intervention(run_dir / "adapter", result.intervention, info)
-    if isinstance(result.details.get("ablation"), Intervention):  # CAFT: keep the directions trained under
-        save_intervention(run_dir / "ablation", result.details["ablation"], info)
-    metrics = {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"], "base": base, "tuned": tuned,
-               "n_trainable_parameters": result.intervention.n_trainable(), "losses": result.train_result.losses,
-               "seconds_per_step": result.train_result.seconds_per_step, "details": _json_details(result.details)}
-    if cfg.export:
-        clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
-        out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=tok, model_info=info)
-        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, _check_ids(task.to_examples(split, "heldout")))
-        log(f"exported to {out} (max |Δlogit| {metrics['export_max_abs_logit_diff']:.2e})")
-    atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time()))
+    metrics = {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"], "base": base, "tuned": tuned}
+    _save_outputs(run_dir, cfg, result, model, tok, info, metrics, _check_ids(task.to_examples(split, "heldout")), started, log)
+
+
+# --- your own data ------------------------------------------------------------------------------------------------
+def _read_data(cfg: TrainJobConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """``(train_rows, eval_rows, data_record)``: both sources read and validated (no model needed)."""
+    from workbench.datafiles import load_rows
+    from workbench.datafiles.split import hold_out, overlap
+
+    rows = load_rows(cfg.data, fields=cfg.data_fields, shape=cfg.data_shape)
+    if cfg.eval_data is not None:
+        train_rows, eval_rows = rows, load_rows(cfg.eval_data, fields=cfg.data_fields, shape=cfg.data_shape)
+        record = {"eval_source": "file"}
+    else:
+        train_rows, eval_rows = hold_out(rows, cfg.eval_fraction, cfg.split_seed)
+        record = {"eval_source": "held_out", "eval_fraction": cfg.eval_fraction, "split_seed": cfg.split_seed}
+    record.update({"train": train_rows.describe(), "eval": eval_rows.describe(), "overlap": overlap(train_rows, eval_rows),
+                   "max_length": cfg.max_length, "overflow": cfg.overflow})
+    return train_rows, eval_rows, record
+
+
+def _run_data_job(cfg: TrainJobConfig, runs_dir: str | Path, name: str | None, log, started: float) -> Path:
+    from workbench.datafiles import encode_rows
+    from workbench.models import load_model
+    from workbench.runs import plan_run, run_folder
+
+    train_rows, eval_rows, record = _read_data(cfg)  # every file checked before the model loads
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(cfg.data).stem)[:60] or "data"
+    run_dir = plan_run(runs_dir, name, time.strftime(f"train-{cfg.method}-{stem}-%Y%m%d-%H%M%S"))
+    log(f"data: {len(train_rows)} train rows ({train_rows.shape}) from {cfg.data}, {len(eval_rows)} eval rows "
+        f"({record['eval_source']}); overlap: {record['overlap']['identical_rows']} identical rows, "
+        f"{record['overlap']['identical_prompts']} identical prompts")
+    model, tok, info = load_model(cfg.model)
+    kw = {"prepend_bos": info.prepend_bos, "max_length": cfg.max_length, "overflow": cfg.overflow}
+    train_enc, eval_enc = encode_rows(train_rows, tok, **kw), encode_rows(eval_rows, tok, **kw)
+    record["train"].update(train_enc.describe())
+    record["eval"].update(eval_enc.describe())
+    with run_folder(run_dir) if is_main_process() else contextlib.nullcontext():
+        _train_data_into(run_dir, cfg, train_enc.examples, eval_enc.examples, eval_rows.shape, record, model, tok, info, started, log)
+    return run_dir
+
+
+def _train_data_into(run_dir: Path, cfg: TrainJobConfig, train_ex: list, eval_ex: list, shape: str, record: dict[str, Any],
+                     model: Any, tok: Any, info: Any, started: float, log) -> None:
+    """The writing part of a data job: evaluate base, train, evaluate tuned, save into ``run_dir``."""
+    from workbench.datafiles.evaluate import evaluate_examples
+    from workbench.finetune import finetune
+
+    pad_id = tok.pad_token_id or 0
+    em = shape != "text"
+    main = is_main_process()
+    if main:
+        base = evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc="eval base")
+        log(f"base: held-out answer loss {base['answer_loss']:.3f} nats/token (perplexity {base['perplexity']:.2f})"
+            + (f", exact match {base['exact_match']:.3f}" if em else "") + f"; training {cfg.method} on {len(train_ex)} examples")
+    hint = (f"`workbench train {cfg.method} --data {cfg.data} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
+            "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
+    result = finetune(cfg.method, model, info, train_ex, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train",
+                      restart_hint=hint)
+    if not main:
+        return
+    with result.intervention.attach(model):
+        tuned = evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc="eval tuned")
+    log(f"tuned: held-out answer loss {tuned['answer_loss']:.3f} nats/token (perplexity {tuned['perplexity']:.2f})"
+        + (f", exact match {tuned['exact_match']:.3f}" if em else ""))
+    metrics = {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"], "base": base, "tuned": tuned,
+               "data": record}
+    _save_outputs(run_dir, cfg, result, model, tok, info, metrics, _check_ids(eval_ex), started, log)

@@ -1,6 +1,18 @@
 """Loading a model: a registry name (from the cache), a local directory or a Hugging Face id, with its ModelInfo.
 
-Models are always loaded with eager attention so that they match TransformerLens numerically."""
+Attention: models load with PyTorch's fused SDPA attention by default (``attn_implementation="sdpa"``): it is what
+training and every forward pass that does not read attention patterns use. Code that reads
+``blocks.{l}.attn.hook_pattern`` (the TransformerLens bridge, the app's attention view) switches a model to eager
+attention with :func:`workbench.hooked.eager_attention` / :func:`workbench.hooked.to_bridge`. SDPA and eager agree to
+rounding in fp32: ~1e-8 on the tiny test model, 3.8e-5 on SmolLM2's logits (|logit| ≤ 28) (``tests/test_attention_path.py``).
+
+Precision: ``dtype="bfloat16" | "float16" | "float32"`` on every path (registry, local directory, hub id, peft
+adapter). Interventions keep their own parameters in fp32 and cast at the hook (see
+:mod:`workbench.intervention`).
+
+Models larger than one device: ``device_map="auto"`` (with ``max_memory`` / ``offload_folder``) or an explicit map
+hands placement to accelerate's big-model inference; layers may sit on different GPUs, the CPU or disk.
+``ModelInfo.device_map`` records the placement."""
 
 from __future__ import annotations
 
@@ -48,6 +60,9 @@ class ModelInfo:
     prepend_bos: bool
     path: str
     tokenizer_hash: str = ""  # tokenizer_fingerprint() at load time; "" = not recorded (ModelPair skips the check)
+    #: accelerate's placement ``{module: device}`` when loaded with ``device_map``; ``None`` = the whole model on one
+    #: device (then left out of :meth:`to_dict`, so results written before this field existed are unchanged).
+    device_map: dict[str, str] | None = dataclasses.field(default=None, hash=False)  # a dict: not hashable
 
     @property
     def dims(self) -> Dims:
@@ -55,8 +70,12 @@ class ModelInfo:
         return Dims.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict of all fields (the dimensions flat: ``n_layers``, ``d_model`` ...)."""
-        return dataclasses.asdict(self)
+        """Return a JSON-serialisable dict of all fields (the dimensions flat: ``n_layers``, ``d_model`` ...);
+        ``device_map`` only when the model was split (``load_model(device_map=...)``)."""
+        d = dataclasses.asdict(self)
+        if d["device_map"] is None:
+            del d["device_map"]
+        return d
 
 
 class LoadedModel(NamedTuple):
@@ -116,6 +135,7 @@ def _fingerprint(tok: Any, vocab: list) -> str:
 
 def _info(model: Any, tok: Any, id_: str, path: str, weight_hash: str,
           prepend_bos: bool | None) -> ModelInfo:
+    placed = getattr(model, "hf_device_map", None)
     full = model.config
     cfg = text_config(model)
     if prepend_bos is None:
@@ -126,7 +146,41 @@ def _info(model: Any, tok: Any, id_: str, path: str, weight_hash: str,
         id=id_, weight_hash=weight_hash, **{**dims.to_dict(), "d_vocab": int(cfg.vocab_size)},
         architecture=(getattr(full, "architectures", None) or [type(model).__name__])[0],
         prepend_bos=bool(prepend_bos), path=path, tokenizer_hash=tokenizer_fingerprint(tok),
+        device_map={str(k): str(v) for k, v in placed.items()} if placed else None,
     )
+
+
+def offloaded(model: Any) -> bool:
+    """Whether some of ``model``'s weights are offloaded by accelerate (held on the ``meta`` device in the module,
+    loaded from CPU memory or disk by accelerate's hooks at each forward)."""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def split_weights_hash(model: Any) -> str:
+    """:func:`weights_hash` of a model placed with ``device_map`` (some weights offloaded, on ``meta`` in the module):
+    the same hash the unsplit model gives, computed one module at a time (each offloaded module is brought to the
+    CPU, hashed, and released; peak extra memory is the largest module)."""
+    from accelerate.utils import align_module_device
+
+    keys = set(model.state_dict(keep_vars=True))
+    owner: dict[str, tuple[Any, str]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            key = f"{mod_name}.{attr}" if mod_name else attr
+            if key in keys:
+                owner[key] = (module, attr)
+    h = hashlib.sha256()
+    for key in sorted(keys):
+        module, attr = owner[key]
+        on_meta = getattr(module, attr).device.type == "meta"
+        with align_module_device(module, torch.device("cpu")) if on_meta else contextlib.nullcontext():
+            t = getattr(module, attr).detach()
+            h.update(key.encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            flat = t.cpu().contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return "sha256:" + h.hexdigest()
 
 
 _HUB: dict[str, bool] = {}  # the network probe's answer, once per process
@@ -181,15 +235,30 @@ def _looks_like_path(name: str) -> bool:
             or os.path.exists(os.path.expanduser(name)))
 
 
+#: Attention implementations :func:`load_model` accepts (transformers' names).
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None) -> LoadedModel:
-    """Load a model and tokenizer in eval mode with eager attention.
+               dtype: torch.dtype | str | None = None, *, attn_implementation: str = "sdpa",
+               device_map: str | dict[str, Any] | None = None, max_memory: dict[Any, Any] | None = None,
+               offload_folder: str | os.PathLike | None = None) -> LoadedModel:
+    """Load a model and tokenizer in eval mode (SDPA attention unless ``attn_implementation="eager"``).
 
     Args:
         name_or_path: a registry name (see :func:`known_models`), a local directory saved
             with ``save_pretrained``, or a Hugging Face id ``owner/name``.
         device: ``None`` → ``"cuda"`` if available else ``"cpu"``.
         dtype: ``None`` → float32; a ``torch.dtype`` or ``"float32"``/``"bfloat16"``/``"float16"``.
+        attn_implementation: ``"sdpa"`` (default: fused attention, for training and every forward pass that does
+            not read attention patterns) or ``"eager"``. Pattern readers switch with
+            :func:`workbench.hooked.eager_attention`, so ``"eager"`` here is only needed to start eager.
+        device_map: ``None`` → the whole model on ``device``. Otherwise accelerate's big-model placement
+            (``"auto"``, ``"balanced"``, ``"sequential"`` or ``{module name: device | "cpu" | "disk"}``), passed to
+            ``from_pretrained``; ``device`` is then ignored and ``info.device_map`` records the placement. Hooks,
+            interventions and patching move what they add to each layer's device.
+        max_memory: with ``device_map``: ``{0: "20GiB", "cpu": "60GiB"}``-style limits per device.
+        offload_folder: with ``device_map``: where weights placed on ``"disk"`` are written.
     Returns:
         ``LoadedModel(model, tokenizer, info)``. For registry models ``info.weight_hash`` is
         the hash of the cached fp32 weights (from the verified manifest); otherwise it is
@@ -201,20 +270,31 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
         CheckpointError: a directory or hub repo (model or peft adapter) holding its weights only as
             pickle (``pytorch_model.bin``, ``*.pt`` ...): refused before anything is unpickled.
             A damaged or truncated safetensors file in a local directory.
-        ConfigError: unsupported ``dtype``.
+        ConfigError: unsupported ``dtype`` or ``attn_implementation``; ``max_memory`` / ``offload_folder``
+            without ``device_map``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = os.fspath(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tdtype = _resolve_dtype(dtype)
-    kw = dict(attn_implementation="eager", dtype=tdtype)
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ConfigError("max_memory / offload_folder need device_map (e.g. device_map='auto')")
+    kw: dict[str, Any] = dict(attn_implementation=attn_implementation, dtype=tdtype)
+    if device_map is not None:
+        kw.update(device_map=device_map, max_memory=max_memory,
+                  offload_folder=None if offload_folder is None else os.fspath(offload_folder))
+
+    def place(model: Any) -> Any:  # accelerate has placed a device-mapped model already
+        return (model if device_map is not None else model.to(device)).eval()
 
     if name in REGISTRY:
         path, man = _ensure(name)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = model.to(device).eval()
+        model = place(model)
         return LoadedModel(model, tok, _info(model, tok, name, str(path), man["weight_hash"],
                                              REGISTRY[name].prepend_bos))
 
@@ -254,5 +334,6 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(name, local_files_only=True)
-    model = model.to(device).eval()
-    return LoadedModel(model, tok, _info(model, tok, id_, path, weights_hash(model), None))
+    model = place(model)
+    digest = split_weights_hash(model) if offloaded(model) else weights_hash(model)
+    return LoadedModel(model, tok, _info(model, tok, id_, path, digest, None))

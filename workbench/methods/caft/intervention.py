@@ -65,7 +65,9 @@ class CaftIntervention(Intervention):
 
     Buffers: ``q_{l}``: ``Float[Tensor, "d_model k_l"]`` orthonormal (fp32), one per layer of
     ``config.layers``; saved with the adapter. The product is computed in fp32 and cast back to the
-    activation's dtype; gradients flow through it to everything upstream.
+    activation's dtype (the paper's projection is in fp32: in bf16 ``x − (x Q) Qᵀ`` leaves a component along ``Q`` of
+    ~2⁻⁸·‖x‖, i.e. the ablation would not be exact); gradients flow through it to everything upstream. ``Q`` is
+    moved to the activation's device at the hook, so it works on a model split across devices.
 
     Args:
         config: layers and per-layer counts.

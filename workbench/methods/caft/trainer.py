@@ -27,6 +27,7 @@ from torch import nn
 
 from workbench.artifacts import atomic_save_tensors, load_tensors
 from workbench.data import Example
+from workbench.distributed import is_main_process
 from workbench.errors import CheckpointError, ConfigError
 from workbench.intervention import Intervention, check_dims
 from workbench.methods.caft.config import CaftConfig
@@ -57,7 +58,7 @@ def _check_saved_ablation(out_dir: Path, ablation: CaftIntervention) -> None:
         saved = load_tensors(path)
         if saved.keys() != state.keys() or any(not torch.equal(saved[k], state[k]) for k in state):
             raise CheckpointError(f"{out_dir} holds a CAFT run with other ablation directions; use a new out_dir")
-    else:
+    elif is_main_process():  # one writer in a multi-process launch
         atomic_save_tensors(path, state)
 
 

@@ -4,6 +4,10 @@ The trainable parameters are deltas ``Δ`` for every model parameter (zeros at t
 ``torch.nn.utils.parametrize`` while attached (``W ← W + Δ``) and removed on exit, so the model outside
 ``attach`` keeps its original weights bit for bit and a fresh intervention is an exact no-op.
 Tied parameters (e.g. SmolLM2's embedding and ``lm_head``) share one delta.
+
+Precision: the deltas are fp32 whatever the model's dtype (fp32 "master" copies, as in mixed-precision training):
+a bf16 delta next to a bf16 weight would lose any update below the weight's ulp (2⁻⁷ relative). While attached the
+weight is ``W + Δ`` cast to ``W``'s dtype and device; the sum rounds there, but ``Δ`` keeps accumulating in fp32.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class _AddDelta(nn.Module):
         self.delta = delta
 
     def forward(self, weight: Tensor) -> Tensor:
-        return weight + self.delta.to(weight.dtype)
+        return weight + self.delta.to(device=weight.device, dtype=weight.dtype)
 
 
 class FullFineTune(Intervention):
@@ -59,7 +63,7 @@ class FullFineTune(Intervention):
         if len(self.deltas) == 0:
             for name, holders in owners.items():
                 module, attr = holders[0]
-                self.deltas[name.replace(".", "__")] = nn.Parameter(torch.zeros_like(getattr(module, attr)))
+                self.deltas[name.replace(".", "__")] = nn.Parameter(torch.zeros_like(getattr(module, attr), dtype=torch.float32))
             if self._pending is not None:
                 super().load_state_dict(self._pending, strict=True)
                 self._pending = None
@@ -97,4 +101,5 @@ class FullFineTune(Intervention):
         self.bind(model)
         for name, holders in self._owners(model).items():
             module, attr = holders[0]
-            getattr(module, attr).add_(self.deltas[name.replace(".", "__")])
+            weight = getattr(module, attr)
+            weight.add_(self.deltas[name.replace(".", "__")].to(weight))

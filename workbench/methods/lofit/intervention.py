@@ -4,6 +4,12 @@ Source: Yin, Ye, Durrett, "LoFiT: Localized Fine-tuning on LLM Representations",
 (step 1, scaling vectors A with an L1 penalty) and §3.2 (step 2, offset vectors v on the selected heads).
 Both act on ``z`` before the output projection, so both fold exactly into ``o_proj``:
 ``W_O((1 + A) ⊙ z) = (W_O diag(1 + A)) z`` and ``W_O (z + v) = W_O z + W_O v``.
+
+Precision: the scalings ``A`` and offsets ``v`` are fp32 parameters whatever the model's dtype. They start at or
+near zero and each optimizer step moves them by ~lr·1e-2; in bf16 (8 mantissa bits, ulp(1) = 2⁻⁷ ≈ 0.008) an
+update of ``1 + A`` smaller than ~0.004 would round away, so AdamW would silently stop training. They are cast
+to the activation's dtype and device at the hook (a no-op in fp32 on one device), so a bf16 model runs bf16
+matmuls while the trained values accumulate in fp32.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ class LofitScaling(Intervention):
         return [Site(layer, "attn.hook_z") for layer in range(self.dims.n_layers)]
 
     def apply(self, site: Site, act: Float[Tensor, "batch pos n_heads d_head"]) -> Tensor:
-        return act * (1 + self.scales[site.layer]).to(act.dtype)
+        return act * (1 + self.scales[site.layer]).to(device=act.device, dtype=act.dtype)
 
     def regularization(self) -> Tensor:
         return self.config.l1_lambda * self.scales.abs().sum()
@@ -50,7 +56,7 @@ class LofitScaling(Intervention):
         """Scale ``W_O``'s input columns of each head by ``1 + A_h`` (exact)."""
         for layer in range(self.dims.n_layers):
             o = o_proj(model, layer)
-            o.weight.mul_((1 + self.scales[layer]).flatten().to(o.weight)[None, :])
+            o.weight.mul_((1 + self.scales[layer]).flatten().to(o.weight)[None, :])  # fp32 → the weight's dtype / device
 
 
 class LofitOffsets(Intervention):
@@ -88,7 +94,7 @@ class LofitOffsets(Intervention):
         return dense.index_add(0, torch.tensor(heads, dtype=torch.long, device=dense.device), self.offsets[rows]) if rows else dense
 
     def apply(self, site: Site, act: Float[Tensor, "batch pos n_heads d_head"]) -> Tensor:
-        return act + self.layer_offsets(site.layer).to(act.dtype)
+        return act + self.layer_offsets(site.layer).to(device=act.device, dtype=act.dtype)
 
     @torch.no_grad()
     def merge_into(self, model: nn.Module) -> None:
@@ -98,7 +104,7 @@ class LofitOffsets(Intervention):
             if layer >= n_layers:
                 raise ConfigError(f"layer {layer} does not exist in the target model ({n_layers} layers)")
             o = o_proj(model, layer)
-            delta = o.weight @ self.layer_offsets(layer).flatten().to(o.weight)
+            delta = o.weight @ self.layer_offsets(layer).flatten().to(o.weight)  # fp32 → the weight's dtype / device
             if o.bias is None:
                 o.bias = nn.Parameter(torch.zeros(o.out_features, dtype=o.weight.dtype, device=o.weight.device))
             o.bias.add_(delta)

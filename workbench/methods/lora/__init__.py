@@ -3,7 +3,8 @@
 from workbench.methods import register_method
 from workbench.methods.lora.config import LoraMethodConfig
 from workbench.methods.lora.intervention import ADAPTER, LoraIntervention
+from workbench.methods.lora.peft_format import save_peft_adapter
 
 register_method("lora", LoraMethodConfig, LoraIntervention)
 
-__all__ = ["ADAPTER", "LoraIntervention", "LoraMethodConfig"]
+__all__ = ["ADAPTER", "LoraIntervention", "LoraMethodConfig", "save_peft_adapter"]

@@ -22,6 +22,12 @@ class LoraIntervention(Intervention):
     ``Parameter`` objects here, so ``parameters()`` / ``state_dict()`` are the adapter's. ``lora_B`` starts
     at zero, so a fresh adapter is an exact no-op. With adapters disabled the wrappers compute the base
     layer only, so the model outside ``attach`` is the base model.
+
+    Precision: ``lora_A`` / ``lora_B`` are fp32 whatever the model's dtype (:meth:`bind` casts them after peft
+    injects them in the base layer's dtype; peft's ``get_peft_model`` does the same with
+    ``autocast_adapter_dtype``). ``B`` starts at zero and its first updates are ~lr, below a bf16 ulp of the
+    products it is added to; peft casts the layer input to the adapter's dtype and the sum back to the base
+    layer's, so a bf16 model still runs its base matmuls in bf16.
     """
 
     method = "lora"
@@ -46,6 +52,8 @@ class LoraIntervention(Intervention):
         inject_adapter_in_model(cfg, model, adapter_name=ADAPTER)
         for name, param in model.named_parameters():
             if "lora_" in name:
+                if param.dtype != torch.float32:  # fp32 adapters on a bf16 / fp16 model (see the class docstring)
+                    param.data = param.data.float()
                 self.adapters[name.replace(".", "__")] = param
         self._model_id = id(model)
         self._set_enabled(model, False)

@@ -15,6 +15,10 @@ which equals running the model with ``W_gate[i] + d_gate[r]``, ``W_up[i] + d_up[
 ``W_down[:, i] + d_down[r]``. So the model's own parameters are never in the optimizer (bit-identical
 by construction), the optimizer state covers only ``3 * n_selected * d_model`` scalars, and
 :meth:`NeftIntervention.merge_into` / :func:`export_hf` write the exact edited weights.
+
+Precision: the deltas are fp32 parameters whatever the model's dtype: a neuron's weights are ~1e-2 and a step of
+AdamW moves a delta by ~lr, far below a bf16 weight's ulp (2⁻⁷ relative), so bf16 deltas would round their
+updates away. At the hook they are cast to the activation's dtype and device (a no-op in fp32 on one device).
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ class NeftIntervention(Intervention):
         for layer in sorted(self._rows):
             gate, up, down = mlp_projections(model, layer)
             self._check_shapes(layer, gate, down)
-            index = torch.tensor(self._rows[layer][1], dtype=torch.long, device=gate.weight.device)
+            where = gate.weight.device if gate.weight.device.type != "meta" else "cpu"  # meta: offloaded by accelerate
+            index = torch.tensor(self._rows[layer][1], dtype=torch.long, device=where)
             post += [(gate, self._in_hook(layer, index, "gate")), (up, self._in_hook(layer, index, "up")),
                      (down, self._down_hook(layer, index))]
         with module_hooks(post=post, with_kwargs=True):
@@ -125,8 +130,8 @@ class NeftIntervention(Intervention):
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
             x = args[0] if args else kwargs["input"]  # [batch, pos, d_model]
-            delta = (self.d_gate if which == "gate" else self.d_up)[rows].to(x.dtype)
-            return out.index_add(-1, index, x @ delta.T)
+            delta = (self.d_gate if which == "gate" else self.d_up)[rows].to(x)  # fp32 → x's dtype and device
+            return out.index_add(-1, index.to(out.device), (x @ delta.T).to(out.device))
 
         return hook
 
@@ -135,7 +140,7 @@ class NeftIntervention(Intervention):
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
             h = args[0] if args else kwargs["input"]  # mlp.hook_post: [batch, pos, d_mlp]
-            return out + h.index_select(-1, index) @ self.d_down[rows].to(h.dtype)
+            return out + h.index_select(-1, index.to(h.device)) @ self.d_down[rows].to(h)
 
         return hook
 

@@ -28,6 +28,7 @@ from workbench.artifacts import (
     read_json,
 )
 from workbench.data import Example, collate
+from workbench.distributed import is_main_process
 from workbench.errors import (
     CheckpointError,
     ConfigError,
@@ -287,7 +288,7 @@ def train_neft(
                                         pad_id=pad_id, on_step=lambda _s, loss: select_losses.append(loss))
             scores = score_neurons(model, tuned)
             del tuned
-            if select_dir is not None:
+            if select_dir is not None and is_main_process():  # one writer in a multi-process launch
                 atomic_save_tensors(select_dir / "scores.safetensors", {"scores": scores})
                 atomic_write_json(select_dir / "scores.json", meta)
     neurons = select_neurons(scores, cfg.budget_fraction, dims, n_params, cfg.selection, cfg.seed)

@@ -1,0 +1,76 @@
+"""The app's dataset-level diff page: opens a ``workbench diff`` run folder (its ``results.json`` and the figures
+``studies/model_diff`` wrote as ``figures/*.json``) and shows them; never imports study code and never runs a model.
+
+The page-building functions take the page object (``streamlit`` or a container) as an argument, so this module
+imports no streamlit and its data functions are testable without a running app.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+
+from app.views.runs import RunResult, find_results, run_figures
+
+KIND = "model_diff"
+
+
+def diff_runs(runs_dir: str | os.PathLike) -> list[RunResult]:
+    """Every readable ``workbench diff`` result under ``runs_dir`` (``run_info.config.study == "model_diff"``), newest first."""
+    return [r for r in find_results(runs_dir) if r.kind == KIND and not r.error]
+
+
+def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline numbers of a diff run as ``{"metric", "value"}`` rows."""
+    m = record.get("metrics", {})
+    models = record.get("meta_info", {}).get("models", {})
+    kl, nll, adl = m.get("kl", {}), m.get("nll", {}), m.get("adl", {})
+    rows = [("base", models.get("base", {}).get("id")), ("tuned", models.get("tuned", {}).get("id")),
+            ("rows / tokens", f"{m.get('n_rows')} / {m.get('n_tokens')}"),
+            ("mean KL(P_tuned ‖ P_base), nats/token", kl.get("mean_per_token")), ("max KL, nats", kl.get("max")),
+            ("base NLL, nats/token", nll.get("base_nats_per_token")), ("tuned NLL, nats/token", nll.get("tuned_nats_per_token")),
+            ("ADL layer", adl.get("layer")), ("‖δ‖", adl.get("delta_norm")),
+            ("steering α chosen (× mean ‖r_base‖)", (adl.get("steering") or {}).get("chosen_alpha"))]
+    return [{"metric": k, "value": v if not isinstance(v, float) else round(v, 6)} for k, v in rows]
+
+
+def context_lines(record: dict[str, Any]) -> list[str]:
+    """The top-KL positions as HTML lines: KL, row:pos, the context with the read token highlighted, and both
+    models' top-1 next token."""
+    out = []
+    for t in record.get("metrics", {}).get("kl", {}).get("top", []):
+        esc = lambda s: html.escape(str(s)).replace("\n", "↵")
+        left, right = "".join(esc(x) for x in t.get("left_text", [])), "".join(esc(x) for x in t.get("right_text", []))
+        out.append(f"<code>{t['kl']:.4g}</code> nats · row {t['row']} pos {t['pos']}: {left}"
+                   f"<mark><b>{esc(t.get('token_text', ''))}</b></mark>{right} "
+                   f"<small>(base → {esc(repr(t.get('base_top1_text', '')))}, tuned → {esc(repr(t.get('tuned_top1_text', '')))})</small>")
+    return out
+
+
+def render(page: Any, runs_dir: str, problem: str | None = None, key: str = "diff") -> int:
+    """Draw the page into ``page`` (``streamlit`` or a container): a run picker, the summary, the top-KL contexts
+    and every figure of the chosen run. Returns the number of plotly charts drawn."""
+    if problem:
+        page.warning(problem[:1].upper() + problem[1:] + ".")
+        return 0
+    runs = diff_runs(runs_dir)
+    if not runs:
+        page.info(f"No dataset-level diff under {runs_dir!r}. Make one with "
+                  f"`workbench diff BASE TUNED --data corpus.jsonl --runs-dir {runs_dir}`.")
+        return 0
+    labels = [r.label for r in runs]
+    choice = page.selectbox("Diff run", list(range(len(runs))), format_func=lambda i: labels[i], key=f"{key}-run")
+    result = runs[choice]
+    page.caption(str(result.run_dir))
+    page.dataframe(summary_rows(result.record), hide_index=True)
+    lines = context_lines(result.record)
+    if lines:
+        with page.expander("Top-KL positions in context", expanded=True):
+            page.markdown("<br>".join(lines), unsafe_allow_html=True)
+    figs, notes = run_figures(result)
+    for note in notes:
+        page.warning(note)
+    for i, fig in enumerate(figs):
+        page.plotly_chart(fig, key=f"{key}-{choice}-{i}", config={"displaylogo": False})
+    return len(figs)

@@ -1,0 +1,242 @@
+"""The streaming pass of dataset-level diffing: one forward pass of each model per batch, every statistic read
+from hooks inside those two passes, running sums only (never ``[N, pos, d_vocab]`` or ``[N, pos, d_model]``).
+
+Per batch of ``batch_size`` rows (right-padded, ``attention_mask`` set):
+
+1. base forward with read-only hooks at ``blocks.{l}.hook_resid_post`` and ``blocks.{l}.attn.hook_z`` of every
+   layer (kept for this batch only);
+2. tuned forward (under ``pair.tuned_context()``, so an intervention on shared weights is attached) whose hooks
+   compare each layer with the base's as soon as it is computed: residual and head-output differences
+   (:mod:`probes.diff.layers`), the ADL sums (:mod:`probes.diff.adl`), the logit-lens sample (:mod:`probes.diff.lens`);
+3. from the two logit tensors, in chunks of rows: per-token KL and its top contexts (:mod:`probes.diff.kl`),
+   vocabulary shifts (:mod:`probes.diff.mining`), next-token NLL of each model.
+
+Memory is O(batch · pos · (n_layers · d_model + d_vocab)) for one batch plus O(d_vocab + k · d_model) of sums,
+whatever the corpus size; rows are read from the iterable lazily, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from probes.diff.adl import DeltaAccumulator
+from probes.diff.kl import KLStats
+from probes.diff.layers import LayerStats, check_layer
+from probes.diff.lens import LensStats
+from probes.diff.mining import TokenShift
+from probes.diff.stats import TokenMean
+from workbench.architecture import w_o
+from workbench.data import right_pad
+from workbench.errors import ConfigError
+from workbench.hooked import hooks
+from workbench.sites import Site
+
+
+@dataclass
+class DiffSettings:
+    """What the streaming pass measures and how it batches.
+
+    Attributes:
+        batch_size: rows per forward pass (memory grows with it; the result does not, see module docstring).
+        max_length: tokens kept per row (BOS included), the rest truncated.
+        layer: the ADL layer (``None``: ``n_layers // 2``; negative counts from the end).
+        adl_positions: ``k``, the first text positions averaged by ADL (paper: 5).
+        top_k_contexts, context_window: top-KL positions kept, and tokens of context on each side.
+        top_k_tokens: tokens listed per diff-mining ranking.
+        lens_token_stride: the logit lens of every layer reads every ``lens_token_stride``-th real token of each
+            batch (its 1st, (1+stride)-th, ...; 1 = all). The lens costs one unembedding per layer per position read
+            (on SmolLM2, 30 layers × a 576 × 49152 product ≈ 6 forward passes' worth per token read), so the default
+            (128) keeps it near 5% of the two forward passes.
+        chunk_positions: positions per chunk when reducing the ``[rows, pos, d_vocab]`` logits.
+    """
+
+    batch_size: int = 8
+    max_length: int = 128
+    layer: int | None = None
+    adl_positions: int = 5
+    top_k_contexts: int = 20
+    context_window: int = 12
+    top_k_tokens: int = 20
+    lens_token_stride: int = 128
+    chunk_positions: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "adl_positions", "chunk_positions", "lens_token_stride"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"DiffSettings.{name} must be an integer >= 1, got {v!r}")
+        for name in ("top_k_contexts", "context_window", "top_k_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"DiffSettings.{name} must be an integer >= 0, got {v!r}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
+            raise ConfigError(f"DiffSettings.layer must be an integer or null, got {self.layer!r}")
+
+
+@dataclass
+class CorpusDiff:
+    """What :func:`diff_corpus` measured: ``metrics`` (JSON-ready) and the ADL differences (tensors)."""
+
+    metrics: dict[str, Any]
+    delta: Tensor
+    delta_by_position: Tensor
+    mean_base_norm: float
+    base_nll_nats: float
+    layer: int
+    n_batches: int
+    forward_passes: dict[str, int] = field(default_factory=dict)
+
+
+def token_rows(texts: Iterable[str], tokenizer: Any, max_length: int, prepend_bos: bool) -> Iterable[list[int]]:
+    """Each text as token ids (BOS first when ``prepend_bos``), truncated to ``max_length``; texts without tokens
+    are skipped. Lazy: reads ``texts`` one at a time."""
+    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
+    for text in texts:
+        if not isinstance(text, str):
+            raise ConfigError(f"the corpus must be texts (str), got {type(text).__name__}")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids:
+            yield (bos + ids)[:max_length]
+
+
+def _lens_sample(mask: Tensor, stride: int) -> Tensor:
+    """Flat indices of every ``stride``-th real position of the batch (row-major)."""
+    return mask.flatten().nonzero().squeeze(-1)[::stride]
+
+
+@torch.no_grad()
+def diff_corpus(pair: Any, texts: Iterable[str], settings: DiffSettings | None = None,
+                log: Callable[[str], None] | None = None) -> CorpusDiff:
+    """Stream ``texts`` through both models of ``pair`` (a :class:`~workbench.pair.ModelPair`) and measure
+    where they differ (see the module docstring; each statistic's definition is in its module).
+
+    Raises:
+        ConfigError: an empty corpus (no text with a token), a non-text item, an ADL layer that does not exist,
+            or bad settings.
+    """
+    s = settings or DiffSettings()
+    info = pair.base_info
+    n_layers, n_heads = info.n_layers, info.n_heads
+    layer = check_layer(n_layers // 2 if s.layer is None else s.layer, n_layers, "layer")
+    tok = pair.tokenizer
+    decode = lambda i: tok.decode([i])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = next(pair.base.parameters()).device
+    rows = iter(token_rows(texts, tok, s.max_length, pair.prepend_bos))
+    first = list(itertools.islice(rows, s.batch_size))
+    if not first:
+        raise ConfigError("the corpus is empty: no text with at least one token; pass a file with text rows")
+
+    kl, shift = KLStats(s.top_k_contexts, s.context_window, s.max_length), TokenShift(info.d_vocab)
+    layers, adl = LayerStats(n_layers, n_heads), DeltaAccumulator(s.adl_positions, info.d_model, int(pair.prepend_bos))
+    lens = {"base": LensStats(n_layers), "tuned": LensStats(n_layers)}
+    nll = {"base": TokenMean(), "tuned": TokenMean()}
+    w_base = [w_o(pair.base, l).detach() for l in range(n_layers)]
+    with pair.tuned_context():
+        w_tuned = [w_o(pair.tuned, l).detach().clone() for l in range(n_layers)]
+    passes = {"base": 0, "tuned": 0}
+    offset, n_batches = 0, 0
+    batch = first
+    while batch:
+        ids, mask, _ = right_pad(batch, pad)
+        ids, mask = ids.to(device), mask.to(device)
+        m = mask.bool()
+        sel = _lens_sample(m, s.lens_token_stride)
+        acts: dict[tuple[str, int], Tensor] = {}
+
+        def keep(kind: str, l: int, acts: dict = acts) -> Callable[[Tensor], None]:
+            def fn(x: Tensor) -> None:
+                acts[kind, l] = x.detach()
+            return fn
+
+        sites = [Site(l, h) for l in range(n_layers) for h in ("hook_resid_post", "attn.hook_z")]
+        layers.start_batch()
+        with hooks(pair.base, {st: keep(st.hook, st.layer) for st in sites}):
+            base_logits = pair.base(input_ids=ids, attention_mask=mask).logits
+        passes["base"] += 1
+        lens_base = torch.stack([acts["hook_resid_post", l].flatten(0, 1)[sel] for l in range(n_layers)])
+        lens["base"].update(pair.base, lens_base, base_logits.flatten(0, 1)[sel])
+        lens_tuned: list[Tensor | None] = [None] * n_layers
+
+        def compare(kind: str, l: int, acts: dict = acts, m: Tensor = m, sel: Tensor = sel,
+                    lens_tuned: list = lens_tuned) -> Callable[[Tensor], None]:
+            def fn(x: Tensor) -> None:
+                b = acts.pop((kind, l))
+                if kind == "hook_resid_post":
+                    layers.add_resid(l, x, b, m)
+                    lens_tuned[l] = x.detach().flatten(0, 1)[sel]
+                    if l == layer:
+                        adl.update(x, b, m)
+                else:
+                    layers.add_heads(l, x, b, w_tuned[l], w_base[l], m)
+            return fn
+
+        with pair.tuned_context():
+            with hooks(pair.tuned, {st: compare(st.hook, st.layer) for st in sites}):
+                tuned_logits = pair.tuned(input_ids=ids, attention_mask=mask).logits
+            passes["tuned"] += 1
+            if any(v is None for v in lens_tuned):
+                raise RuntimeError("the tuned forward pass did not reach every layer")
+            lens["tuned"].update(pair.tuned, torch.stack(lens_tuned), tuned_logits.flatten(0, 1)[sel])
+        layers.end_batch(m.cpu())
+        acts.clear()
+
+        # logits -> KL, mining, NLL over the real positions only, in chunks, so only one chunk's log-probabilities
+        # live at a time; exp() of each side is taken once and shared by KL and the Δprob sums
+        b, t = ids.shape
+        flat_m = m.flatten()
+        real = flat_m.nonzero().squeeze(-1)
+        nxt = torch.cat([ids[:, 1:], ids[:, -1:]], 1).flatten()[real]
+        has_next = (torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1).flatten() & flat_m)[real]
+        kl_flat, zeros = torch.zeros(b * t, device=device), torch.zeros(b * t, dtype=torch.long, device=device)
+        top1 = {"base": zeros.clone(), "tuned": zeros.clone()}
+        p_next = {"base": torch.zeros(b * t, device=device), "tuned": torch.zeros(b * t, device=device)}
+        flat_b, flat_t = base_logits.flatten(0, 1), tuned_logits.flatten(0, 1)
+        for c in range(0, real.numel(), s.chunk_positions):
+            at = real[c:c + s.chunk_positions]
+            lb, lt = flat_b[at].float().log_softmax(-1), flat_t[at].float().log_softmax(-1)
+            pb, pt = lb.exp(), lt.exp()
+            dl = lt - lb
+            kl_flat[at] = (pt * dl).sum(-1).clamp_min(0.0)
+            tb, tt = lb.argmax(-1), lt.argmax(-1)
+            top1["base"][at], top1["tuned"][at] = tb, tt
+            shift.add_sums(pt.sum(0) - pb.sum(0), dl.sum(0), tb, tt)
+            hn = has_next[c:c + s.chunk_positions]
+            for role, lp in (("base", lb), ("tuned", lt)):
+                got = lp.gather(-1, nxt[c:c + s.chunk_positions, None]).squeeze(-1)
+                p_next[role][at] = got.exp()
+                nll[role].add(-(got * hn).sum().double().cpu(), int(hn.sum()))
+            del lb, lt, pb, pt, dl
+        del base_logits, tuned_logits, flat_b, flat_t
+        shape = lambda x, b=b, t=t: x.view(b, t).cpu()
+        kl.update(shape(kl_flat), m.cpu(), ids.cpu(), offset, shape(top1["base"]), shape(top1["tuned"]),
+                  shape(p_next["base"]), shape(p_next["tuned"]))
+        offset += b
+        n_batches += 1
+        if log:
+            log(f"      batch {n_batches}: {offset} rows, mean KL so far {kl.tokens.mean():.4g} nats/token")
+        batch = list(itertools.islice(rows, s.batch_size))
+
+    a = adl.result()
+    base_nll = nll["base"].mean()
+    metrics = {
+        "n_rows": offset, "n_tokens": kl.result()["n_tokens"], "n_batches": n_batches, "layers": n_layers, "heads": n_heads,
+        "kl": kl.result(decode), "mining": shift.result(s.top_k_tokens, decode), "layer_diff": layers.result(),
+        "logit_lens": {"base": lens["base"].result(), "tuned": lens["tuned"].result(),
+                       "statistics": {"top1_agreement": "share of sampled positions whose lens top-1 equals the model's final top-1",
+                                      "kl_to_final": "mean KL(P_final ‖ P_lens) over sampled positions (nats)",
+                                      "lens_token_stride": s.lens_token_stride}},
+        "nll": {"base_nats_per_token": base_nll, "tuned_nats_per_token": nll["tuned"].mean()},
+        "adl": {"layer": layer, "positions": s.adl_positions, "first_position": int(pair.prepend_bos),
+                "n_by_position": a["n_by_position"], "delta_norm": a["delta_norm"],
+                "delta_norm_by_position": a["delta_norm_by_position"], "mean_base_norm": a["mean_base_norm"]},
+        "forward_passes": passes,
+    }
+    return CorpusDiff(metrics, a["delta"].float(), a["delta_by_position"].float(), float(a["mean_base_norm"]),
+                      float(base_nll), layer, n_batches, passes)

@@ -1,0 +1,23 @@
+"""``python -m studies.model_diff --config tiny|default|PATH.json --out runs/model_diff``."""
+
+from __future__ import annotations
+
+from studies.common import study_main
+from studies.model_diff.study import ModelDiffConfig, run
+
+
+def report(record: dict) -> None:
+    m = record["metrics"]
+    st = m["adl"]["steering"]
+    print(f"\nmean KL {m['kl']['mean_per_token']:.4g} nats/token over {m['n_tokens']} tokens ({m['n_rows']} rows)")
+    print("tokens rising most (mean Δp): " + ", ".join(repr(r["token"]) for r in m["mining"]["rising_by_prob"][:10]))
+    print("ADL logit lens of δ: " + ", ".join(repr(r["token"]) for r in m["adl"]["lens"]["positive"][:10]))
+    print(f"steering α chosen: {st['chosen_alpha']}; wall time {record['run_info']['wall_time_s']:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main("model_diff", __doc__, ModelDiffConfig.load, run, report, argv, out_help="results.json, figures/, report.html")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

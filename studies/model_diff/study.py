@@ -1,0 +1,286 @@
+"""Dataset-level model diff: what changed between a base and a tuned model, measured over a whole corpus.
+
+Sources: per-token KL, residual and head-output differences and the logit lens as in METHODS.md ("Dataset-level
+model diffing"); diff mining and the Activation Difference Lens from Minder et al., "Narrow Finetuning Leaves
+Clearly Readable Traces in Activation Differences", arXiv 2510.13900 (2025), §3.
+
+Protocol (:func:`run`):
+1. validate the config and read the corpus rows (:func:`workbench.datafiles.load_rows`) — before any model loads;
+2. load the pair (:func:`workbench.models.tuned.load_pair`) unless one is passed; check the ADL layer;
+3. one streaming pass over the corpus (:func:`probes.diff.diff_corpus`): one forward of each model per batch;
+4. ADL readouts of δ (mean tuned − base residual at ``layer`` over the first ``adl_positions`` text tokens):
+   logit lens, Patchscope on the base model, steering search on the base model (coherence threshold = the base
+   model's mean NLL on the corpus + ``coherence_margin_nats``);
+5. ``results.json``, ``figures/*.json|html`` and ``report.html`` (each written atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studies.common import ShippedConfig, save_results
+from workbench.errors import ConfigError
+
+STUDY = "model_diff"
+
+
+def _positive(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"ModelDiffConfig.{name} must be an integer >= 1, got {v!r}")
+
+
+def _finite_list(name: str, v: list) -> list[float]:
+    if not v or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in v):
+        raise ConfigError(f"ModelDiffConfig.{name} must be a non-empty list of finite numbers, got {v!r}")
+    return [float(a) for a in v]
+
+
+@dataclass
+class ModelDiffConfig(ShippedConfig):
+    """Settings of ``workbench diff`` / ``python -m studies.model_diff`` (``configs/{tiny,default}.json``).
+
+    Attributes:
+        base, tuned: model specs for :func:`workbench.models.tuned.load_pair` (tuned: run folder, adapter, peft
+            adapter, model directory, registry name or Hugging Face id).
+        data: corpus file (JSONL / JSON / CSV / Parquet, rows of ``text``, ``prompt``+``completion`` or ``messages``).
+        texts: the corpus inline, used when ``data`` is empty (tests, small configs).
+        fields: column mapping for ``data`` (:func:`workbench.datafiles.load_rows`).
+        max_rows: rows read from the corpus (the first ones).
+        batch_size, max_length: rows per forward pass; tokens kept per row (BOS included).
+        layer: ADL layer (``null``: ``n_layers // 2``).
+        adl_positions: first text tokens averaged for δ (paper: 5).
+        top_k_contexts, context_window, top_k_tokens: sizes of the top-KL view and the diff-mining lists.
+        lens_token_stride: the per-layer logit lens reads every n-th real token of a batch (1 = all; default 128).
+        patchscope_prompt, patchscope_placeholder, patchscope_scales: the identity prompt, its placeholder and the
+            scales of δ/‖δ‖ in units of the mean base residual norm at the layer.
+        steering_prompts, steering_alphas, steering_max_new_tokens: greedy steered generations of the base model;
+            α in units of the mean base residual norm (0 = unsteered reference).
+        coherence_margin_nats, min_distinct_fraction: a steered generation is coherent when the unsteered base
+            model's NLL of it is ≤ base NLL on the corpus + margin, and ≥ this share of its tokens is distinct.
+        device: ``"cpu"`` / ``"cuda"`` (``null``: the first available).
+
+    Raises:
+        ConfigError: neither ``data`` nor ``texts``, both, a non-positive size, a negative count, an empty or
+            non-finite scale / α list, no steering prompt.
+    """
+
+    base: str = "smollm2-135m-instruct"
+    tuned: str = ""
+    data: str = ""
+    texts: list[str] = field(default_factory=list)
+    fields: dict[str, str] | None = None
+    max_rows: int = 256
+    batch_size: int = 8
+    max_length: int = 128
+    layer: int | None = None
+    adl_positions: int = 5
+    top_k_contexts: int = 20
+    context_window: int = 12
+    top_k_tokens: int = 20
+    lens_token_stride: int = 128
+    patchscope_prompt: str = "cat -> cat; 1135 -> 1135; hello -> hello; ? ->"
+    patchscope_placeholder: str = "?"
+    patchscope_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    steering_prompts: list[str] = field(default_factory=lambda: ["Tell me about yourself.", "The weather today is"])
+    steering_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    steering_max_new_tokens: int = 24
+    coherence_margin_nats: float = 1.0
+    min_distinct_fraction: float = 0.3
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tuned.strip():
+            raise ConfigError("ModelDiffConfig.tuned is empty: give the tuned model (run folder, adapter, model directory or id)")
+        if bool(self.data.strip()) == bool(self.texts):
+            raise ConfigError("ModelDiffConfig needs exactly one corpus: `data` (a file) or `texts` (a list), got "
+                              + ("both" if self.texts else "neither"))
+        if self.texts and not any(isinstance(t, str) and t.strip() for t in self.texts):
+            raise ConfigError("ModelDiffConfig.texts is empty: no text with a character in it")
+        for name in ("max_rows", "batch_size", "max_length", "adl_positions", "steering_max_new_tokens", "lens_token_stride"):
+            _positive(name, getattr(self, name))
+        for name in ("top_k_contexts", "context_window", "top_k_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"ModelDiffConfig.{name} must be an integer >= 0, got {v!r}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
+            raise ConfigError(f"ModelDiffConfig.layer must be an integer or null, got {self.layer!r}")
+        self.patchscope_scales = _finite_list("patchscope_scales", self.patchscope_scales)
+        self.steering_alphas = _finite_list("steering_alphas", self.steering_alphas)
+        if not self.steering_prompts or not all(isinstance(p, str) and p.strip() for p in self.steering_prompts):
+            raise ConfigError("ModelDiffConfig.steering_prompts must be a non-empty list of non-empty texts")
+        if self.patchscope_placeholder not in self.patchscope_prompt:
+            raise ConfigError(f"ModelDiffConfig.patchscope_prompt {self.patchscope_prompt!r} has no placeholder "
+                              f"{self.patchscope_placeholder!r}")
+        for name in ("coherence_margin_nats", "min_distinct_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"ModelDiffConfig.{name} must be a finite number, got {v!r}")
+        if not 0 <= self.min_distinct_fraction <= 1:
+            raise ConfigError(f"ModelDiffConfig.min_distinct_fraction must be in [0, 1], got {self.min_distinct_fraction!r}")
+
+
+def n_layers_hint(base: str) -> int | None:
+    """The base model's layer count from its ``config.json`` without loading weights (registry name already in
+    the cache, or a model directory); ``None`` when it cannot be read cheaply."""
+    from workbench.models import REGISTRY
+
+    candidates = [Path(base).expanduser() / "config.json"]
+    if base in REGISTRY:
+        from workbench.models import cache_root
+
+        candidates.append(cache_root() / "models" / base / "config.json")
+    for path in candidates:
+        try:
+            c = json.loads(path.read_text())
+            c = c.get("text_config", c)
+            return int(c["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def check_before_load(cfg: ModelDiffConfig) -> Any:
+    """Everything that can be refused before a model loads: the corpus rows (read and validated) and the layer
+    index (against the base's ``config.json`` when it is readable). Returns the rows (or the inline texts).
+
+    Raises:
+        ConfigError: an unreadable or empty corpus, a layer the base model does not have.
+    """
+    from probes.diff.layers import check_layer
+
+    if cfg.data.strip():
+        from workbench.datafiles import load_rows
+
+        corpus = load_rows(cfg.data, fields=cfg.fields, limit=cfg.max_rows)
+        if len(corpus) == 0:
+            raise ConfigError(f"the corpus {cfg.data!r} has no rows")
+    else:
+        corpus = [t for t in cfg.texts if isinstance(t, str)][: cfg.max_rows]
+    if cfg.layer is not None:
+        n = n_layers_hint(cfg.base)
+        if n is not None:
+            check_layer(cfg.layer, n, "--layer")
+    return corpus
+
+
+def corpus_text_list(corpus: Any, tokenizer: Any) -> list[str]:
+    """Texts of the corpus rows (chat rows through the tokenizer's chat template)."""
+    if isinstance(corpus, list):
+        return corpus
+    from workbench.datafiles import corpus_texts
+
+    return corpus_texts(corpus, tokenizer)
+
+
+def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callable[[str], None] = print,
+        corpus: Any = None) -> dict[str, Any]:
+    """Run the diff; write ``results.json``, ``figures/`` and ``report.html`` into ``out_dir``; return the record.
+
+    Args:
+        pair: an already loaded :class:`~workbench.pair.ModelPair` (else ``cfg.base`` / ``cfg.tuned`` are loaded).
+        corpus: what :func:`check_before_load` returned (else it is called here, still before any model loads).
+
+    Raises:
+        ConfigError: as :func:`check_before_load`, an empty corpus after tokenization, a bad layer.
+        ModelNotFoundError, MismatchError, CheckpointError: as :func:`workbench.models.tuned.load_pair`.
+    """
+    from probes.diff import (
+        DiffSettings,
+        diff_corpus,
+        lens_tokens,
+        patchscope,
+        steering_search,
+    )
+    from studies.model_diff.figures import figures, write_report
+
+    started = time.time()
+    timing: dict[str, float] = {}
+    corpus = check_before_load(cfg) if corpus is None else corpus
+    settings = DiffSettings(batch_size=cfg.batch_size, max_length=cfg.max_length, layer=cfg.layer, adl_positions=cfg.adl_positions,
+                            top_k_contexts=cfg.top_k_contexts, context_window=cfg.context_window, top_k_tokens=cfg.top_k_tokens,
+                            lens_token_stride=cfg.lens_token_stride)
+    tuned_kind = "given"
+    if pair is None:
+        from workbench.models.tuned import load_pair
+
+        log(f"[1/4] loading base {cfg.base} and tuned {cfg.tuned}")
+        loaded = load_pair(cfg.base, cfg.tuned, device=cfg.device)
+        pair, tuned_kind = loaded.pair, loaded.tuned_kind
+    timing["load_s"] = time.time() - started
+    texts = corpus_text_list(corpus, pair.tokenizer)
+    out_dir = Path(out_dir)
+
+    log(f"[2/4] streaming {len(texts)} rows in batches of {cfg.batch_size} (one forward of each model per batch)")
+    t0 = time.time()
+    diff = diff_corpus(pair, texts, settings)
+    timing["stream_s"] = time.time() - t0
+    m = diff.metrics
+    log(f"      mean KL {m['kl']['mean_per_token']:.4g} nats/token over {m['n_tokens']} tokens; "
+        f"base NLL {m['nll']['base_nats_per_token']:.3f}, tuned NLL {m['nll']['tuned_nats_per_token']:.3f} nats/token")
+
+    log(f"[3/4] Activation Difference Lens at layer {diff.layer} (‖δ‖ = {diff.delta.norm():.4g}, mean ‖r_base‖ = {diff.mean_base_norm:.4g})")
+    t0 = time.time()
+    tok = pair.tokenizer
+    decode = lambda i: tok.decode([i])
+    base = pair.base
+    adl = dict(m["adl"])
+    adl["lens"] = lens_tokens(base, diff.delta, cfg.top_k_tokens, decode)
+    adl["lens_by_position"] = [lens_tokens(base, d, min(cfg.top_k_tokens, 10), decode) for d in diff.delta_by_position]
+    adl["patchscope"] = patchscope(base, tok, diff.delta, diff.layer, cfg.patchscope_scales, diff.mean_base_norm,
+                                   cfg.patchscope_prompt, cfg.patchscope_placeholder, pair.prepend_bos, cfg.top_k_tokens, decode)
+    threshold = diff.base_nll_nats + cfg.coherence_margin_nats
+    adl["steering"] = steering_search(base, tok, diff.delta, diff.layer, cfg.steering_alphas, diff.mean_base_norm,
+                                      cfg.steering_prompts, threshold, cfg.min_distinct_fraction, cfg.steering_max_new_tokens,
+                                      pair.prepend_bos, log=log)
+    adl["steering"]["threshold_rule"] = f"base NLL on the corpus ({diff.base_nll_nats:.3f}) + margin {cfg.coherence_margin_nats:g} nats"
+    m["adl"] = adl
+    timing["adl_s"] = time.time() - t0
+    m["timing_s"] = timing
+    m["tuned_kind"] = tuned_kind
+    m["tokens_per_s_stream"] = m["n_tokens"] / max(timing["stream_s"], 1e-9)
+
+    log(f"[4/4] writing {out_dir}/results.json, figures/ and report.html")
+    device = str(next(base.parameters()).device)
+    record = save_results(out_dir, {**cfg.to_dict(), "study": STUDY}, m, {"base": pair.base_info, "tuned": pair.tuned_info},
+                          device, started, figures)
+    write_report(out_dir / "report.html", record)
+    chosen = adl["steering"]["chosen_alpha"]
+    log(f"      done in {record['run_info']['wall_time_s']:.0f} s; steering α chosen: {chosen}")
+    return record
+
+
+def plan_and_run(cfg: ModelDiffConfig, runs_dir: str | Path, name: str | None, out: str | Path | None = None,
+                 load: Callable[[ModelDiffConfig], Any] | None = None, log: Callable[[str], None] = print) -> Path:
+    """The ``workbench diff`` job: check the run folder (``runs_dir / name``, or ``out`` which must lie inside
+    ``runs_dir``) and the corpus and layer, then load (``load(cfg)`` returns a ModelPair, default
+    :func:`workbench.models.tuned.load_pair`), run inside :func:`workbench.runs.run_folder`; return the folder.
+
+    Raises:
+        ConfigError: a bad run name or folder, ``out`` outside ``runs_dir``, ``out`` with ``name``, a bad corpus or
+            layer — all before any model loads.
+    """
+    import datetime as dt
+
+    from workbench.runs import check_output_dir, plan_run, run_folder
+
+    if out is not None:
+        if name is not None:
+            raise ConfigError("pass either --out or --name, not both (--name makes the folder <runs-dir>/<name>)")
+        root, target = Path(runs_dir).expanduser().resolve(), Path(out).expanduser().resolve()
+        if target == root or root not in target.parents:
+            raise ConfigError(f"--out {str(out)!r} is outside the runs folder {str(runs_dir)!r} (the app lists runs from there); "
+                              "pass a folder inside it, set --runs-dir to a folder that holds it, or use --name")
+        run_dir = check_output_dir(out, "--out")
+    else:
+        run_dir = plan_run(runs_dir, name, f"diff-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    corpus = check_before_load(cfg)
+    with run_folder(run_dir):
+        pair = load(cfg) if load is not None else None
+        run(cfg, run_dir, pair=pair, log=log, corpus=corpus)
+    return run_dir
