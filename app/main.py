@@ -6,7 +6,9 @@ Start it with ``make app``, ``workbench app`` or
 
 Both models are loaded once per (base, tuned, device) and shared by every browser session
 (``st.cache_resource``); each prompt is analysed once (one pass of each model) and cached; the views only
-re-plot. Forward passes of a pair are serialised by its lock, because a tuned model given as an
+re-plot. Only the selected view is built and sent (a selector, not ``st.tabs``, which builds every tab on
+every run); each view is a fragment, so its pickers rerun it alone; the prompt, view and position live in
+the URL. Forward passes of a pair are serialised by its lock, because a tuned model given as an
 intervention hooks the base weights it shares; a session whose prompt waits for that lock is told so.
 
 Every failure is shown in the page with what to do next: a runs folder that does not exist, a model that
@@ -26,11 +28,12 @@ import streamlit as st
 from app import render
 from app.views import diff as diff_view
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
+from app.views.method import method_views
 from app.views.load import DEFAULT_BASE, LoadedPair, available_devices, load_pair, run_folders, runs_folder_problem
 from workbench.errors import WorkbenchError
 
 OTHER = "other: model directory or Hugging Face id…"
-WAITING = "Waiting for another session's analysis… (the pair analyses one prompt at a time; yours starts when it is done)"
+WAITING = "Queued: waiting for another session's analysis… (the pair analyses one prompt at a time; yours starts when it is done)"
 EXAMPLE_PROMPT = "The apple is in Box F, the key is in Box C, the coin is in Box A. Box C contains the"
 
 
@@ -129,10 +132,16 @@ def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, st
     """The prompt box (always there, so a typed prompt survives a model that failed to load) and its
     analysis. A refused prompt keeps the previous prompt's results on the page, under the error. Returns the
     analysis to draw and, when there is none, what the empty views should say."""
+    shared = st.query_params.get("prompt")  # a link with ?prompt=… (or a reload) analyses that prompt
+    if shared and "active_prompt" not in st.session_state:
+        st.session_state["active_prompt"] = shared
     with st.form("prompt_form"):
-        prompt = st.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", EXAMPLE_PROMPT, key="prompt", height=90)
+        prompt = st.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", shared or EXAMPLE_PROMPT, key="prompt", height=90)
         if st.form_submit_button("Analyse", type="primary"):
             st.session_state["active_prompt"] = prompt
+            if prompt != st.query_params.get("prompt"):
+                st.query_params["prompt"] = prompt
+                st.query_params.pop("pos", None)  # a new prompt starts at its last position
     active = st.session_state.get("active_prompt")
     if loaded is None:
         if active is not None:
@@ -169,39 +178,75 @@ def main() -> None:
         st.error(load_error)
     analysis, empty_note = prompt_section(loaded)
 
+    view = view_selector()
+    marked = marked_heads(loaded) if loaded is not None and view in ("Attention", "Heads & neurons") else []
+    show_view(view, loaded, analysis, empty_note, runs_dir, runs_problem, marked)
+
+
+#: The page's views. Only the selected one is built and sent (a selector, not st.tabs, which would build every
+#: tab's content on every run); each is a fragment, so its own controls rerun only it.
+VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
+
+
+def view_selector() -> str:
+    """The view picker; its choice is kept in the URL (``?view=…``), so a link opens the same view."""
+    if "view" not in st.session_state:
+        wanted = st.query_params.get("view")
+        st.session_state["view"] = wanted if wanted in VIEWS else VIEWS[0]
+    view = st.radio("View", VIEWS, horizontal=True, key="view", label_visibility="collapsed")
+    st.query_params["view"] = view
+    return view
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _marked_heads(pair_key: str, _loaded: LoadedPair) -> list[list[int]]:
+    if _loaded.intervention is None:  # a tuned model: no heads to mark (and no weight-change view to compute)
+        return []
+    return [h for v in method_views(_loaded) for h in v.marked_heads]
+
+
+def marked_heads(loaded: LoadedPair) -> list[list[int]]:
+    """The heads the method intervenes on (boxed in the attention and heads views), once per pair."""
+    try:
+        return _marked_heads(loaded.key, loaded)
+    except Exception:  # noqa: BLE001 — the method view reports an unreadable intervention; here: nothing to mark
+        return []
+
+
+@st.fragment
+def show_view(view: str, loaded: LoadedPair | None, analysis: PromptAnalysis | None, empty_note: str, runs_dir: str,
+              runs_problem: str | None, marked: list[list[int]]) -> int:
+    """Build and send the selected view only (a fragment: its position / layer / head pickers rerun this
+    function alone, not the page)."""
     build_started = time.perf_counter()
-    names = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
-    tabs = st.tabs(names)
-    n_figs, marked = 0, []
-    if loaded is not None:
-        with tabs[4]:
+    n_figs = 0
+    key = loaded.key if loaded is not None else ""
+    if view == "Method":
+        if loaded is None:
+            st.info(empty_note)
+        else:
             try:
-                n, marked = render.method_tab(loaded, analysis)
-                n_figs += n
+                n_figs, _ = render.method_tab(loaded, analysis)
             except Exception as exc:  # noqa: BLE001 — an intervention this view cannot read: say so in the page
                 st.error(f"Cannot show what the method touched ({type(exc).__name__}: {exc}). The other views still work; "
                          "if this intervention should be readable, it is a bug: the server's log has the details.")
-    else:
-        tabs[4].info(empty_note)
-    if analysis is not None:
-        with tabs[0]:
-            n_figs += render.predictions_tab(analysis)
-        with tabs[1]:
-            n_figs += render.residual_tab(analysis)
-        with tabs[2]:
-            n_figs += render.attention_tab(analysis, marked)
-        with tabs[3]:
-            n_figs += render.heads_tab(analysis, marked)
-    else:
-        for tab in tabs[:4]:
-            tab.info(empty_note)
-    with tabs[5]:
-        n_figs += render.runs_tab(runs_dir, runs_problem)
-    with tabs[6]:
-        n_figs += diff_view.render(st, runs_dir, runs_problem)
+    elif view == "Run results":
+        n_figs = render.runs_tab(runs_dir, runs_problem)
+    elif view == "Dataset diff":
+        n_figs = diff_view.render(st, runs_dir, runs_problem)
+    elif analysis is None:
+        st.info(empty_note)
+    elif view == "Predictions & logit lens":
+        n_figs = render.predictions_tab(analysis, key)
+    elif view == "Residual stream":
+        n_figs = render.residual_tab(analysis, key)
+    elif view == "Attention":
+        n_figs = render.attention_tab(analysis, marked, key)
+    elif view == "Heads & neurons":
+        n_figs = render.heads_tab(analysis, marked, key)
     # The browser test and the latency benchmark wait for this line, then for this many plotly charts.
-    st.caption(f"figures on this page: {n_figs} — built in {time.perf_counter() - build_started:.2f} s"
+    st.caption(f"figures on this page: {n_figs} — view {view!r} — built in {time.perf_counter() - build_started:.2f} s"
                + (f" — prompt {analysis.prompt[:40]!r}" if analysis is not None else ""))
-
+    return n_figs
 
 main()

@@ -25,28 +25,46 @@ MEAN = "mean over positions"
 
 def position_picker(a: PromptAnalysis, key: str, allow_mean: bool = False, container=st) -> int | None:
     """A select box over the prompt's positions (last by default); ``None`` means "mean over positions".
-    The widget key includes the prompt, so a new prompt starts again at its last position."""
+    The widget key includes the prompt, so a new prompt starts again at its last position. The choice is kept
+    in the URL (``?pos=…``) and a page opened from such a URL starts there."""
     options = ([MEAN] if allow_mean else []) + list(range(a.n_pos))
     labels = a.labels()
-    choice = container.selectbox("Position", options, index=len(options) - 1, key=f"{key}-{hash(a.prompt)}",
-                                 format_func=lambda p: p if p == MEAN else labels[p])
+    widget = f"{key}-{hash(a.prompt)}"
+    index = len(options) - 1
+    wanted = st.query_params.get("pos")  # a shared link (or a reload) opens at the position it was at
+    if widget not in st.session_state and wanted is not None:
+        index = next((i for i, o in enumerate(options) if str(o).replace(MEAN, "mean") == wanted), index)
+    choice = container.selectbox("Position", options, index=index, key=widget, format_func=lambda p: p if p == MEAN else labels[p])
+    st.query_params["pos"] = "mean" if choice == MEAN else str(choice)
     return None if choice == MEAN else choice
 
 
-def predictions_tab(a: PromptAnalysis) -> int:
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _cached_figures(view: str, pair_key: str, prompt: str, args: tuple, _build):
+    """A view's figures for one (pair, prompt, control values), built once: reopening a view, or going back
+    to a position already seen, re-sends them without re-plotting (figures are not modified when drawn)."""
+    return _build()
+
+
+def figures_for(view: str, a: PromptAnalysis, key: str, args: tuple, build) -> list:
+    """``build()`` cached per ``(view, pair key, prompt, args)``; uncached when there is no pair key."""
+    return _cached_figures(view, key, a.prompt, args, build) if key else build()
+
+
+def predictions_tab(a: PromptAnalysis, key: str = "") -> int:
     pos = position_picker(a, "pos_predictions")
     st.caption("Top next-token candidates of both models after the chosen position; KL(P_tuned ‖ P_base) at every position; "
                "the logit lens reads each layer's residual stream through the model's own final norm and unembedding.")
     st.dataframe(vf.prediction_table(a, pos), hide_index=True)
-    return _charts(vf.prediction_figures(a, pos), "pred")
+    return _charts(figures_for("pred", a, key, (pos,), lambda: vf.prediction_figures(a, pos)), "pred")
 
 
-def residual_tab(a: PromptAnalysis) -> int:
+def residual_tab(a: PromptAnalysis, key: str = "") -> int:
     st.caption("hook_resid_post of every layer, tuned − base, at every position (same tokens through both models).")
-    return _charts(vf.residual_figures(a), "resid")
+    return _charts(figures_for("resid", a, key, (), lambda: vf.residual_figures(a)), "resid")
 
 
-def attention_tab(a: PromptAnalysis, marked) -> int:
+def attention_tab(a: PromptAnalysis, marked, key: str = "") -> int:
     n_layers, n_heads = a.patterns["base"].shape[:2]
     change = vf.attention_change(a)
     best = int(change.flatten().argmax())
@@ -54,14 +72,16 @@ def attention_tab(a: PromptAnalysis, marked) -> int:
     layer = c1.selectbox("Layer", list(range(n_layers)), index=best // n_heads, key=f"attn_layer-{hash(a.prompt)}")
     head = c2.selectbox("Head", list(range(n_heads)), index=best % n_heads, key=f"attn_head-{hash(a.prompt)}")
     st.caption(f"Defaults to the head whose pattern changed most (layer {best // n_heads}, head {best % n_heads}).")
-    return _charts(vf.attention_figures(a, layer, head, marked), "attn")
+    marks = tuple(map(tuple, marked))
+    return _charts(figures_for("attn", a, key, (layer, head, marks), lambda: vf.attention_figures(a, layer, head, marked)), "attn")
 
 
-def heads_tab(a: PromptAnalysis, marked) -> int:
+def heads_tab(a: PromptAnalysis, marked, key: str = "") -> int:
     pos = position_picker(a, "pos_heads", allow_mean=True)
     st.caption("Each head's write to the residual stream, z_h W_O,h (each model with its own W_O), and the MLP neurons "
                "(mlp.hook_post) whose activation changed most.")
-    return _charts(vf.head_neuron_figures(a, pos, marked), "heads")
+    marks = tuple(map(tuple, marked))
+    return _charts(figures_for("heads", a, key, (pos, marks), lambda: vf.head_neuron_figures(a, pos, marked)), "heads")
 
 
 def method_tab(loaded, a: PromptAnalysis | None) -> tuple[int, list[list[int]]]:

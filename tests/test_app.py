@@ -239,25 +239,47 @@ def _figure_count(at) -> int:
     return int(re.match(r"figures on this page: (\d+)", line[0]).group(1))
 
 
+#: The page's views (a selector: only the selected view is built and sent).
+VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
+
+
+def _view(at, name: str) -> int:
+    """Select the view ``name``; return its figure count (the page's line and the charts sent agree)."""
+    at.radio(key="view").set_value(name).run()
+    assert not at.exception
+    n = _figure_count(at)
+    assert n == len(at.get("plotly_chart")), (name, n, len(at.get("plotly_chart")))
+    return n
+
+
 def test_page_renders_every_view(monkeypatch, tiny_dirs):
     base, _, run, _, runs = tiny_dirs
     at = _app(monkeypatch, base, run, runs)
     assert not at.exception and not at.error
-    assert _figure_count(at) == len(at.get("plotly_chart")) == 2 + 7  # method + run results before any prompt
+    assert _figure_count(at) == len(at.get("plotly_chart")) == 0  # the predictions view: nothing before a prompt
+    assert _view(at, "Method") + _view(at, "Run results") == 2 + 7  # method + run results before any prompt
+    _view(at, VIEWS[0])
     at.text_area(key="prompt").set_value(PROMPT)
     at.button[0].click().run()
     assert not at.exception and not at.error
-    # predictions 4 + residual 3 + attention 2 + heads/neurons 2 + LoFiT 2 + run results 7
-    assert _figure_count(at) == len(at.get("plotly_chart")) == 20
     assert "tokens. Next token" in at.success[0].value
-    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    marked = [t for spec in specs for t in spec["data"] if t.get("name") == "intervened head"]
-    assert len(marked) == 2 and sorted(zip(marked[0]["y"], marked[0]["x"])) == [(0, 1), (1, 0)]  # LoFiT heads boxed (attention, heads)
+    # predictions 4 + residual 3 + attention 2 + heads/neurons 2 + LoFiT 2 + run results 7 (+ no diff run)
+    assert [_view(at, v) for v in VIEWS] == [4, 3, 2, 2, 2, 7, 0]
+    marked = []
+    for v in ("Attention", "Heads & neurons"):  # LoFiT heads boxed in both
+        _view(at, v)
+        specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        marked += [t for spec in specs for t in spec["data"] if t.get("name") == "intervened head"]
+    assert len(marked) == 2 and sorted(zip(marked[0]["y"], marked[0]["x"])) == [(0, 1), (1, 0)]
     select = lambda label, i=0: [s for s in at.selectbox if s.label == label][i]  # noqa: E731
+    _view(at, "Attention")
     select("Layer").set_value(1).run()  # re-plots from the cached analysis
-    select("Position", 1).set_value("mean over positions").run()  # heads & neurons: mean over positions
-    assert not at.exception and len(at.get("plotly_chart")) == 20
+    assert not at.exception and len(at.get("plotly_chart")) == 2 and "layer 1 head" in " ".join(str(c.proto.spec) for c in at.get("plotly_chart"))
+    _view(at, "Heads & neurons")
+    select("Position").set_value("mean over positions").run()  # heads & neurons: mean over positions
+    assert not at.exception and len(at.get("plotly_chart")) == 2
     assert "mean over positions" in " ".join(str(c.proto.spec) for c in at.get("plotly_chart"))
+    _view(at, VIEWS[0])
     at.text_area(key="prompt").set_value("Hello world")  # a shorter prompt: the pickers start again at its last position
     at.button[0].click().run()
     assert not at.exception and not at.error
@@ -281,7 +303,7 @@ def test_page_shows_load_errors_in_the_page(monkeypatch, tiny_dirs, tmp_path, wh
     assert not at.exception
     errors = " ".join(e.value for e in at.error)
     assert ("cannot be compared" if which == "mismatched" else "Cannot load model") in errors
-    assert len(at.get("plotly_chart")) == 7  # the run results still show
+    assert _view(at, "Run results") == 7  # the run results still show
 
 
 def test_caft_view_from_an_adapter_and_from_a_run_folder(tiny_dirs, tmp_path):
@@ -344,7 +366,7 @@ def test_page_on_the_real_model_with_a_lofit_run_folder(monkeypatch, tmp_path):
     at.button[0].click().run()
     assert not at.exception and not at.error
     # predictions 4 + residual 3 + attention 2 + heads & neurons 2 + LoFiT 2 (no results.json in this runs folder)
-    assert _figure_count(at) == len(at.get("plotly_chart")) == 13
+    assert sum(_view(at, v) for v in VIEWS) == 13 and not at.error
 
 
 def test_lora_run_folder_binds_before_the_bridge(tiny_dirs, tmp_path):
@@ -394,8 +416,9 @@ def test_page_missing_runs_folder_says_so_and_keeps_the_selection(monkeypatch, t
     assert not at.exception
     assert at.selectbox(key="tuned_choice").value == str(run)
     assert [e.value for e in at.error] and all("does not exist" in e.value for e in at.error)  # the sidebar says so, nothing else fails
-    assert any("does not exist" in w.value for w in at.warning)  # the run-results tab too, instead of "no results.json"
-    assert _figure_count(at) == 2  # the pair is still loaded: its method view draws
+    assert _view(at, "Run results") == 0
+    assert any("does not exist" in w.value for w in at.warning)  # the run-results view too, instead of "no results.json"
+    assert _view(at, "Method") == 2  # the pair is still loaded: its method view draws
 
 
 def test_page_keeps_results_when_a_prompt_is_refused(monkeypatch, tiny_dirs):
@@ -408,11 +431,11 @@ def test_page_keeps_results_when_a_prompt_is_refused(monkeypatch, tiny_dirs):
     assert "Load a pair" not in text and "The prompt was refused" in text
     at.text_area(key="prompt").set_value(PROMPT)
     at.button[0].click().run()
-    assert not at.exception and not at.error and _figure_count(at) == 20
+    assert not at.exception and not at.error and _figure_count(at) == 4  # the predictions view
     at.text_area(key="prompt").set_value("Hello world " * 300)  # refused: the previous results stay, under the error
     at.button[0].click().run()
     assert not at.exception and any("at most 256 tokens" in e.value for e in at.error)
-    assert _figure_count(at) == len(at.get("plotly_chart")) == 20
+    assert _figure_count(at) == len(at.get("plotly_chart")) == 4 and _view(at, "Residual stream") == 3
     assert any("previous prompt" in i.value for i in at.info) and "Load a pair" not in _texts(at)
 
 
@@ -426,7 +449,7 @@ def test_page_keeps_the_prompt_box_when_the_pair_fails_to_load(monkeypatch, tiny
     at.button[0].click().run()
     assert not at.exception and at.text_area(key="prompt").value == PROMPT
     assert any("once the pair loads" in w.value for w in at.warning)
-    assert "No pair is loaded" in _texts(at) and len(at.get("plotly_chart")) == 7  # run results still show
+    assert "No pair is loaded" in _texts(at) and _view(at, "Run results") == 7  # run results still show
 
 
 def test_page_says_when_it_waits_for_another_sessions_analysis(monkeypatch, tiny_dirs):

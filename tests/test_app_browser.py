@@ -21,8 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
-#: predictions 4 + residual stream 3 + attention 2 + heads & neurons 2 + LoFiT 2 + run results 7
-EXPECTED_FIGURES = 20
+#: figures of each view: the page builds and sends the selected one only (the first is selected at the start)
+VIEW_FIGURES = {"Predictions & logit lens": 4, "Residual stream": 3, "Attention": 2, "Heads & neurons": 2, "Method": 2, "Run results": 7}
+EXPECTED_FIGURES = VIEW_FIGURES["Predictions & logit lens"]
 TITLES = ["Next-token predictions", "Per-token KL", "Logit lens", "resid_post", "Attention pattern", "Per-head output difference",
           "changed MLP neurons", "LoFiT offsets", "Held-out accuracy"]
 
@@ -48,11 +49,23 @@ def test_prompt_to_figures_in_headless_chromium(page):
     driver, url, root = page
     started = time.monotonic()
     driver.get(url)
-    assert browser.wait_rendered(driver, None, 60) == 2 + 7  # models loaded: the method and run-results views
+    assert browser.wait_rendered(driver, None, 60) == 0  # the predictions view waits for a prompt
+    for view in ("Method", "Run results"):  # models loaded: the method and run-results views draw
+        browser.select_view(driver, view)
+        assert browser.wait_rendered(driver, None, 60, view=view) == VIEW_FIGURES[view]
+    browser.select_view(driver, "Predictions & logit lens")
+    browser.wait_rendered(driver, None, 60, view="Predictions & logit lens")
     browser.enter_prompt(driver, PROMPT)
     browser.click_analyse(driver)
     assert browser.wait_rendered(driver, PROMPT, 45) == EXPECTED_FIGURES
+    # a control change reruns its view only: the position picker re-plots the predictions for that position
+    browser.pick_option(driver, "Position", "2:")
+    browser.wait_title(driver, "after position 2 ", 30)
     titles = browser.figure_titles(driver)
+    for view, n in VIEW_FIGURES.items():  # every view, opened one after the other: built when opened
+        browser.select_view(driver, view)
+        assert browser.wait_rendered(driver, PROMPT, 45, view=view) == n, view
+        titles += " " + browser.figure_titles(driver)
     for title in TITLES:
         assert title in titles, f"no figure titled ...{title}... on the page"
     text = browser.page_text(driver)

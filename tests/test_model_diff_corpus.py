@@ -368,3 +368,13 @@ def test_real_model_tiny_config(tmp_path):
     assert m["adl"]["layer"] == 15 and m["logit_lens"]["base"]["top1_agreement"][-1] == 1.0
     assert 1.0 < m["nll"]["base_nats_per_token"] < 8.0  # real text under a real model
     assert (tmp_path / "tiny" / "report.html").is_file() and time.time() - started < 90
+
+
+def test_lens_sample_positions():
+    from probes.diff.corpus import _lens_sample
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)  # real flat indices 0, 1, 2, 4, 5
+    assert _lens_sample(mask, 1).tolist() == [0, 1, 2, 4, 5]
+    assert _lens_sample(mask, 2).tolist() == [0, 2, 5]
+    assert _lens_sample(mask, 3).tolist() == [1, 5]
+    assert _lens_sample(mask, 128).tolist() == [2]  # fewer real tokens than the stride: the middle one

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -180,7 +179,8 @@ def write(studies=STUDIES) -> None:
                 continue
             if _tagged(cell):
                 src = next(done)
-                cell.outputs, cell.execution_count = copy.deepcopy(src.outputs), src.execution_count
+                keep = [o for o in src.outputs if o.get("name") != "stderr"]  # import warnings carry local paths
+                cell.outputs, cell.execution_count = copy.deepcopy(keep), src.execution_count
             else:
                 cell.outputs, cell.execution_count = [], None
         nb.metadata.pop("widgets", None)

@@ -91,10 +91,36 @@ def measure(label: str, base: str, tuned: str, runs_dir: str, out: Path, repeats
             record["prompts"].append({"prompt": name, "take": 1, "cached": True, "figures": n,
                                       "submit_to_rendered_s": round(time.perf_counter() - t0, 2), **_numbers(driver)})
             print(f"[{label}] {name}: {[p['submit_to_rendered_s'] for p in record['prompts'] if p['prompt'] == name]}", flush=True)
+        record["controls"] = controls(driver, f"Take 1. {prompts['entity tracking']}")
+        print(f"[{label}] controls: {record['controls']}", flush=True)
         record["server_cpu_over_wall"] = round((_cpu_s(proc.pid) - cpu0) / (time.perf_counter() - wall0), 2)
         record["memory_end_mib"] = browser.server_memory_mib(proc.pid)
         driver.save_screenshot(str(out / f"screenshot-{label.replace(' ', '_')}.png"))
     return record
+
+
+def controls(driver, prompt: str) -> dict:
+    """On ``prompt`` (analysed before, so cached): seconds from a click until the view is drawn, for opening
+    another view for the first time on this prompt (``view_first_open_s``: built), opening the first view again
+    (``view_reopen_s``: its figures cached), and a control change in the predictions view (``position_change_s``:
+    the position picker, which reruns that view's fragment only)."""
+    out: dict = {}
+    try:
+        browser.enter_prompt(driver, prompt)
+        browser.click_analyse(driver)
+        browser.wait_rendered(driver, prompt, 600)
+        for name, view in (("view_first_open_s", "Residual stream"), ("view_reopen_s", "Predictions & logit lens")):
+            t0 = time.perf_counter()
+            browser.select_view(driver, view)
+            browser.wait_rendered(driver, prompt, 600, view=view)
+            out[name] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        browser.pick_option(driver, "Position", "3:")
+        browser.wait_title(driver, "after position 3 ", 600)
+        out["position_change_s"] = round(time.perf_counter() - t0, 2)
+    except Exception as exc:  # noqa: BLE001 — reported in the record; the prompt timings stand
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def merged_model(base: str, run: Path, out: Path) -> Path:
@@ -125,6 +151,10 @@ def table(records: list[dict]) -> str:
     for rec in records:
         lines.append(f"| {rec['label']} | {rec['first_page_s']:.1f} | {rec['memory_after_load_mib']['VmRSS']} | {rec['memory_end_mib']['VmHWM']} | "
                      f"{rec['server_cpu_over_wall']} |")
+    lines += ["", "| pair | open another view (s) | reopen a view (s) | position change (s) |", "|---|---|---|---|"]
+    for rec in records:
+        c = rec.get("controls", {})
+        lines.append(f"| {rec['label']} | {c.get('view_first_open_s', '–')} | {c.get('view_reopen_s', '–')} | {c.get('position_change_s', c.get('error', '–'))} |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 every figure is drawn. Shared by ``tests/test_app_browser.py`` and the latency benchmark, so both use one
 definition of "all figures rendered":
 
-1. the page's last line reads ``figures on this page: N … prompt '<the prompt's first 40 characters>'``
-   (the script run for this prompt has finished and sent every element);
+1. the page's last line reads ``figures on this page: N — view '<view>' … prompt '<the prompt's first 40
+   characters>'`` (the script run for this prompt and view has finished and sent every element; the page
+   builds and sends the selected view only);
 2. no element is stale (``data-stale="true"``: Streamlit's mark for elements of the previous run);
 3. the page holds N plotly charts and each has drawn its SVG (``.main-svg``);
 4. two animation frames have passed (the browser painted them).
@@ -166,19 +167,20 @@ def click_analyse(driver) -> None:
     button[0].click()
 
 
-def wait_rendered(driver, prompt: str | None, timeout_s: float) -> int:
-    """Wait until every figure of the run for ``prompt`` (``None``: the page without a prompt) is drawn
-    (see the module docstring); return the number of figures.
+def wait_rendered(driver, prompt: str | None, timeout_s: float, view: str | None = None) -> int:
+    """Wait until every figure of the run for ``prompt`` (``None``: the page without a prompt) and ``view``
+    (``None``: whichever view is selected) is drawn (see the module docstring); return the number of figures.
 
     Raises:
         TimeoutError: not within ``timeout_s``.
     """
     want = None if prompt is None else f"prompt {prompt[:40]!r}"
+    want_view = None if view is None else f"view {view!r}"
 
     def done() -> int:
         line, stale, charts, svgs = driver.execute_script(_PROBE)
         m = _LINE.match(line)
-        if not m or (want is not None and want not in line) or stale:
+        if not m or (want is not None and want not in line) or (want_view is not None and want_view not in line) or stale:
             return 0
         n = int(m.group(1))
         return (n or -1) if charts == n and svgs >= n else 0  # -1: a page with no figure is done too
@@ -186,6 +188,39 @@ def wait_rendered(driver, prompt: str | None, timeout_s: float) -> int:
     n = wait_for(f"every figure of the page for prompt {prompt!r:.60}", done, timeout_s, poll_s=0.05)
     driver.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
     return max(n, 0)
+
+
+def select_view(driver, view: str) -> None:
+    """Click the view ``view`` in the page's view selector (returns right after the click)."""
+    from selenium.webdriver.common.by import By
+
+    label = wait_for(f"the view selector's {view!r}", lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+                                                            if e.text.strip() == view], 10)
+    label[0].click()
+
+
+def pick_option(driver, label: str, option: str) -> None:
+    """Choose ``option`` (its displayed text) in the select box labelled ``label`` (the first such box)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = wait_for(f"the select box {label!r}", lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+                                                          if b.text.split("\n")[0].strip() == label], 10)[0]
+    field = box.find_element(By.TAG_NAME, "input")
+    field.click()
+    field.send_keys(option)
+    field.send_keys(Keys.ENTER)
+
+
+def wait_title(driver, text: str, timeout_s: float) -> None:
+    """Wait until a figure title contains ``text``, nothing on the page is stale and every chart has drawn its SVG
+    (the end of a control change, which reruns its view's fragment only)."""
+    def done() -> bool:
+        _, stale, charts, svgs = driver.execute_script(_PROBE)
+        return not stale and svgs >= charts > 0 and text in figure_titles(driver)
+
+    wait_for(f"a figure titled ...{text}...", done, timeout_s, poll_s=0.05)
+    driver.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
 
 
 def figure_titles(driver) -> str:

@@ -20,8 +20,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from probes.lens_chunked import chunked_logit_lens
 from probes.model_diff import head_outputs, per_token_kl
-from workbench.architecture import final_norm, logit_softcap, softcap, unembedding, w_o
+from workbench.architecture import w_o
 from workbench.errors import ConfigError
 
 #: Longest prompt the app analyses, in tokens (BOS included when the model uses one). Attention patterns
@@ -128,12 +129,10 @@ def tokenize_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS) -> I
     return ids
 
 
-@torch.no_grad()
 def logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], final_top: Int[Tensor, " pos"],
                rows_per_chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
-    """Logit lens over every layer and position, ``rows_per_chunk`` (layer, position) rows per unembedding
-    matmul (peak extra memory rows_per_chunk × d_vocab floats; batching rows reads the unembedding once per
-    chunk instead of once per layer).
+    """Logit lens over every layer and position, in chunks of ``rows_per_chunk`` (layer, position) rows with a
+    streaming top-1 (:func:`probes.lens_chunked.chunked_logit_lens`: never ``[n_layers, pos, d_vocab]``).
 
     Returns:
         ``(top_ids [n_layers, pos], top_probs [n_layers, pos], final_token_prob [n_layers, pos])``.
@@ -142,20 +141,8 @@ def logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], f
         ConfigError: the model keeps its final norm / unembedding elsewhere than ``model.norm`` / ``lm_head``
             (see :mod:`workbench.architecture`).
     """
-    norm, head, cap = final_norm(model), unembedding(model), logit_softcap(model)
-    n_layers, n_pos, _ = resid.shape
-    rows = resid.to(head.weight.dtype).flatten(0, 1)
-    target = final_top.to(rows.device).repeat(n_layers)
-    ids, probs, final = [], [], []
-    for start in range(0, rows.shape[0], rows_per_chunk):
-        logits = softcap(head(norm(rows[start : start + rows_per_chunk])).float(), cap)
-        p = logits.softmax(-1)
-        top = p.max(-1)
-        ids.append(top.indices)
-        probs.append(top.values)
-        final.append(p.gather(-1, target[start : start + rows_per_chunk, None])[:, 0])
-    shape = lambda parts: torch.cat(parts).view(n_layers, n_pos).cpu()  # noqa: E731
-    return shape(ids), shape(probs), shape(final)
+    lens = chunked_logit_lens(model, resid, final_top, k=1, rows_per_chunk=rows_per_chunk)
+    return lens.top_ids[..., 0], lens.top_probs[..., 0], lens.target_prob
 
 
 def rank_neurons(base: Float[Tensor, "n_layers d_mlp"], tuned: Float[Tensor, "n_layers d_mlp"], score: Float[Tensor, "n_layers d_mlp"],

@@ -39,6 +39,7 @@ def prediction_figures(a: PromptAnalysis, pos: int = -1, top_n: int = 10) -> lis
     where = f"after position {pos} ({a.tokens[pos]!r})"
     bars = plots.top_k_bars({role: (a.decode(a.top_ids[role][pos][:top_n]), a.top_probs[role][pos][:top_n].tolist()) for role in ROLES},
                                 f"Next-token predictions {where}")
+    bars.update_layout(yaxis_title="next token")  # every figure has both axis titles
     kl = plots.per_position_kl(a.kl.tolist(), a.tokens, title="Per-token KL(P_tuned ‖ P_base) of the next-token distributions")
     n_layers = a.lens_top_probs["base"].shape[0]
     window = f"last {a.n_pos - a.lens_start} positions" if a.lens_start else "all positions"

@@ -7,7 +7,9 @@ logit lens, Patchscope, steering) — METHODS.md "Activation Difference Lens".
 
 1. :class:`DeltaAccumulator`: ``δ_j = mean over rows of (r_tuned − r_base)`` at ``blocks.{layer}.hook_resid_post``
    for each of the first ``k`` text positions ``j`` (after a BOS the model prepends; BOS itself is skipped),
-   streamed batch by batch; also the mean base residual norm ‖r_base‖ at that layer (the unit of the scales below).
+   streamed batch by batch; also the mean base residual norm n̄ = mean ‖r_base‖ at that layer over every real position
+   but a row's first (BOS or first token: an attention sink whose norm is an outlier, ~30× the rest on SmolLM2) —
+   the unit of the scales below.
 2. :func:`lens_tokens`: top tokens of ``readout(δ)`` and of ``readout(−δ)`` (final norm + unembedding).
 3. :func:`patchscope`: the base model on an identity prompt (default ``"cat -> cat; 1135 -> 1135; hello -> hello; ? ->"``)
    with the residual at the placeholder ``?`` (at ``layer``) *replaced* by ``s · n̄ · δ/‖δ‖`` (``n̄`` = mean
@@ -49,7 +51,7 @@ class DeltaAccumulator:
         self.k, self.start = int(k), int(start)
         self.sums = torch.zeros(k, d_model, dtype=torch.float64)
         self.counts = torch.zeros(k, dtype=torch.long)
-        self.norm = TokenMean()
+        self.norm, self.norm_first = TokenMean(), TokenMean()
 
     @torch.no_grad()
     def update(self, tuned: Float[Tensor, "batch pos d_model"], base: Float[Tensor, "batch pos d_model"], mask: Bool[Tensor, "batch pos"]) -> None:
@@ -61,18 +63,21 @@ class DeltaAccumulator:
             valid = mask[:, p]
             self.sums[j] += (tuned[valid, p].double() - base[valid, p].double()).sum(0).cpu()
             self.counts[j] += int(valid.sum())
-        text = mask.clone()
-        text[:, : self.start] = False
-        self.norm.add(base.double().norm(dim=-1)[text].sum(), int(text.sum()))
+        later = mask.clone()  # the first position (BOS, or the first text token) is an attention sink with an outlier norm
+        later[:, : max(self.start, 1)] = False
+        norms = base.double().norm(dim=-1)
+        self.norm.add(norms[later].sum(), int(later.sum()))
+        self.norm_first.add(norms[mask & ~later].sum(), int((mask & ~later).sum()))
 
     def result(self) -> dict[str, Any]:
         """``delta_by_position`` ``[k, d_model]`` (rows with fewer tokens do not count at later positions),
-        ``delta`` = the mean over all (row, position) pairs, their norms, ``n`` per position and ``mean_base_norm``."""
+        ``delta`` = the mean over all (row, position) pairs, their norms, ``n`` per position and ``mean_base_norm``
+        (over positions after each row's first; over the first ones when no row has two tokens)."""
         per = self.sums / self.counts.clamp_min(1)[:, None]
         delta = self.sums.sum(0) / max(int(self.counts.sum()), 1)
         return {"delta": delta, "delta_by_position": per, "n_by_position": self.counts.tolist(),
                 "delta_norm": float(delta.norm()), "delta_norm_by_position": per.norm(dim=-1).tolist(),
-                "mean_base_norm": self.norm.mean() if self.norm.count else float("nan")}
+                "mean_base_norm": self.norm.mean() if self.norm.count else self.norm_first.mean()}
 
 
 def _unit(delta: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ class DiffSettings:
         top_k_contexts, context_window: top-KL positions kept, and tokens of context on each side.
         top_k_tokens: tokens listed per diff-mining ranking.
         lens_token_stride: the logit lens of every layer reads every ``lens_token_stride``-th real token of each
-            batch (its 1st, (1+stride)-th, ...; 1 = all). The lens costs one unembedding per layer per position read
+            batch (row-major, from the ``(stride-1)//2``-th; at least one per batch; 1 = all). The lens costs one unembedding per layer per position read
             (on SmolLM2, 30 layers × a 576 × 49152 product ≈ 6 forward passes' worth per token read), so the default
             (128) keeps it near 5% of the two forward passes.
         chunk_positions: positions per chunk when reducing the ``[rows, pos, d_vocab]`` logits.
@@ -106,8 +106,11 @@ def token_rows(texts: Iterable[str], tokenizer: Any, max_length: int, prepend_bo
 
 
 def _lens_sample(mask: Tensor, stride: int) -> Tensor:
-    """Flat indices of every ``stride``-th real position of the batch (row-major)."""
-    return mask.flatten().nonzero().squeeze(-1)[::stride]
+    """Flat indices of every ``stride``-th real position of the batch (row-major), starting at ``(stride - 1) // 2``
+    (not at row 0's first token, an attention sink); a batch with fewer real tokens gets its middle one."""
+    real = mask.flatten().nonzero().squeeze(-1)
+    picked = real[(stride - 1) // 2::stride]
+    return picked if picked.numel() or not real.numel() else real[real.numel() // 2:real.numel() // 2 + 1]
 
 
 @torch.no_grad()

@@ -11,20 +11,23 @@ Operators, one change per mutant (the AST is re-printed with :func:`ast.unparse`
 * constants: an int or float ``x -> x + 1``, ``True <-> False`` (strings, docstrings and annotations are left alone);
 * boolean operators: ``and <-> or``; unary ``not x -> x`` and ``-x -> x``.
 
-A mutant whose line no selected test executes (measured once with ``coverage``) is counted as *survived (not
-covered)* without running. Every other mutant runs ``python -m pytest -x -q -m "not real" <tests>`` in the
-snapshot with a timeout (3 x the clean run + 10 s): a failure kills it, a timeout counts as killed but is
-reported on its own. ``--sample K`` keeps every K-th mutant of each file (deterministic, by position).
+A mutant whose line no selected test executes (measured once with ``coverage``) is counted as *not covered*
+(not caught) without running. Every other mutant runs ``pytest -x -q -m "not real" <tests>`` in the snapshot, in a
+fork of this process (torch, transformers and pytest already imported; ``--no-fork``: a new interpreter), with a
+timeout of 4 x the clean run + 20 s: a failure kills it, a timeout counts as caught but is reported on its own.
+``--sample K`` keeps every K-th mutant of each file (deterministic, ``ast.walk`` order). ``--only PREV.json`` reruns
+just the mutants an earlier run with a subset of these tests did not catch. Results and method of the issue-17
+run: ``studies/benchmarks/mutation.md``.
 
-    python studies/benchmarks/mutation.py --root /tmp/snap --out /tmp/snap-result.json \\
+    python studies/benchmarks/mutation.py --root /tmp/snap --out /tmp/snap-result.json --sample 4 \\
         --file workbench/train.py=tests/test_core.py,tests/test_divergence.py ...
+    python studies/benchmarks/mutation.py summarize before=before.json now=now.json   # markdown table
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import json
 import os
 import shutil
@@ -166,7 +169,7 @@ def run_tests(root: Path, tests: list[str], timeout: float | None, fork: bool) -
     """'survived' | 'killed' | 'timeout' for one pytest run over ``tests`` in ``root``."""
     if not fork:
         try:
-            r = subprocess.run(pytest_cmd(tests), cwd=root, capture_output=True, text=True, timeout=timeout,
+            r = subprocess.run(pytest_cmd(tests), cwd=root, capture_output=True, text=True, timeout=timeout, check=False,
                                env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONDONTWRITEBYTECODE="1"))
         except subprocess.TimeoutExpired:
             return "timeout"
@@ -174,16 +177,15 @@ def run_tests(root: Path, tests: list[str], timeout: float | None, fork: bool) -
     pid = os.fork()
     if pid == 0:  # child: a fresh pytest session in the snapshot, output discarded
         try:
-            os.chdir(root)
-            sys.path.insert(0, str(root))
+            os.chdir(root)  # pytest's own `pythonpath` option (below) puts the snapshot first on the import path
             sys.dont_write_bytecode = True
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             import pytest
 
-            rc = int(pytest.main(pytest_cmd(tests)[3:]))
-        except BaseException:
+            rc = int(pytest.main([*pytest_cmd(tests)[3:], "-o", f"pythonpath={root}"]))
+        except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
             rc = 99
         os._exit(rc)
     deadline = time.monotonic() + (timeout or 1e9)
@@ -213,8 +215,8 @@ def covered_lines(root: Path, file: str, tests: list[str]) -> set[int]:
 
 def run(root: Path, files: dict[str, list[str]], sample: int, out: Path, log=print, only: dict | None = None,
         fork: bool = True) -> dict:
-    """Mutate, test, count. With ``only`` (key -> status of an earlier run with a superset of these tests'
-    failures, i.e. the same tests plus new ones), mutants caught before keep their status without a rerun."""
+    """Mutate, test, count. With ``only`` (mutant key -> status in an earlier run whose tests are a subset of
+    these), mutants caught there keep their status without a rerun."""
     results: dict = {"root": str(root), "sample_every": sample, "files": {}}
     for file, tests in files.items():
         path = root / file
