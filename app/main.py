@@ -28,8 +28,15 @@ import streamlit as st
 from app import render
 from app.views import diff as diff_view
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
+from app.views.load import (
+    DEFAULT_BASE,
+    LoadedPair,
+    available_devices,
+    load_pair,
+    run_folders,
+    runs_folder_problem,
+)
 from app.views.method import method_views
-from app.views.load import DEFAULT_BASE, LoadedPair, available_devices, load_pair, run_folders, runs_folder_problem
 from workbench.errors import WorkbenchError
 
 OTHER = "other: model directory or Hugging Face id…"
@@ -139,9 +146,6 @@ def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, st
         prompt = st.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", shared or EXAMPLE_PROMPT, key="prompt", height=90)
         if st.form_submit_button("Analyse", type="primary"):
             st.session_state["active_prompt"] = prompt
-            if prompt != st.query_params.get("prompt"):
-                st.query_params["prompt"] = prompt
-                st.query_params.pop("pos", None)  # a new prompt starts at its last position
     active = st.session_state.get("active_prompt")
     if loaded is None:
         if active is not None:
@@ -154,6 +158,9 @@ def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, st
     analysis, error = analyse(loaded, active)
     if error is None:
         st.session_state["shown_prompt"] = active
+        if st.query_params.get("prompt") != active:  # the URL names the analysed prompt (a refused one stays out of it)
+            st.query_params["prompt"] = active
+            st.query_params.pop("pos", None)  # a new prompt starts at its last position
         st.success(render.summary_line(analysis) + f" ({time.perf_counter() - started:.2f} s)")
         return analysis, ""
     st.error(error)

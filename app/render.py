@@ -1,4 +1,4 @@
-"""Streamlit rendering of the views: each function draws one tab and returns how many figures it drew.
+"""Streamlit rendering of the views: each function draws one view and returns how many figures it drew.
 
 The data and figures come from non-streamlit modules (``app.views.analysis*``, ``workbench.plots``), so the
 same figures are testable without a browser; this file only lays them out and adds the controls.
@@ -39,7 +39,7 @@ def position_picker(a: PromptAnalysis, key: str, allow_mean: bool = False, conta
     return None if choice == MEAN else choice
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=24, show_spinner=False)  # bounded: a 256-token attention figure holds a few MB
 def _cached_figures(view: str, pair_key: str, prompt: str, args: tuple, _build):
     """A view's figures for one (pair, prompt, control values), built once: reopening a view, or going back
     to a position already seen, re-sends them without re-plotting (figures are not modified when drawn)."""

@@ -67,7 +67,7 @@ def chunked_logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_mo
         if tgt is not None:
             tprob.append(p.gather(-1, tgt[start : start + rows_per_chunk, None])[:, 0].cpu())
         del p
-    shape = lambda parts, *tail: torch.cat(parts).view(n_layers, n_pos, *tail)  # noqa: E731
+    shape = lambda parts, *tail: torch.cat(parts).view(n_layers, n_pos, *tail)
     kk = ids[0].shape[-1] if ids else min(k, head.weight.shape[0])
     return LensTopK(shape(ids, kk) if ids else torch.zeros(n_layers, n_pos, kk, dtype=torch.long),
                     shape(probs, kk) if probs else torch.zeros(n_layers, n_pos, kk),

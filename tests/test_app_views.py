@@ -81,7 +81,7 @@ def test_a_control_change_rebuilds_only_its_view(counted):
     at.button[0].click().run()
     at.radio(key="view").set_value("Heads & neurons").run()
     calls.clear()
-    picker = [s for s in at.selectbox if s.label == "Position"][0]
+    picker = next(s for s in at.selectbox if s.label == "Position")
     picker.set_value(2).run()
     assert not at.exception and not at.error
     assert _built(calls) == {"Heads & neurons": 1} and not calls[f"analyse {PROMPT}"]
@@ -102,10 +102,9 @@ def test_views_are_fragments():
 
 def test_queued_session_is_told_while_the_lock_is_held(monkeypatch, tiny_run):
     """While another session holds the pair's lock, the page says it is queued, then how long it waited."""
-    from streamlit.testing.v1 import AppTest
-
     import streamlit as st
     from streamlit.delta_generator import DeltaGenerator
+    from streamlit.testing.v1 import AppTest
 
     from app.views import load as load_view
 
@@ -162,7 +161,7 @@ def test_chunked_lens_equals_the_full_lens(tiny_model, rows_per_chunk):
     # and the app's lens (top-1) is the same numbers
     from app.views.analysis import logit_lens
 
-    ids, probs, final = logit_lens(model, resid, target, rows_per_chunk=rows_per_chunk)
+    ids, _, final = logit_lens(model, resid, target, rows_per_chunk=rows_per_chunk)
     assert torch.equal(ids, full.top_ids[..., 0])
     torch.testing.assert_close(final, full.target_prob)
 
@@ -217,8 +216,8 @@ def test_view_state_is_in_the_url_and_a_shared_link_opens_it(monkeypatch, tiny_r
     at.text_area(key="prompt").set_value(PROMPT)
     at.button[0].click().run()
     at.radio(key="view").set_value("Heads & neurons").run()
-    [s for s in at.selectbox if s.label == "Position"][0].set_value(3).run()
-    one = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731
+    next(s for s in at.selectbox if s.label == "Position").set_value(3).run()
+    one = lambda v: v[0] if isinstance(v, list) else v
     state = {k: one(at.query_params[k]) for k in ("prompt", "view", "pos")}
     assert state == {"prompt": PROMPT, "view": "Heads & neurons", "pos": "3"}
 
@@ -227,5 +226,24 @@ def test_view_state_is_in_the_url_and_a_shared_link_opens_it(monkeypatch, tiny_r
     shared.run()
     assert not shared.exception and not shared.error
     assert shared.radio(key="view").value == "Heads & neurons" and shared.text_area(key="prompt").value == PROMPT
-    assert [s for s in shared.selectbox if s.label == "Position"][0].value == 3
+    assert next(s for s in shared.selectbox if s.label == "Position").value == 3
     assert "at position 3" in " ".join(str(c.proto.spec) for c in shared.get("plotly_chart"))
+
+
+def test_a_refused_prompt_stays_out_of_the_url(monkeypatch, tiny_run):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    base, run, runs = tiny_run
+    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
+    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(run))
+    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+    at.text_area(key="prompt").set_value(PROMPT)
+    at.button[0].click().run()
+    at.text_area(key="prompt").set_value("Hello world " * 300)
+    at.button[0].click().run()
+    assert any("at most 256 tokens" in e.value for e in at.error)
+    one = lambda v: v[0] if isinstance(v, list) else v
+    assert one(at.query_params["prompt"]) == PROMPT  # the link still opens the results on the page

@@ -7,7 +7,7 @@ Starts the app (``app.launch.command``, as ``make app`` does), opens ``--session
 windows, loads the page in each (the pair is loaded once and shared), then submits a different prompt in
 every window at the same moment and waits until each window has drawn every figure of its own prompt
 (``app.latency.browser.wait_rendered``). The pair analyses one prompt at a time (its lock), so all but one
-session wait; each is told so on the page ("Waiting for another session's analysis…", then "Waited … s").
+session wait; each is told so on the page ("Queued: waiting for another session's analysis…", then "Waited … s").
 
 Measures the server process's resident set: ``VmRSS`` after the first page, ``VmHWM`` (the kernel's
 peak) at the end, and the largest ``VmRSS`` seen by a 50 ms sampler while the sessions ran. The browsers'

@@ -53,7 +53,8 @@ class DiffSettings:
             batch (row-major, from the ``(stride-1)//2``-th; at least one per batch; 1 = all). The lens costs one unembedding per layer per position read
             (on SmolLM2, 30 layers × a 576 × 49152 product ≈ 6 forward passes' worth per token read), so the default
             (128) keeps it near 5% of the two forward passes.
-        chunk_positions: positions per chunk when reducing the ``[rows, pos, d_vocab]`` logits.
+        chunk_positions: positions per chunk when reducing the ``[rows, pos, d_vocab]`` logits (small chunks stay in
+            the CPU cache: on SmolLM2, 32 positions reduce ~6× faster than 512).
     """
 
     batch_size: int = 8
@@ -64,7 +65,7 @@ class DiffSettings:
     context_window: int = 12
     top_k_tokens: int = 20
     lens_token_stride: int = 128
-    chunk_positions: int = 512
+    chunk_positions: int = 32
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_length", "adl_positions", "chunk_positions", "lens_token_stride"):

@@ -23,22 +23,32 @@ from workbench.architecture import readout
 
 
 @torch.no_grad()
-def lens_agreement(model: nn.Module, resids: Float[Tensor, "n_layers n d_model"], final_logits: Float[Tensor, "n d_vocab"]
-                   ) -> tuple[Float[Tensor, " n_layers"], Float[Tensor, " n_layers"]]:
+def lens_agreement(model: nn.Module, resids: Float[Tensor, "n_layers n d_model"], final_logits: Float[Tensor, "n d_vocab"],
+                   chunk_rows: int = 2048) -> tuple[Float[Tensor, " n_layers"], Float[Tensor, " n_layers"]]:
     """Per layer, the number of the ``n`` positions whose lens top-1 equals the final top-1, and the summed
     KL(P_final ‖ P_lens) in nats (sums, so batches add up).
+
+    All layers go through the unembedding together (``chunk_rows`` (layer, position) rows per product): the
+    ``d_model × d_vocab`` weight is read once per chunk, not once per layer, which is what makes a small lens
+    sample cheap on a CPU.
 
     Raises:
         ConfigError: the model has no final norm or unembedding (:func:`workbench.architecture.readout`).
     """
+    n_layers, n = resids.shape[:2]
     final = final_logits.float().log_softmax(-1)
     top = final.argmax(-1)
-    agree, kl = [], []
-    for l in range(resids.shape[0]):
-        lens = readout(model, resids[l]).float().log_softmax(-1)
-        agree.append((lens.argmax(-1) == top).sum().double())
-        kl.append((final.exp() * (final - lens)).sum(-1).clamp_min(0).sum().double())
-    return torch.stack(agree), torch.stack(kl)
+    flat = resids.reshape(n_layers * n, -1)
+    agree = torch.zeros(n_layers * n, dtype=torch.float64)
+    kl = torch.zeros(n_layers * n, dtype=torch.float64)
+    for c in range(0, flat.shape[0], chunk_rows):
+        rows = torch.arange(c, min(c + chunk_rows, flat.shape[0]))
+        pos = (rows % n).to(final.device)
+        lens = readout(model, flat[c:c + chunk_rows]).float().log_softmax(-1)
+        f = final[pos]
+        agree[c:c + len(rows)] = (lens.argmax(-1) == top[pos]).double().cpu()
+        kl[c:c + len(rows)] = (f.exp() * (f - lens)).sum(-1).clamp_min(0).double().cpu()
+    return agree.view(n_layers, n).sum(1), kl.view(n_layers, n).sum(1)
 
 
 class LensStats:
