@@ -4,8 +4,10 @@ and the Gemma registry model (BOS handling).
 
 Covered elsewhere (not repeated here):
   quickstart  error: test_bad_input.py (table), test_config.py, test_paths.py
-  train       success: test_tasks.py::test_workbench_train_lofit_on_arithmetic, test_train_job.py (real, every method);
-              error: test_bad_input.py, test_tasks.py, test_config.py, test_paths.py
+  train       success: test_tasks.py::test_workbench_train_lofit_on_arithmetic, test_train_job.py (real, every method),
+              test_train_data.py (--data), test_distributed.py (--processes 2);
+              error: test_bad_input.py, test_tasks.py, test_config.py, test_paths.py, test_train_data.py
+  diff        success and error: test_model_diff_corpus.py
   fetch       error: test_bad_input.py ("fetch unknown model"), test_paths.py (unusable WORKBENCH_HOME)
   tasks       success: test_tasks.py::test_workbench_tasks_lists_every_task
   methods     success (installed console script): test_packaging.py::test_console_script_from_another_folder
@@ -32,8 +34,8 @@ from app.cli import app
 from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking"]
-COMMANDS = {"quickstart", "train", "fetch", "models", "methods", "tasks", "app"}
+STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "model_diff"]
+COMMANDS = {"quickstart", "train", "fetch", "models", "methods", "tasks", "app", "diff"}
 
 
 def _invoke(*args: str):

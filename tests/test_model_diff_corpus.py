@@ -380,3 +380,47 @@ def test_lens_sample_positions():
     assert _lens_sample(mask, 2).tolist() == [0, 2, 5]
     assert _lens_sample(mask, 3).tolist() == [1, 5]
     assert _lens_sample(mask, 128).tolist() == [2]  # fewer real tokens than the stride: the middle one
+
+
+def test_the_app_page_opens_a_diff_run(dirs, tmp_path, monkeypatch):
+    """The real Streamlit page (``AppTest``): the "Dataset diff" view lists the run and draws its 10 figures."""
+    import re
+
+    from streamlit.testing.v1 import AppTest
+
+    from studies.model_diff import ModelDiffConfig, run
+    from workbench.config import config_from_dict
+    from workbench.models.tuned import load_pair
+
+    base, tuned, *_ = dirs
+    cfg = config_from_dict(ModelDiffConfig, {"base": str(base), "tuned": str(tuned), "texts": TEXTS[:2], "steering_alphas": [0.0],
+                                             "steering_max_new_tokens": 2, "patchscope_scales": [1.0], "steering_prompts": ["Hi"]})
+    runs = tmp_path / "runs"
+    run(cfg, runs / "my-diff", pair=load_pair(str(base), str(tuned), "cpu").pair, log=lambda s: None)
+    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
+    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(tuned))
+    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+    at.radio(key="view").set_value("Dataset diff").run()
+    assert not at.exception and not at.error
+    line = [c.value for c in at.caption if c.value.startswith("figures on this page:")]
+    assert int(re.match(r"figures on this page: (\d+)", line[0]).group(1)) == len(at.get("plotly_chart")) == 10
+    assert "my-diff" in " ".join(str(s.value) for s in at.selectbox if s.label == "Diff run") or any(
+        "my-diff" in c.value for c in at.caption)
+    assert any("<mark>" in m.value for m in at.markdown)
+
+
+def test_token_shift_update_equals_add_sums():
+    from probes.diff.mining import TokenShift
+
+    g = torch.Generator().manual_seed(0)
+    lt, lb = torch.randn(2, 3, 11, generator=g).log_softmax(-1), torch.randn(2, 3, 11, generator=g).log_softmax(-1)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    a, b = TokenShift(11), TokenShift(11)
+    a.update(lt, lb, mask, lb.argmax(-1), lt.argmax(-1))
+    rt, rb = lt[mask], lb[mask]
+    b.add_sums(rt.exp().sum(0) - rb.exp().sum(0), (rt - rb).sum(0), rb.argmax(-1), rt.argmax(-1))
+    for x, y in zip(a.means(), b.means()):
+        torch.testing.assert_close(x, y)
+    assert a.n == b.n == 3 and torch.equal(a.gained, b.gained) and torch.equal(a.lost, b.lost)
+    torch.testing.assert_close(a.means()[0], (rt.exp() - rb.exp()).mean(0).double())
