@@ -4,7 +4,6 @@ end + its notebook (real model)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 

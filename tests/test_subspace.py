@@ -11,7 +11,6 @@ from probes.subspace import (
     RankOneSubspace, SubspaceConfig, fit_das, interchange_accuracy, last_token_acts, layer_search, patched_answer_prob,
     projections, random_direction, separation, steer_rates, steering_values,
 )
-from tests.conftest import make_tiny, tiny_info
 from workbench.data import final_position_logits as last_logits, right_pad as pad_batch
 from workbench.errors import ConfigError
 from workbench.hooked import hook_count

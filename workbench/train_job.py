@@ -200,25 +200,35 @@ def _save_outputs(run_dir: Path, cfg: TrainJobConfig, result: Any, model: Any, t
 
 def _train_into(run_dir: Path, cfg: TrainJobConfig, task: Any, split: Any, model: Any, tok: Any, info: Any, started: float, log) -> None:
     """The writing part of :func:`run_train_job`: train, evaluate, save into the (created) ``run_dir``."""
+    pad_id = tok.pad_token_id or 0
+    _train_evaluate_save(run_dir, cfg, model, tok, info, task.to_examples(split), f"--task {cfg.task}",
+                         lambda which: task.evaluate(model, split, pad_id=pad_id),
+                         lambda r: f"held-out accuracy {r['accuracy']:.3f} on {cfg.task}",
+                         lambda base, tuned: {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"]},
+                         _check_ids(task.to_examples(split, "heldout")), started, log)
+
+
+def _train_evaluate_save(run_dir: Path, cfg: TrainJobConfig, model: Any, tok: Any, info: Any, examples: list, source: str,
+                         evaluate: Any, summary: Any, headline: Any, check_ids: torch.Tensor, started: float, log) -> None:
+    """Task and data jobs alike: evaluate the base (``evaluate("base")``, main process only), train on ``examples``,
+    evaluate the tuned model, then :func:`_save_outputs` with ``headline(base, tuned)`` metrics first."""
     from workbench.finetune import finetune
 
-    pad_id = tok.pad_token_id or 0
-    examples = task.to_examples(split)
     main = is_main_process()
     if main:
-        base = task.evaluate(model, split, pad_id=pad_id)
-        log(f"base held-out accuracy {base['accuracy']:.3f} on {cfg.task}; training {cfg.method}")
-    hint = (f"`workbench train {cfg.method} --task {cfg.task} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
+        base = evaluate("base")
+        log(f"base: {summary(base)}; training {cfg.method} on {len(examples)} examples")
+    hint = (f"`workbench train {cfg.method} {source} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
             "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
-    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train",
-                      restart_hint=hint)
+    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=tok.pad_token_id or 0,
+                      out_dir=run_dir / "train", restart_hint=hint)
     if not main:
         return
     with result.intervention.attach(model):
-        tuned = task.evaluate(model, split, pad_id=pad_id)
-    log(f"tuned held-out accuracy {tuned['accuracy']:.3f}")
-    metrics = {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"], "base": base, "tuned": tuned}
-    _save_outputs(run_dir, cfg, result, model, tok, info, metrics, _check_ids(task.to_examples(split, "heldout")), started, log)
+        tuned = evaluate("tuned")
+    log(f"tuned: {summary(tuned)}")
+    metrics = {**headline(base, tuned), "base": base, "tuned": tuned}
+    _save_outputs(run_dir, cfg, result, model, tok, info, metrics, check_ids, started, log)
 
 
 # --- your own data ------------------------------------------------------------------------------------------------
@@ -264,25 +274,15 @@ def _train_data_into(run_dir: Path, cfg: TrainJobConfig, train_ex: list, eval_ex
                      model: Any, tok: Any, info: Any, started: float, log) -> None:
     """The writing part of a data job: evaluate base, train, evaluate tuned, save into ``run_dir``."""
     from workbench.datafiles.evaluate import evaluate_examples
-    from workbench.finetune import finetune
 
     pad_id = tok.pad_token_id or 0
     em = shape != "text"
-    main = is_main_process()
-    if main:
-        base = evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc="eval base")
-        log(f"base: held-out answer loss {base['answer_loss']:.3f} nats/token (perplexity {base['perplexity']:.2f})"
-            + (f", exact match {base['exact_match']:.3f}" if em else "") + f"; training {cfg.method} on {len(train_ex)} examples")
-    hint = (f"`workbench train {cfg.method} --data {cfg.data} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
-            "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
-    result = finetune(cfg.method, model, info, train_ex, cfg.method_config, cfg.train, pad_id=pad_id, out_dir=run_dir / "train",
-                      restart_hint=hint)
-    if not main:
-        return
-    with result.intervention.attach(model):
-        tuned = evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc="eval tuned")
-    log(f"tuned: held-out answer loss {tuned['answer_loss']:.3f} nats/token (perplexity {tuned['perplexity']:.2f})"
-        + (f", exact match {tuned['exact_match']:.3f}" if em else ""))
-    metrics = {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"], "base": base, "tuned": tuned,
-               "data": record}
-    _save_outputs(run_dir, cfg, result, model, tok, info, metrics, _check_ids(eval_ex), started, log)
+
+    def summary(r: dict[str, Any]) -> str:
+        return (f"held-out answer loss {r['answer_loss']:.3f} nats/token (perplexity {r['perplexity']:.2f})"
+                + (f", exact match {r['exact_match']:.3f}" if em else ""))
+
+    _train_evaluate_save(run_dir, cfg, model, tok, info, train_ex, f"--data {cfg.data}",
+                         lambda which: evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc=f"eval {which}"),
+                         summary, lambda base, tuned: {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"],
+                                                       "data": record}, _check_ids(eval_ex), started, log)

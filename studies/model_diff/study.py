@@ -16,6 +16,8 @@ Protocol (:func:`run`):
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import time
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probes.diff.corpus import DiffSettings
 from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 
@@ -42,7 +45,7 @@ def _finite_list(name: str, v: list) -> list[float]:
 
 
 @dataclass
-class ModelDiffConfig(ShippedConfig):
+class ModelDiffConfig(ShippedConfig, DiffSettings):
     """Settings of ``workbench diff`` / ``python -m studies.model_diff`` (``configs/{tiny,default}.json``).
 
     Attributes:
@@ -52,11 +55,11 @@ class ModelDiffConfig(ShippedConfig):
         texts: the corpus inline, used when ``data`` is empty (tests, small configs).
         fields: column mapping for ``data`` (:func:`workbench.datafiles.load_rows`).
         max_rows: rows read from the corpus (the first ones).
-        batch_size, max_length: rows per forward pass; tokens kept per row (BOS included).
-        layer: ADL layer (``null``: ``n_layers // 2``).
-        adl_positions: first text tokens averaged for δ (paper: 5).
-        top_k_contexts, context_window, top_k_tokens: sizes of the top-KL view and the diff-mining lists.
-        lens_token_stride: the per-layer logit lens reads every n-th real token of a batch (1 = all; default 128).
+        batch_size, max_length, layer, adl_positions, top_k_contexts, context_window, top_k_tokens,
+        lens_token_stride, chunk_positions: the streaming pass's settings, inherited from
+            :class:`probes.diff.DiffSettings` (rows per forward pass, tokens per row, ADL layer — ``null``:
+            ``n_layers // 2`` — first text tokens averaged for δ, sizes of the top-KL view and diff-mining lists, the
+            logit lens's token stride).
         patchscope_prompt, patchscope_placeholder, patchscope_scales: the identity prompt, its placeholder and the
             scales of δ/‖δ‖ in units of the mean base residual norm at the layer.
         steering_prompts, steering_alphas, steering_max_new_tokens: greedy steered generations of the base model;
@@ -76,14 +79,6 @@ class ModelDiffConfig(ShippedConfig):
     texts: list[str] = field(default_factory=list)
     fields: dict[str, str] | None = None
     max_rows: int = 256
-    batch_size: int = 8
-    max_length: int = 128
-    layer: int | None = None
-    adl_positions: int = 5
-    top_k_contexts: int = 20
-    context_window: int = 12
-    top_k_tokens: int = 20
-    lens_token_stride: int = 128
     patchscope_prompt: str = "cat -> cat; 1135 -> 1135; hello -> hello; ? ->"
     patchscope_placeholder: str = "?"
     patchscope_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
@@ -102,14 +97,9 @@ class ModelDiffConfig(ShippedConfig):
                               + ("both" if self.texts else "neither"))
         if self.texts and not any(isinstance(t, str) and t.strip() for t in self.texts):
             raise ConfigError("ModelDiffConfig.texts is empty: no text with a character in it")
-        for name in ("max_rows", "batch_size", "max_length", "adl_positions", "steering_max_new_tokens", "lens_token_stride"):
+        for name in ("max_rows", "steering_max_new_tokens"):
             _positive(name, getattr(self, name))
-        for name in ("top_k_contexts", "context_window", "top_k_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"ModelDiffConfig.{name} must be an integer >= 0, got {v!r}")
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
-            raise ConfigError(f"ModelDiffConfig.layer must be an integer or null, got {self.layer!r}")
+        DiffSettings.__post_init__(self)  # the streaming settings this config inherits
         self.patchscope_scales = _finite_list("patchscope_scales", self.patchscope_scales)
         self.steering_alphas = _finite_list("steering_alphas", self.steering_alphas)
         if not self.steering_prompts or not all(isinstance(p, str) and p.strip() for p in self.steering_prompts):
@@ -191,7 +181,6 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
         ModelNotFoundError, MismatchError, CheckpointError: as :func:`workbench.models.tuned.load_pair`.
     """
     from probes.diff import (
-        DiffSettings,
         diff_corpus,
         lens_tokens,
         patchscope,
@@ -202,9 +191,7 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
     started = time.time()
     timing: dict[str, float] = {}
     corpus = check_before_load(cfg) if corpus is None else corpus
-    settings = DiffSettings(batch_size=cfg.batch_size, max_length=cfg.max_length, layer=cfg.layer, adl_positions=cfg.adl_positions,
-                            top_k_contexts=cfg.top_k_contexts, context_window=cfg.context_window, top_k_tokens=cfg.top_k_tokens,
-                            lens_token_stride=cfg.lens_token_stride)
+    settings = DiffSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DiffSettings)})
     tuned_kind = "given"
     if pair is None:
         from workbench.models.tuned import load_pair

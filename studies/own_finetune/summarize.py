@@ -66,13 +66,13 @@ def summarize(run: Path) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| tuned | KL (nats/token) | mining Δlog p top-20 | mining Δp top-20 | ADL lens δ top-20 | ADL lens −δ top-20 (control) "
+    lines = ["| diff run (tuned; ADL layer) | KL (nats/token) | mining Δlog p top-20 | mining Δp top-20 | ADL lens δ top-20 | ADL lens −δ top-20 (control) "
              "| ADL lens per position top-10 | Patchscope top-10 per scale | steering α, domain words (α=0 → chosen) |",
              "|---|---:|---|---|---|---|---|---|---|"]
     for r in rows:
         n, w = r["mining_logprob_top20"]
         steer = r["steering_domain_words"]
-        lines.append(f"| {r['tuned']} | {r['kl_mean_nats']:.3f} | {n}: {', '.join(w)} | {r['mining_prob_top20'][0]} | "
+        lines.append(f"| {Path(r['run']).name} ({r['tuned']}; layer {r['adl_layer']}) | {r['kl_mean_nats']:.3f} | {n}: {', '.join(w)} | {r['mining_prob_top20'][0]} | "
                      f"{r['adl_lens_top20'][0]} | {r['adl_lens_negative_top20'][0]} | {r['adl_lens_by_position_top10']} | "
                      f"{r['patchscope_top10_by_scale']} | α={r['steering_chosen_alpha']}: "
                      f"{len(steer.get('0.0', []))} → {len(steer.get(str(r['steering_chosen_alpha']), []))} |")
