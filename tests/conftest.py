@@ -122,6 +122,17 @@ def tiny_llama_with_smollm2_tokenizer():
 
 
 @pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: invalid input is refused before any model loads."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for invalid input")
+
+    for target in ("workbench.models.load_model", "workbench.models.load.load_model"):
+        monkeypatch.setattr(target, refuse)
+
+
+@pytest.fixture
 def tiny():
     """(model, info) of a fresh tiny random Llama."""
     return make_tiny(0)

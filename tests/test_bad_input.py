@@ -189,17 +189,6 @@ def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1) for p in sorted(root.rglob("*"))}
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model fails the test: invalid input is refused before any model loads."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded for invalid input")
-
-    for target in ("workbench.models.load_model", "workbench.models.load.load_model"):
-        monkeypatch.setattr(target, refuse)
-
-
 def _invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, BaseException | None]:
     result = CliRunner().invoke(app, args, env=env)
     exc = result.exception if not isinstance(result.exception, SystemExit) else None

@@ -91,6 +91,8 @@ def test_app_main_page_from_the_installed_package(installed, tmp_path):
         os.environ.update(WORKBENCH_APP_BASE=str(base), WORKBENCH_APP_TUNED=str(run), WORKBENCH_APP_RUNS=str(runs))
         at = AppTest.from_file(str(Path(app.__file__).parent / "main.py"), default_timeout=120).run()
         assert not at.exception and not at.error, (at.exception, at.error)
+        at.radio[0].set_value("Run results").run()  # the run's figures (the first view is empty before a prompt)
+        assert not at.exception and not at.error, (at.exception, at.error)
         print("charts", len(at.get("plotly_chart")))
     """)
     out = _run(installed, str(installed["python"]), "-c", script)

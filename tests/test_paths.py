@@ -24,17 +24,6 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model fails the test: validation must come first."""
-    import workbench.models
-
-    def boom(*a, **k):  # pragma: no cover - reached only on a regression
-        raise AssertionError("a model was loaded before the paths were checked")
-
-    monkeypatch.setattr(workbench.models, "load_model", boom)
-
-
 def _read_only(monkeypatch, folder: Path) -> None:
     """Simulate a read-only ``folder`` (root ignores mode bits): ``os.access(.., W_OK)`` is False under it."""
     real = os.access

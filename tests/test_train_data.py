@@ -45,15 +45,6 @@ def files(tmp_path_factory):
             "eval_chat": _first(DATA / "eval_chat.jsonl", 4, d / "eval_chat.jsonl")}
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded for invalid input")
-
-    for target in ("workbench.models.load_model", "workbench.models.load.load_model"):
-        monkeypatch.setattr(target, refuse)
-
-
 def _read(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
 

@@ -173,10 +173,10 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
 
 
 def _save_outputs(run_dir: Path, cfg: TrainJobConfig, result: Any, model: Any, tok: Any, info: Any, metrics: dict[str, Any],
-                  check_ids: torch.Tensor, started: float, log) -> None:
+                  check_ids: Any, started: float, log) -> None:
     """Write a trained job's artifacts into ``run_dir``: ``adapter/`` (and CAFT's ``ablation/``), a standard peft
     adapter ``peft_adapter/`` for LoRA (``PeftModel.from_pretrained`` loads it), ``exported/`` when ``cfg.export``
-    (its max |Δlogit| on ``check_ids`` recorded), then ``results.json`` last."""
+    (its max |Δlogit| on the prompts ``check_ids()`` returns recorded), then ``results.json`` last."""
     from workbench.artifacts import atomic_write_json, results_record, save_intervention
     from workbench.export import export_hf, export_max_logit_diff
     from workbench.models import load_model
@@ -193,7 +193,7 @@ def _save_outputs(run_dir: Path, cfg: TrainJobConfig, result: Any, model: Any, t
     if cfg.export:
         clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
         out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=tok, model_info=info)
-        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, check_ids)
+        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, check_ids())
         log(f"exported to {out} (max |Δlogit| {metrics['export_max_abs_logit_diff']:.2e})")
     atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time()))
 
@@ -205,11 +205,11 @@ def _train_into(run_dir: Path, cfg: TrainJobConfig, task: Any, split: Any, model
                          lambda which: task.evaluate(model, split, pad_id=pad_id),
                          lambda r: f"held-out accuracy {r['accuracy']:.3f} on {cfg.task}",
                          lambda base, tuned: {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"]},
-                         _check_ids(task.to_examples(split, "heldout")), started, log)
+                         lambda: _check_ids(task.to_examples(split, "heldout")), started, log)
 
 
 def _train_evaluate_save(run_dir: Path, cfg: TrainJobConfig, model: Any, tok: Any, info: Any, examples: list, source: str,
-                         evaluate: Any, summary: Any, headline: Any, check_ids: torch.Tensor, started: float, log) -> None:
+                         evaluate: Any, summary: Any, headline: Any, check_ids: Any, started: float, log) -> None:
     """Task and data jobs alike: evaluate the base (``evaluate("base")``, main process only), train on ``examples``,
     evaluate the tuned model, then :func:`_save_outputs` with ``headline(base, tuned)`` metrics first."""
     from workbench.finetune import finetune
@@ -285,4 +285,4 @@ def _train_data_into(run_dir: Path, cfg: TrainJobConfig, train_ex: list, eval_ex
     _train_evaluate_save(run_dir, cfg, model, tok, info, train_ex, f"--data {cfg.data}",
                          lambda which: evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc=f"eval {which}"),
                          summary, lambda base, tuned: {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"],
-                                                       "data": record}, _check_ids(eval_ex), started, log)
+                                                       "data": record}, lambda: _check_ids(eval_ex), started, log)
