@@ -298,3 +298,13 @@ def test_real_smollm2_smoke():
     assert run.train_result.losses[-1] < run.train_result.losses[0]
     assert_bitwise_unchanged(model, before)
     assert hook_count(model) == 0
+
+
+def test_selection_digest_covers_the_answer_mask():
+    """Chat examples with other assistant-turn masks train on other tokens: a resume must not reuse their scores."""
+    from workbench.data import Example
+    from workbench.methods.neft.trainer import _examples_digest
+
+    plain = [Example((1, 2), (3, 4))]
+    assert _examples_digest(plain) == _examples_digest([Example((1, 2), (3, 4), answer_mask=None)])
+    assert _examples_digest([Example((1, 2), (3, 4), answer_mask=(1, 0))]) != _examples_digest([Example((1, 2), (3, 4), answer_mask=(1, 1))])

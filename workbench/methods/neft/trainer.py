@@ -230,8 +230,9 @@ def select_neurons(
 
 def _examples_digest(examples: Sequence[Example]) -> str:
     h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps([e.prompt_ids, e.answer_ids]).encode())
+    for e in examples:  # the answer mask (chat data) changes the loss, so it is part of the digest when present
+        mask = getattr(e, "answer_mask", None)
+        h.update(json.dumps([e.prompt_ids, e.answer_ids] + ([list(mask)] if mask is not None else [])).encode())
     return h.hexdigest()[:16]
 
 
