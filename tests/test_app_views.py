@@ -19,6 +19,19 @@ TABS = {"predictions_tab": VIEWS[0], "residual_tab": VIEWS[1], "attention_tab": 
         "runs_tab": VIEWS[5]}
 
 
+def _open_app(monkeypatch, tiny_run):
+    """The app's main page on the tiny pair (fresh resource cache), after its first run."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_resource.clear()
+    base, run, runs = tiny_run
+    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
+    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(run))
+    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
+    return AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from app.latency.tiny import save_tiny, save_tiny_run, write_quickstart_like_results
@@ -32,8 +45,6 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture
 def counted(monkeypatch, tiny_run):
     """An AppTest of the page on the tiny LoFiT run, with every view builder and the analysis counted."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
     from app import render
     from app.views import analysis
@@ -44,12 +55,7 @@ def counted(monkeypatch, tiny_run):
         monkeypatch.setattr(render, name, lambda *a, _real=real, _view=view, **k: calls.update([_view]) or _real(*a, **k))
     real_analyse = analysis.analyse_prompt
     monkeypatch.setattr(analysis, "analyse_prompt", lambda pair, prompt, *a, **k: calls.update([f"analyse {prompt}"]) or real_analyse(pair, prompt, *a, **k))
-    st.cache_resource.clear()
-    base, run, runs = tiny_run
-    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
-    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(run))
-    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+    at = _open_app(monkeypatch, tiny_run)
     assert not at.exception and not at.error
     return at, calls
 
@@ -102,21 +108,14 @@ def test_views_are_fragments():
 
 def test_queued_session_is_told_while_the_lock_is_held(monkeypatch, tiny_run):
     """While another session holds the pair's lock, the page says it is queued, then how long it waited."""
-    import streamlit as st
     from streamlit.delta_generator import DeltaGenerator
-    from streamlit.testing.v1 import AppTest
 
     from app.views import load as load_view
 
     loaded = []
     real = load_view.load_pair
     monkeypatch.setattr(load_view, "load_pair", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
-    st.cache_resource.clear()
-    base, run, runs = tiny_run
-    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
-    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(run))
-    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+    at = _open_app(monkeypatch, tiny_run)
     assert len(loaded) == 1
     seen = []
     real_info = DeltaGenerator.info
@@ -204,15 +203,9 @@ def test_chunked_lens_never_holds_layers_by_positions_by_vocabulary(tiny_model):
 def test_view_state_is_in_the_url_and_a_shared_link_opens_it(monkeypatch, tiny_run):
     """``?prompt=…&view=…&pos=…``: the page keeps its state in the URL, and a page opened from such a link
     (a shared link, or a reload) analyses that prompt and shows that view at that position."""
-    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    base, run, runs = tiny_run
-    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
-    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(run))
-    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+    at = _open_app(monkeypatch, tiny_run)
     at.text_area(key="prompt").set_value(PROMPT)
     at.button[0].click().run()
     at.radio(key="view").set_value("Heads & neurons").run()
@@ -231,15 +224,8 @@ def test_view_state_is_in_the_url_and_a_shared_link_opens_it(monkeypatch, tiny_r
 
 
 def test_a_refused_prompt_stays_out_of_the_url(monkeypatch, tiny_run):
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
-    base, run, runs = tiny_run
-    monkeypatch.setenv("WORKBENCH_APP_BASE", str(base))
-    monkeypatch.setenv("WORKBENCH_APP_TUNED", str(run))
-    monkeypatch.setenv("WORKBENCH_APP_RUNS", str(runs))
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
+    at = _open_app(monkeypatch, tiny_run)
     at.text_area(key="prompt").set_value(PROMPT)
     at.button[0].click().run()
     at.text_area(key="prompt").set_value("Hello world " * 300)

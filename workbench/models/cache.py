@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,13 +43,18 @@ def weights_hash(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     sd = model.state_dict()
     for key in sorted(sd):
-        t = sd[key].detach()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        flat = t.cpu().contiguous().reshape(-1)
-        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        hash_tensor(h, key, sd[key])
     return "sha256:" + h.hexdigest()
+
+
+def hash_tensor(h: Any, key: str, t: torch.Tensor) -> None:
+    """Feed one named tensor to the hash ``h`` (name, dtype, shape, then its bytes): the unit of :func:`weights_hash`."""
+    t = t.detach()
+    h.update(key.encode())
+    h.update(str(t.dtype).encode())
+    h.update(str(tuple(t.shape)).encode())
+    flat = t.cpu().contiguous().reshape(-1)
+    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
 
 
 # ----------------------------------------------------------------------------- cache

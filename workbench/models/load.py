@@ -32,7 +32,7 @@ import torch
 from workbench.architecture import Dims, text_config
 from workbench.artifacts import refuse_pickle_only
 from workbench.errors import CheckpointError, ConfigError, ModelNotFoundError
-from workbench.models.cache import _ensure, weights_hash
+from workbench.models.cache import _ensure, hash_tensor, weights_hash
 from workbench.models.registry import DEFAULT_MODEL, REGISTRY, _unknown
 
 log = logging.getLogger(__name__)
@@ -174,12 +174,7 @@ def split_weights_hash(model: Any) -> str:
         module, attr = owner[key]
         on_meta = getattr(module, attr).device.type == "meta"
         with align_module_device(module, torch.device("cpu")) if on_meta else contextlib.nullcontext():
-            t = getattr(module, attr).detach()
-            h.update(key.encode())
-            h.update(str(t.dtype).encode())
-            h.update(str(tuple(t.shape)).encode())
-            flat = t.cpu().contiguous().reshape(-1)
-            h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            hash_tensor(h, key, getattr(module, attr))
     return "sha256:" + h.hexdigest()
 
 
