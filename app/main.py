@@ -6,10 +6,14 @@ Start it with ``make app``, ``workbench app`` or
 
 Both models are loaded once per (base, tuned, device) and shared by every browser session
 (``st.cache_resource``); each prompt is analysed once (one pass of each model) and cached; the views only
-re-plot. Only the selected view is built and sent (a selector, not ``st.tabs``, which builds every tab on
-every run); each view is a fragment, so its pickers rerun it alone; the prompt, view and position live in
-the URL. Forward passes of a pair are serialised by its lock, because a tuned model given as an
-intervention hooks the base weights it shares; a session whose prompt waits for that lock is told so.
+re-plot. The logit lens is computed for a window of positions (default the last 8, adjustable), after the rest of
+its view is sent. Only the selected view is built and sent (a selector, not ``st.tabs``, which builds every tab on
+every run); each view is a fragment, so its pickers rerun it alone (the position picker of the predictions view
+reruns only its own part). The prompt box is a fragment too: committing a box updates its token count without
+rerunning the page. The URL holds the view state (prompt, counterfactual, view, position, tracked tokens, lens
+window), so a link can be shared and survives a reload. Forward passes of a pair are serialised by its lock,
+because a tuned model given as an intervention hooks the base weights it shares; a session whose prompt (or
+patching run) waits for that lock is told so.
 
 Every failure is shown in the page with what to do next: a runs folder that does not exist, a model that
 cannot be loaded (the prompt box stays, with the typed prompt), a refused prompt (the previous results
@@ -25,7 +29,7 @@ import time
 
 import streamlit as st
 
-from app import render
+from app import render, render_patch
 from app.views import diff as diff_view
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
 from app.views.load import (
@@ -70,7 +74,7 @@ def get_analysis(pair_key: str, prompt: str, _loaded: LoadedPair) -> PromptAnaly
     if not _loaded.lock.acquire(blocking=False):
         raise PairBusy
     try:
-        return analyse_prompt(_loaded.pair, prompt)
+        return analyse_prompt(_loaded.pair, prompt, lens_positions=0)  # the lens window comes later (app.render_lens)
     finally:
         _loaded.lock.release()
 
@@ -135,17 +139,42 @@ def load(base: str, tuned: str, device: str, runs_problem: str | None) -> tuple[
                       "pair should load, it is a bug: the server's log has the details.")
 
 
+def token_count(loaded: LoadedPair | None, text: str) -> str:
+    """``"29 tokens"`` for ``text`` with the pair's tokenizer (BOS counted when the model prepends one), or why not."""
+    if loaded is None:
+        return "token count once the pair loads"
+    if not text.strip():
+        return "empty"
+    n = len(loaded.pair.tokenizer(text, add_special_tokens=False)["input_ids"]) + int(bool(loaded.pair.prepend_bos))
+    return f"{n} tokens" + (f" — over the limit of {MAX_PROMPT_TOKENS}" if n > MAX_PROMPT_TOKENS else "")
+
+
+@st.fragment
+def prompt_box(loaded: LoadedPair | None) -> None:
+    """The prompt and its counterfactual (for clean ↔ corrupt patching) with their token counts, updated whenever a box
+    is committed (Ctrl+Enter or leaving it: a rerun of this fragment alone), and the Analyse button (a rerun of the page)."""
+    shared = st.query_params.get("prompt")  # a link with ?prompt=… (or a reload) analyses that prompt
+    if shared and "active_prompt" not in st.session_state:
+        st.session_state["active_prompt"] = shared
+        st.session_state["active_cf"] = st.query_params.get("cf", "")
+    left, right = st.columns([3, 2])
+    prompt = left.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", shared or EXAMPLE_PROMPT, key="prompt", height=90)
+    cf = right.text_area("Counterfactual prompt (optional, same token count: for clean ↔ corrupt patching)",
+                         st.query_params.get("cf", ""), key="cf_prompt", height=90)
+    counts = token_count(loaded, prompt)
+    if cf.strip():
+        counts += f" · counterfactual: {token_count(loaded, cf)}"
+    left.caption(f"Prompt: {counts}")
+    if st.button("Analyse", type="primary", key="analyse"):
+        st.session_state["active_prompt"], st.session_state["active_cf"] = prompt, cf
+        st.rerun()
+
+
 def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, str]:
     """The prompt box (always there, so a typed prompt survives a model that failed to load) and its
     analysis. A refused prompt keeps the previous prompt's results on the page, under the error. Returns the
     analysis to draw and, when there is none, what the empty views should say."""
-    shared = st.query_params.get("prompt")  # a link with ?prompt=… (or a reload) analyses that prompt
-    if shared and "active_prompt" not in st.session_state:
-        st.session_state["active_prompt"] = shared
-    with st.form("prompt_form"):
-        prompt = st.text_area(f"Prompt (at most {MAX_PROMPT_TOKENS} tokens)", shared or EXAMPLE_PROMPT, key="prompt", height=90)
-        if st.form_submit_button("Analyse", type="primary"):
-            st.session_state["active_prompt"] = prompt
+    prompt_box(loaded)
     active = st.session_state.get("active_prompt")
     if loaded is None:
         if active is not None:
@@ -160,7 +189,13 @@ def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, st
         st.session_state["shown_prompt"] = active
         if st.query_params.get("prompt") != active:  # the URL names the analysed prompt (a refused one stays out of it)
             st.query_params["prompt"] = active
-            st.query_params.pop("pos", None)  # a new prompt starts at its last position
+            for name in ("pos", "answer", "contrast", "lens"):  # a new prompt starts at its last position and its own tokens
+                st.query_params.pop(name, None)
+        cf = st.session_state.get("active_cf") or ""
+        if cf:
+            st.query_params["cf"] = cf
+        else:
+            st.query_params.pop("cf", None)
         st.success(render.summary_line(analysis) + f" ({time.perf_counter() - started:.2f} s)")
         return analysis, ""
     st.error(error)
@@ -186,13 +221,13 @@ def main() -> None:
     analysis, empty_note = prompt_section(loaded)
 
     view = view_selector()
-    marked = marked_heads(loaded) if loaded is not None and view in ("Attention", "Heads & neurons") else []
+    marked = marked_heads(loaded) if loaded is not None and view in ("Attention", "Heads & neurons", "Patching") else []
     show_view(view, loaded, analysis, empty_note, runs_dir, runs_problem, marked)
 
 
 #: The page's views. Only the selected one is built and sent (a selector, not st.tabs, which would build every
 #: tab's content on every run); each is a fragment, so its own controls rerun only it.
-VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
+VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Patching", "Method", "Run results", "Dataset diff"]
 
 
 def view_selector() -> str:
@@ -243,17 +278,27 @@ def show_view(view: str, loaded: LoadedPair | None, analysis: PromptAnalysis | N
         n_figs = diff_view.render(st, runs_dir, runs_problem)
     elif analysis is None:
         st.info(empty_note)
-    elif view == "Predictions & logit lens":
-        n_figs = render.predictions_tab(analysis, key)
-    elif view == "Residual stream":
-        n_figs = render.residual_tab(analysis, key)
-    elif view == "Attention":
-        n_figs = render.attention_tab(analysis, marked, key)
-    elif view == "Heads & neurons":
-        n_figs = render.heads_tab(analysis, marked, key)
+    else:
+        sink = st.session_state.setdefault("export_figures", {})  # view part -> figures, read when "HTML" is clicked
+        sink.clear()
+        if view == "Predictions & logit lens":
+            figs = render.predictions_tab(analysis, key, loaded, sink)
+        elif view == "Residual stream":
+            figs = render.residual_tab(analysis, key, loaded)
+        elif view == "Attention":
+            figs = render.attention_tab(analysis, marked, key)
+        elif view == "Heads & neurons":
+            figs = render.heads_tab(analysis, marked, key)
+        else:
+            figs = render_patch.patching_tab(loaded, analysis, st.session_state.get("active_cf") or "", marked, key)
+        n_figs = len(figs)
+        if not sink:  # the views that do not fill it themselves
+            sink["view"] = figs
+        with st.expander("Export this analysis"):
+            render_patch.export_buttons(analysis, sink, loaded)
     # The browser test and the latency benchmark wait for this line, then for this many plotly charts.
     st.caption(f"figures on this page: {n_figs} — view {view!r} — built in {time.perf_counter() - build_started:.2f} s"
-               + (f" — prompt {analysis.prompt[:40]!r}" if analysis is not None else ""))
+               + (f" — prompt {analysis.prompt[:40]!r} ({len(analysis.prompt)} characters)" if analysis is not None else ""))
     return n_figs
 
 main()

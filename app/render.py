@@ -6,8 +6,11 @@ same figures are testable without a browser; this file only lays them out and ad
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
+from app import render_lens
 from app.views import figures as vf
 from app.views.analysis import ROLES, PromptAnalysis
 from app.views.method import method_views
@@ -51,20 +54,86 @@ def figures_for(view: str, a: PromptAnalysis, key: str, args: tuple, build) -> l
     return _cached_figures(view, key, a.prompt, args, build) if key else build()
 
 
-def predictions_tab(a: PromptAnalysis, key: str = "") -> int:
-    pos = position_picker(a, "pos_predictions")
+def predictions_tab(a: PromptAnalysis, key: str = "", loaded=None, sink: dict | None = None) -> list:
+    """Predictions after the chosen position and the lens there (a nested fragment: the position picker reruns only that
+    part), the per-token KL, then the logit lens over its window, computed after the rest of the view is sent (the lens is
+    most of the cost of a fresh prompt). Returns the figures drawn; ``sink`` (view part -> figures) is kept up to date
+    for the export, also across fragment reruns."""
+    sink = {} if sink is None else sink
+    c1, c2 = st.columns(2)
+    tokens = render_lens.token_inputs(loaded, a, c1, c2) if loaded is not None else None
     st.caption("Top next-token candidates of both models after the chosen position; KL(P_tuned ‖ P_base) at every position; "
-               "the logit lens reads each layer's residual stream through the model's own final norm and unembedding.")
-    st.dataframe(vf.prediction_table(a, pos), hide_index=True)
-    return _charts(figures_for("pred", a, key, (pos,), lambda: vf.prediction_figures(a, pos)), "pred")
+               "the logit lens reads each layer's residual stream through the model's own final norm and unembedding. "
+               "Logit differences are logit(answer) − logit(contrast) = log p(answer) − log p(contrast), in nats.")
+    figs = _predictions_at(a, key, loaded, tokens, sink)
+    kl = figures_for("kl", a, key, (), lambda: [vf.kl_figure(a)])
+    _charts(kl, "kl")
+    sink["kl"] = kl
+    if loaded is None:
+        return figs + kl
+    start, stop = render_lens.window_picker(a)
+    slot = st.empty()
+    slot.caption(f"Computing the logit lens over positions {start}–{stop - 1}… ({len(a.prompt)} characters)")
+    built: list[float] = []
+
+    def build() -> list:
+        t0 = time.perf_counter()
+        figs = [vf.lens_window_figure(a, render_lens.window(loaded, a, start, stop))]
+        built.append(time.perf_counter() - t0)
+        return figs
+
+    lens = figures_for("lens", a, key, (start, stop), build)
+    with slot.container():
+        _charts(lens, "lens")
+        st.caption(f"logit lens over positions {start}–{stop - 1} " + (f"computed in {built[0]:.2f} s" if built else "cached")
+                   + f" ({2 * (stop - start) * len(a.resid_post['base'])} rows of the unembedding, both models)")
+    sink["lens"] = lens
+    return figs + kl + lens
 
 
-def residual_tab(a: PromptAnalysis, key: str = "") -> int:
-    st.caption("hook_resid_post of every layer, tuned − base, at every position (same tokens through both models).")
-    return _charts(figures_for("resid", a, key, (), lambda: vf.residual_figures(a)), "resid")
+@st.fragment
+def _predictions_at(a: PromptAnalysis, key: str, loaded, tokens, sink: dict) -> list:
+    """The position picker, the prediction table and the figures at that position (a fragment of its own)."""
+    pos = position_picker(a, "pos_predictions")
+    st.table(vf.prediction_table(a, pos))  # static HTML: 10 rows need no interactive grid (lighter to draw)
+
+    def at_position() -> list:
+        figs = [vf.prediction_bars(a, pos)]
+        if loaded is not None:
+            own = render_lens.own_top1_at(loaded, a, pos)
+            if tokens is None:
+                figs.append(vf.lens_at_figure(a, pos, own))
+            else:
+                answer, contrast, ia, ic = tokens
+                figs.append(vf.lens_at_figure(a, pos, own, render_lens.tracked(loaded, a, ia, ic), answer, contrast))
+        return figs
+
+    figs = figures_for("pred", a, key, (pos, tokens), at_position)
+    _charts(figs, "pred")
+    sink["pred"] = figs
+    return figs
 
 
-def attention_tab(a: PromptAnalysis, marked, key: str = "") -> int:
+def residual_tab(a: PromptAnalysis, key: str = "", loaded=None) -> list:
+    st.caption("hook_resid_post of every layer, tuned − base, at every position (same tokens through both models); and the tracked "
+               "tokens' logit difference through the logit lens at every layer and position (nats).")
+    figs = figures_for("resid", a, key, (), lambda: vf.residual_figures(a))
+    if loaded is not None:
+        c1, c2 = st.columns(2)
+        tokens = render_lens.token_inputs(loaded, a, c1, c2)
+        if tokens is not None:
+            answer, contrast, ia, ic = tokens
+            figs = figs + figures_for("resid-tracked", a, key, (ia, ic),
+                                      lambda: [vf.logit_diff_figure(a, render_lens.tracked(loaded, a, ia, ic), answer, contrast)])
+    _charts(figs, "resid")
+    return figs
+
+
+BOXES = ("Red open squares: the heads the tuned side's intervention acts on (e.g. LoFiT's selected heads, whose offsets add to "
+         "their outputs); none when the tuned side is a separately trained model.")
+
+
+def attention_tab(a: PromptAnalysis, marked, key: str = "") -> list:
     n_layers, n_heads = a.patterns["base"].shape[:2]
     change = vf.attention_change(a)
     best = int(change.flatten().argmax())
@@ -72,16 +141,24 @@ def attention_tab(a: PromptAnalysis, marked, key: str = "") -> int:
     layer = c1.selectbox("Layer", list(range(n_layers)), index=best // n_heads, key=f"attn_layer-{hash(a.prompt)}")
     head = c2.selectbox("Head", list(range(n_heads)), index=best % n_heads, key=f"attn_head-{hash(a.prompt)}")
     st.caption(f"Defaults to the head whose pattern changed most (layer {best // n_heads}, head {best % n_heads}).")
+    if marked:
+        st.caption(BOXES)
     marks = tuple(map(tuple, marked))
-    return _charts(figures_for("attn", a, key, (layer, head, marks), lambda: vf.attention_figures(a, layer, head, marked)), "attn")
+    figs = figures_for("attn", a, key, (layer, head, marks), lambda: vf.attention_figures(a, layer, head, marked))
+    _charts(figs, "attn")
+    return figs
 
 
-def heads_tab(a: PromptAnalysis, marked, key: str = "") -> int:
+def heads_tab(a: PromptAnalysis, marked, key: str = "") -> list:
     pos = position_picker(a, "pos_heads", allow_mean=True)
     st.caption("Each head's write to the residual stream, z_h W_O,h (each model with its own W_O), and the MLP neurons "
                "(mlp.hook_post) whose activation changed most.")
+    if marked:
+        st.caption(BOXES)
     marks = tuple(map(tuple, marked))
-    return _charts(figures_for("heads", a, key, (pos, marks), lambda: vf.head_neuron_figures(a, pos, marked)), "heads")
+    figs = figures_for("heads", a, key, (pos, marks), lambda: vf.head_neuron_figures(a, pos, marked))
+    _charts(figs, "heads")
+    return figs
 
 
 def method_tab(loaded, a: PromptAnalysis | None) -> tuple[int, list[list[int]]]:

@@ -240,7 +240,7 @@ def _figure_count(at) -> int:
 
 
 #: The page's views (a selector: only the selected view is built and sent).
-VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
+VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Patching", "Method", "Run results", "Dataset diff"]
 
 
 def _view(at, name: str) -> int:
@@ -263,8 +263,9 @@ def test_page_renders_every_view(monkeypatch, tiny_dirs):
     at.button[0].click().run()
     assert not at.exception and not at.error
     assert "tokens. Next token" in at.success[0].value
-    # predictions 4 + residual 3 + attention 2 + heads/neurons 2 + LoFiT 2 + run results 7 (+ no diff run)
-    assert [_view(at, v) for v in VIEWS] == [4, 3, 2, 2, 2, 7, 0]
+    # predictions 4 + residual 4 + attention 2 + heads/neurons 2 + patching 0 (until its button) + LoFiT 2 + run results 7
+    # (+ no diff run)
+    assert [_view(at, v) for v in VIEWS] == [4, 4, 2, 2, 0, 2, 7, 0]
     marked = []
     for v in ("Attention", "Heads & neurons"):  # LoFiT heads boxed in both
         _view(at, v)
@@ -365,8 +366,8 @@ def test_page_on_the_real_model_with_a_lofit_run_folder(monkeypatch, tmp_path):
     at.text_area(key="prompt").set_value("The apple is in Box F, the key is in Box C, the coin is in Box A. Box C contains the")
     at.button[0].click().run()
     assert not at.exception and not at.error
-    # predictions 4 + residual 3 + attention 2 + heads & neurons 2 + LoFiT 2 (no results.json in this runs folder)
-    assert sum(_view(at, v) for v in VIEWS) == 13 and not at.error
+    # predictions 4 + residual 4 + attention 2 + heads & neurons 2 + patching 0 + LoFiT 2 (no results.json in this runs folder)
+    assert sum(_view(at, v) for v in VIEWS) == 14 and not at.error
 
 
 def test_lora_run_folder_binds_before_the_bridge(tiny_dirs, tmp_path):
@@ -435,7 +436,7 @@ def test_page_keeps_results_when_a_prompt_is_refused(monkeypatch, tiny_dirs):
     at.text_area(key="prompt").set_value("Hello world " * 300)  # refused: the previous results stay, under the error
     at.button[0].click().run()
     assert not at.exception and any("at most 256 tokens" in e.value for e in at.error)
-    assert _figure_count(at) == len(at.get("plotly_chart")) == 4 and _view(at, "Residual stream") == 3
+    assert _figure_count(at) == len(at.get("plotly_chart")) == 4 and _view(at, "Residual stream") == 4
     assert any("previous prompt" in i.value for i in at.info) and "Load a pair" not in _texts(at)
 
 

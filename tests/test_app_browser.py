@@ -22,10 +22,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
 #: figures of each view: the page builds and sends the selected one only (the first is selected at the start)
-VIEW_FIGURES = {"Predictions & logit lens": 4, "Residual stream": 3, "Attention": 2, "Heads & neurons": 2, "Method": 2, "Run results": 7}
+VIEW_FIGURES = {"Predictions & logit lens": 4, "Residual stream": 4, "Attention": 2, "Heads & neurons": 2, "Patching": 0, "Method": 2,
+                "Run results": 7}
 EXPECTED_FIGURES = VIEW_FIGURES["Predictions & logit lens"]
-TITLES = ["Next-token predictions", "Per-token KL", "Logit lens", "resid_post", "Attention pattern", "Per-head output difference",
-          "changed MLP neurons", "LoFiT offsets", "Held-out accuracy"]
+TITLES = ["Next-token predictions", "Per-token KL", "Logit lens, positions", "Logit lens: logit(", "resid_post", "Attention pattern",
+          "Per-head output difference", "changed MLP neurons", "LoFiT offsets", "Held-out accuracy"]
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
-VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Method", "Run results", "Dataset diff"]
-TABS = {"predictions_tab": VIEWS[0], "residual_tab": VIEWS[1], "attention_tab": VIEWS[2], "heads_tab": VIEWS[3], "method_tab": VIEWS[4],
-        "runs_tab": VIEWS[5]}
+VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Patching", "Method", "Run results", "Dataset diff"]
+TABS = {"predictions_tab": VIEWS[0], "residual_tab": VIEWS[1], "attention_tab": VIEWS[2], "heads_tab": VIEWS[3], "method_tab": VIEWS[5],
+        "runs_tab": VIEWS[6]}
 
 
 def _open_app(monkeypatch, tiny_run):

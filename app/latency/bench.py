@@ -1,7 +1,7 @@
 """App latency and memory on the real default pair: submit a prompt -> every figure drawn in the browser.
 
     python -m app.latency.bench [--base smollm2-135m-instruct] [--tuned runs/<run>] [--out runs/app_latency]
-                                        [--repeats 3] [--no-merged] [--tiny]
+                                        [--repeats 3] [--no-merged] [--tiny] [--sessions 5]
 
 For each pair configuration it starts the app (``app.launch.command``, as ``make app`` does), opens it in
 headless Chromium, and measures:
@@ -14,6 +14,8 @@ headless Chromium, and measures:
   ``--repeats`` fresh prompts (distinct text, so the analysis is not cached) and one cached re-submission;
 * the server's own time split, read from the page: the analysis (both models' forward passes and the
   reductions, in the green line) and the page build (figures, in the last line);
+* the CPU seconds the server process and the browser (chromedriver and its Chromium processes) used per submission:
+  on a machine shared with other jobs the wall clock measures the neighbours too, CPU seconds much less;
 * **memory**: the server process's resident set (``VmRSS``) after the first page and its peak (``VmHWM``)
   after all prompts. The browser's memory is not included.
 
@@ -54,12 +56,47 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and all its descendants (Linux ``/proc``); used for
+    the browser (chromedriver and every Chromium process under it). Processes that ended are not counted."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            total += _cpu_s(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+        todo += parents.get(pid, [])
+    return total
+
+
 def _numbers(driver) -> dict:
     text = browser.page_text(driver)
     analysis = re.search(r"(\d+) tokens\. Next token.*\((\d+\.\d+) s\)", text)
     build = re.search(r"built in (\d+\.\d+) s", text)
+    lens = re.search(r"logit lens over positions \d+–\d+ (?:computed in (\d+\.\d+) s|cached)", text)
     return {"tokens": int(analysis.group(1)) if analysis else None, "analysis_s": float(analysis.group(2)) if analysis else None,
-            "page_build_s": float(build.group(1)) if build else None}
+            "page_build_s": float(build.group(1)) if build else None,
+            "lens_s": (float(lens.group(1)) if lens.group(1) else 0.0) if lens else None}
+
+
+def _timed_submit(driver, proc, prompt: str) -> dict:
+    """Click Analyse and wait until ``prompt``'s view is drawn; wall seconds, and the CPU seconds the server and the
+    browser used meanwhile (on a shared machine the wall clock also measures the neighbours; CPU seconds much less)."""
+    browser_pid = driver.service.process.pid
+    s0, b0, t0 = _cpu_s(proc.pid), _tree_cpu_s(browser_pid), time.perf_counter()
+    browser.click_analyse(driver)
+    n, wall, partial = browser.wait_rendered_timed(driver, prompt, 600, t0)
+    return {"figures": n, "submit_to_rendered_s": round(wall, 2), "submit_to_drawn_but_lens_s": None if partial is None else round(partial, 2),
+            "server_cpu_s": round(_cpu_s(proc.pid) - s0, 2),
+            "browser_cpu_s": round(_tree_cpu_s(browser_pid) - b0, 2), "loadavg_1min": os.getloadavg()[0], **_numbers(driver)}
 
 
 def measure(label: str, base: str, tuned: str, runs_dir: str, out: Path, repeats: int, prompts: dict[str, str] = PROMPTS) -> dict:
@@ -78,18 +115,10 @@ def measure(label: str, base: str, tuned: str, runs_dir: str, out: Path, repeats
             for r in range(repeats):
                 prompt = f"Take {r + 1}. {text}"
                 browser.enter_prompt(driver, prompt)
-                t0 = time.perf_counter()
-                browser.click_analyse(driver)
-                n = browser.wait_rendered(driver, prompt, 600)
-                record["prompts"].append({"prompt": name, "take": r + 1, "cached": False, "figures": n,
-                                          "submit_to_rendered_s": round(time.perf_counter() - t0, 2), **_numbers(driver)})
+                record["prompts"].append({"prompt": name, "take": r + 1, "cached": False, **_timed_submit(driver, proc, prompt)})
                 seen.append(prompt)
             browser.enter_prompt(driver, seen[0])  # the first take again: its analysis is cached
-            t0 = time.perf_counter()
-            browser.click_analyse(driver)
-            n = browser.wait_rendered(driver, seen[0], 600)
-            record["prompts"].append({"prompt": name, "take": 1, "cached": True, "figures": n,
-                                      "submit_to_rendered_s": round(time.perf_counter() - t0, 2), **_numbers(driver)})
+            record["prompts"].append({"prompt": name, "take": 1, "cached": True, **_timed_submit(driver, proc, seen[0])})
             print(f"[{label}] {name}: {[p['submit_to_rendered_s'] for p in record['prompts'] if p['prompt'] == name]}", flush=True)
         record["controls"] = controls(driver, f"Take 1. {prompts['entity tracking']}")
         print(f"[{label}] controls: {record['controls']}", flush=True)
@@ -137,16 +166,21 @@ def merged_model(base: str, run: Path, out: Path) -> Path:
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| pair | prompt | tokens | submit → all figures drawn (s), fresh: median [min–max] | cached (s) | analysis (s) | page build (s) |",
-             "|---|---|---|---|---|---|---|"]
+    med = lambda rows, k: statistics.median(p[k] for p in rows) if rows and all(p.get(k) is not None for p in rows) else float("nan")
+    lines = [("| pair | prompt | tokens | submit → view drawn (s), fresh: median [min–max] | fresh, drawn but the lens window (s) | cached (s) | "
+              "analysis (s) | view build (s) | of which lens (s) | server CPU (s), fresh / cached | browser CPU (s), fresh / cached | load (1 min) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         for name in dict.fromkeys(p["prompt"] for p in rec["prompts"]):
             fresh = [p for p in rec["prompts"] if p["prompt"] == name and not p["cached"]]
             cached = [p for p in rec["prompts"] if p["prompt"] == name and p["cached"]]
             times = [p["submit_to_rendered_s"] for p in fresh]
-            lines.append(f"| {rec['label']} | {name} | {fresh[0]['tokens']} | {statistics.median(times):.1f} [{min(times):.1f}–{max(times):.1f}] | "
-                         f"{cached[0]['submit_to_rendered_s']:.1f} | {statistics.median(p['analysis_s'] for p in fresh):.1f} | "
-                         f"{statistics.median(p['page_build_s'] for p in fresh):.1f} |")
+            lines.append(f"| {rec['label']} | {name} | {fresh[0]['tokens']} | {statistics.median(times):.2f} [{min(times):.2f}–{max(times):.2f}] | "
+                         f"{med(fresh, 'submit_to_drawn_but_lens_s'):.2f} | "
+                         f"{cached[0]['submit_to_rendered_s']:.2f} | {statistics.median(p['analysis_s'] for p in fresh):.2f} | "
+                         f"{statistics.median(p['page_build_s'] for p in fresh):.1f} | {med(fresh, 'lens_s'):.2f} | "
+                         f"{med(fresh, 'server_cpu_s'):.2f} / {med(cached, 'server_cpu_s'):.2f} | "
+                         f"{med(fresh, 'browser_cpu_s'):.2f} / {med(cached, 'browser_cpu_s'):.2f} | {med(fresh + cached, 'loadavg_1min'):.1f} |")
     lines += ["", "| pair | first page (s) | RSS after load (MiB) | peak RSS (MiB) | server CPU / wall |", "|---|---|---|---|---|"]
     for rec in records:
         lines.append(f"| {rec['label']} | {rec['first_page_s']:.1f} | {rec['memory_after_load_mib']['VmRSS']} | {rec['memory_end_mib']['VmHWM']} | "
@@ -163,6 +197,8 @@ def main() -> None:
     browser.add_pair_arguments(p)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-merged", action="store_true", help="skip the two-model configuration")
+    p.add_argument("--sessions", type=int, default=0, help="then N browser sessions submitting at once (app.latency.sessions): "
+                                                           "who was told it was queued, and the server's peak memory")
     args = p.parse_args()
     out, tuned = browser.resolve_pair(args)
     args.no_merged = args.no_merged or args.tiny
@@ -173,12 +209,22 @@ def main() -> None:
     if not args.no_merged:
         merged = merged_model(args.base, Path(tuned), out)
         records.append(measure("model directory", args.base, str(merged.resolve()), args.runs_dir, out, args.repeats))
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": vars(args),
+    sessions = None
+    if args.sessions:
+        from app.latency.sessions import concurrent_sessions
+
+        sessions = concurrent_sessions(args.base, str(Path(tuned).resolve()), args.runs_dir, out / "streamlit-sessions.log", args.sessions)
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": vars(args), "sessions": sessions,
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_before_after": [load_before, os.getloadavg()],
                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (set by app.launch)")},
               "records": records}
     (out / "app_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(records))
+    if sessions is not None:
+        told = sum(bool(x.get("told_it_waited")) for x in sessions["sessions"])
+        times = sorted(x.get("submit_to_rendered_s", float("nan")) for x in sessions["sessions"])
+        print(f"\n{args.sessions} sessions at once: submit → drawn {times} s; {told} told they were queued; server RSS after load "
+              f"{sessions['memory_after_load_mib']['VmRSS']} MiB, peak (VmHWM) {sessions['memory_end_mib']['VmHWM']} MiB")
     print(f"load average before {load_before}, after {os.getloadavg()}; wrote {out / 'app_latency.json'}")
 
 

@@ -3,7 +3,7 @@ every figure is drawn. Shared by ``tests/test_app_browser.py`` and the latency b
 definition of "all figures rendered":
 
 1. the page's last line reads ``figures on this page: N — view '<view>' … prompt '<the prompt's first 40
-   characters>'`` (the script run for this prompt and view has finished and sent every element; the page
+   characters>' (<its length> characters)`` (the script run for this prompt and view has finished and sent every element; the page
    builds and sends the selected view only);
 2. no element is stale (``data-stale="true"``: Streamlit's mark for elements of the previous run);
 3. the page holds N plotly charts and each has drawn its SVG (``.main-svg``);
@@ -24,10 +24,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("WORKBENCH_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -174,7 +174,7 @@ def wait_rendered(driver, prompt: str | None, timeout_s: float, view: str | None
     Raises:
         TimeoutError: not within ``timeout_s``.
     """
-    want = None if prompt is None else f"prompt {prompt[:40]!r}"
+    want = None if prompt is None else f"prompt {prompt[:40]!r} ({len(prompt)} characters)"
     want_view = None if view is None else f"view {view!r}"
 
     def done() -> int:
@@ -188,6 +188,43 @@ def wait_rendered(driver, prompt: str | None, timeout_s: float, view: str | None
     n = wait_for(f"every figure of the page for prompt {prompt!r:.60}", done, timeout_s, poll_s=0.05)
     driver.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
     return max(n, 0)
+
+
+_PARTIAL = """
+const tag = arguments[0];
+const pending = Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'))
+    .some(e => e.textContent.startsWith('Computing the logit lens') && e.textContent.includes(tag) && !e.closest('[data-stale="true"]'));
+const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]')).filter(c => !c.closest('[data-stale="true"]'));
+return [pending, charts.length, charts.filter(c => c.querySelector('.js-plotly-plot .main-svg')).length];
+"""
+
+
+def wait_rendered_timed(driver, prompt: str, timeout_s: float, t0: float) -> tuple[int, float, float | None]:
+    """:func:`wait_rendered` for ``prompt``, also noting when the view was drawn *except* its logit-lens window (the page
+    shows "Computing the logit lens …" for this prompt and every chart already sent has drawn its SVG). Returns
+    ``(figures, seconds since t0 until all drawn, seconds since t0 until drawn but the lens, or None when that state was
+    not seen: a cached lens is sent at once)``."""
+    import time as _time
+
+    tag = f"({len(prompt)} characters)"
+    partial: list[float] = []
+
+    def poll() -> int:
+        if not partial:
+            pending, charts, svgs = driver.execute_script(_PARTIAL, tag)
+            if pending and charts and svgs >= charts:
+                partial.append(_time.perf_counter() - t0)
+        line, stale, charts, svgs = driver.execute_script(_PROBE)
+        m = _LINE.match(line)
+        want = f"prompt {prompt[:40]!r} {tag}"
+        if not m or want not in line or stale:
+            return 0
+        n = int(m.group(1))
+        return (n or -1) if charts == n and svgs >= n else 0
+
+    n = wait_for(f"every figure of the page for prompt {prompt!r:.60}", poll, timeout_s, poll_s=0.03)
+    driver.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
+    return max(n, 0), _time.perf_counter() - t0, (partial[0] if partial else None)
 
 
 def select_view(driver, view: str) -> None:

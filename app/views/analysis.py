@@ -14,6 +14,7 @@ goes through the model's own final norm and unembedding, as if the remaining lay
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -172,7 +173,8 @@ def analyse_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS, top_k
         max_tokens: refuse longer prompts.
         top_k: next-token candidates kept per position and model.
         n_neurons: changed neurons kept per position.
-        lens_positions: the logit lens covers the last this many positions (``None``: all).
+        lens_positions: the logit lens covers the last this many positions (``None``: all; ``0``: none, as the app
+            does: it computes a window apart with :func:`app.views.lens.lens_window`).
 
     Raises:
         ConfigError: empty or too long prompt (see :func:`tokenize_prompt`); an architecture without
@@ -183,7 +185,7 @@ def analyse_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS, top_k
     keep = lambda name: name.endswith(_HOOKS)  # noqa: E731
     bl, bc, tl, tc = pair.run_with_cache(ids.to(device), names_filter=keep)
     n_layers = pair.base_info.n_layers
-    lens_start = 0 if lens_positions is None else max(0, ids.shape[1] - lens_positions)
+    lens_start = 0 if lens_positions is None else max(0, ids.shape[1] - max(0, lens_positions))
     kl = per_token_kl(bl, tl)[0].cpu()
     caches, logits, models = {"base": bc, "tuned": tc}, {"base": bl[0].float(), "tuned": tl[0].float()}, {"base": pair.base, "tuned": pair.tuned}
     del bl, bc, tl, tc  # each role's cache is freed as soon as it is reduced (peak memory)
@@ -199,7 +201,11 @@ def analyse_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS, top_k
         final_top = probs[lens_start:].argmax(-1)
         del probs
         resid = stack("hook_resid_post").float()
-        lens = logit_lens(models[role], resid[:, lens_start:], final_top)  # final norm + unembedding: no intervention acts there
+        if lens_start < resid.shape[1]:  # the tuned side's final norm / unembedding under its intervention (full FT changes them)
+            with pair.tuned_context() if role == "tuned" else nullcontext():
+                lens = logit_lens(models[role], resid[:, lens_start:], final_top)
+        else:  # no lens here: the app computes its window apart (app.views.lens), after the rest of the view
+            lens = (torch.zeros(n_layers, 0, dtype=torch.long), torch.zeros(n_layers, 0), torch.zeros(n_layers, 0))
         out["lens_ids"][role], out["lens_probs"][role], out["lens_final"][role] = lens
         out["resid"][role] = resid.cpu()
         out["patterns"][role] = stack("attn.hook_pattern").to(torch.float16).cpu()
