@@ -7,7 +7,11 @@ SmolLM2's 30 layers × 256 positions × 49152 tokens); :func:`chunked_logit_lens
 ``rows_per_chunk × d_vocab`` of them: each chunk of (layer, position) rows is unembedded, reduced to its
 top-k tokens and probabilities (and the probability of a given target token), and dropped before the next.
 
-:func:`full_logit_lens` is the unchunked reference (used by the equality test).
+The work is done by the streaming kernel :func:`kernels.logit_lens.lens_topk` (no softmax is materialised; see
+``kernels/README.md`` for its benchmark). ``kernels/`` is a namespace folder of the checkout and is never installed
+(the name belongs to Hugging Face's ``kernels`` package, which transformers probes for): where it cannot be
+imported (an installed wheel, or HF ``kernels`` installed) :func:`_chunked_softmax` computes the same result with a
+softmax per chunk. :func:`full_logit_lens` is the unchunked reference (used by the equality tests).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from workbench.architecture import final_norm, logit_softcap, softcap, unembedding
+
+try:  # the checkout's kernels/ folder (see the module docstring); absent from an installed wheel
+    from kernels.logit_lens import lens_topk
+except ImportError:
+    lens_topk = None
 
 
 @dataclass
@@ -46,14 +55,31 @@ def _readout(model: nn.Module):
 def chunked_logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], target: Int[Tensor, " pos"] | None = None,
                        k: int = 1, rows_per_chunk: int = 256) -> LensTopK:
     """Logit lens of ``model`` on ``resid`` (each layer's ``hook_resid_post``), ``rows_per_chunk`` (layer,
-    position) rows per unembedding matmul: peak extra memory about 2 × rows_per_chunk × d_vocab floats,
-    whatever the number of layers and positions (batching rows reads the unembedding once per chunk instead of
+    position) rows per unembedding matmul: peak extra memory at most rows_per_chunk × d_vocab fp32 logits
+    (rows_per_chunk × 4096 with ``kernels/``, which also tiles the vocabulary), whatever the number of layers and positions (batching rows reads the unembedding once per chunk instead of
     once per layer). All outputs on the CPU.
 
     Raises:
         ConfigError: the model keeps its final norm / unembedding elsewhere than ``model.norm`` / ``lm_head``
             (see :mod:`workbench.architecture`).
     """
+    if lens_topk is None:
+        return _chunked_softmax(model, resid, target, k, rows_per_chunk)
+    head = unembedding(model)
+    n_layers, n_pos, _ = resid.shape
+    tgt = None if target is None else target.to(resid.device).repeat(n_layers)
+    ids, probs, tprob = lens_topk(final_norm(model), head, resid.flatten(0, 1), k=k, target=tgt, cap=logit_softcap(model),
+                                  rows_per_chunk=rows_per_chunk)
+    kk = ids.shape[-1]
+    return LensTopK(ids.view(n_layers, n_pos, kk).cpu(), probs.view(n_layers, n_pos, kk).cpu(),
+                    None if tprob is None else tprob.view(n_layers, n_pos).cpu())
+
+
+@torch.no_grad()
+def _chunked_softmax(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], target: Int[Tensor, " pos"] | None = None,
+                     k: int = 1, rows_per_chunk: int = 256) -> LensTopK:
+    """:func:`chunked_logit_lens` without ``kernels/``: a softmax over each chunk's ``[rows_per_chunk, d_vocab]``
+    logits, then its top-k (about 2 × rows_per_chunk × d_vocab floats of extra memory)."""
     read, head = _readout(model)
     n_layers, n_pos, _ = resid.shape
     rows = resid.flatten(0, 1)
