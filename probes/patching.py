@@ -61,11 +61,22 @@ from probes.patching_nnsight import (
     attribution_patch_nnsight,
     wants_nnsight,
 )
-from probes.prefix_patching import cache_argument, first_patched_position, prefix_cache, suffix, takes_cache, tiled_cache
+from probes.prefix_patching import (
+    cache_argument,
+    first_patched_layers,
+    first_patched_position,
+    layer_groups,
+    prefix_cache,
+    prefix_runner,
+    shares_layers,
+    suffix,
+    takes_cache,
+    target_suffix,
+    tiled_cache,
+)
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
-from workbench.sites import Site
 
 Metric = Callable[[Float[Tensor, "batch d_vocab"]], Float[Tensor, " batch"]]
 
@@ -109,59 +120,89 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
                 ) -> tuple[Float[Tensor, "variant batch d_vocab"], dict[str, Tensor]]:
     """Run ``n_variants`` patched copies of ``input_ids`` in chunks of at most ``max_batch`` sequences.
 
-    With ``share_prefix`` (default), positions before the first patched position are computed once, for the target,
-    and reused through its key/value cache (:mod:`probes.prefix_patching`; same results to fp tolerance).
+    With ``share_prefix`` (default), what every variant shares with the unpatched target is computed once: positions
+    before the first patched position (reused through the target's key/value cache) and, per variant, the decoder
+    layers below its first patched layer (variants grouped by that layer run from the target's residual stream
+    there). See :mod:`probes.prefix_patching`; same results as ``share_prefix=False`` to fp tolerance.
 
     Returns:
         final-position logits ``[variant, batch, d_vocab]`` and, for each hook name in ``record``, its (patched)
         activation ``[variant, batch, pos, ...]`` in TransformerLens layout.
     """
+    logits, rec, _ = _run(model, input_ids, layers, n_variants, record, max_batch, grad, share_prefix)
+    return logits, rec
+
+
+def _run(model: nn.Module | Side, input_ids: Tensor, layers: Sequence[PatchLayer], n_variants: int, record: Sequence[str],
+         max_batch: int, grad: bool, share_prefix: bool) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    """:func:`run_patched`, plus the unpatched target's final logits ``[batch, d_vocab]`` when layer sharing ran the
+    target anyway (to record the residual streams the variants start from), else ``None``."""
     side = as_side(model)
     input_ids = as_ids(side, input_ids)
     if isinstance(n_variants, bool) or not isinstance(n_variants, int) or n_variants < 1:
         raise ConfigError(f"n_variants must be an int >= 1, got {n_variants!r}")
     device = next(side.model.parameters()).device
-    b = input_ids.shape[0]
+    b, seq = input_ids.shape
     per = max(1, max_batch // b)
     names = list(dict.fromkeys([n for layer in layers for n in layer.masks] + list(record)))
-    chunk: dict[str, int] = {}
     rec: dict[str, list[Tensor]] = {n: [] for n in record}
-    seq = input_ids.shape[1]
     all_masks = [m for layer in layers for m in layer.masks.values()]
-    start = (first_patched_position(all_masks, seq)
-             if share_prefix and all_masks and not record and not grad and takes_cache(side.model) else 0)
+    shared = share_prefix and bool(all_masks) and not record and not grad
+    start = first_patched_position(all_masks, seq) if shared and takes_cache(side.model) else 0
+    groups = (layer_groups(first_patched_layers([layer.masks for layer in layers], n_variants, Dims.of(side.model).n_layers))
+              if shared and shares_layers(side.model) else [(0, torch.arange(n_variants))])
+    masks = [{n: suffix(m, start, 2, seq) for n, m in layer.masks.items()} for layer in layers]
+    sources = [{n: suffix(s, start, 2 if layer.per_variant else 1, seq) for n, s in layer.source.items()} for layer in layers]
+    chunk: dict[str, Any] = {}
+
+    def select(idx: Tensor) -> None:
+        """The masks and sources of the variants ``idx`` at each hook, leaving out those that patch nothing there."""
+        sel: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        for layer, mask_of, source_of in zip(layers, masks, sources):
+            for name, mask in mask_of.items():
+                mask = mask[idx] if mask.shape[0] > 1 else mask
+                if bool(mask.any()):  # an all-False mask is a no-op: skip its torch.where
+                    src = source_of[name][idx] if layer.per_variant else source_of[name].unsqueeze(0)
+                    sel.setdefault(name, []).append((mask, src))
+        chunk.update(n=len(idx), sel=sel)
 
     def fn_for(name: str) -> Callable[[Tensor], Tensor | None]:
         def fn(x: Tensor) -> Tensor | None:
-            c0, c1 = chunk["lo"], chunk["hi"]
-            v = x.unflatten(0, (c1 - c0, b))
-            changed = False
-            for layer in layers:
-                if name not in layer.masks:
-                    continue
-                mask = suffix(layer.masks[name], start, 2, seq)
-                mask = (mask[c0:c1] if mask.shape[0] > 1 else mask).to(x.device)
-                src = suffix(layer.source[name], start, 2 if layer.per_variant else 1, seq).to(device=x.device, dtype=x.dtype)
-                src = src[c0:c1] if layer.per_variant else src.unsqueeze(0)
+            v = x.unflatten(0, (chunk["n"], b))
+            patches = chunk["sel"].get(name, ())
+            for mask, src in patches:
+                mask = mask.to(x.device)
                 mask = mask.reshape(mask.shape + (1,) * (v.ndim - mask.ndim))
-                v = torch.where(mask, src, v)
-                changed = True
+                v = torch.where(mask, src.to(device=x.device, dtype=x.dtype), v)
             if name in rec:
                 rec[name].append(v.detach() if not grad else v)
-            return v.flatten(0, 1) if changed else None
+            return v.flatten(0, 1) if patches else None
         return fn
 
-    outs = []
+    parts: list[Tensor] = []
     ctx = nullcontext() if grad else torch.no_grad()
     with ctx, side.context():
         prefix = prefix_cache(side.model, input_ids[:, :start].to(device)) if start else None  # unpatched, once
+        arg = cache_argument(side.model) if prefix is not None else None
+        needed = [first for first, _ in groups if first > 0]
+        hidden, clean = (target_suffix(side.model, input_ids[:, start:].to(device), needed,
+                                       {} if prefix is None else {arg: tiled_cache(prefix, 1, b)}) if needed else ({}, None))
         with _hooks(side.model, names, fn_for):
-            for c0 in range(0, n_variants, per):
-                chunk.update(lo=c0, hi=min(n_variants, c0 + per))
-                ids = input_ids[:, start:].to(device).repeat(chunk["hi"] - c0, 1)
-                kw = {} if prefix is None else {cache_argument(side.model): tiled_cache(prefix, chunk["hi"] - c0, b)}
-                outs.append(_final_logits(side.model, ids, **kw).unflatten(0, (chunk["hi"] - c0, b)))
-    return torch.cat(outs), {n: torch.cat(v) for n, v in rec.items()}
+            for first, members in groups:
+                for c0 in range(0, len(members), per):
+                    idx = members[c0:c0 + per]
+                    select(idx)
+                    kw = {} if prefix is None else {arg: tiled_cache(prefix, len(idx), b, first)}
+                    if first == 0:
+                        ids = input_ids[:, start:].to(device).repeat(len(idx), 1)
+                        logits = _final_logits(side.model, ids, **kw)
+                    else:
+                        state = hidden[first].repeat(len(idx), 1, 1)
+                        logits = prefix_runner.run_from_layer(side.model, state, first, cache=kw.get(arg), cache_argument=arg or "cache")
+                        logits = logits[:, -1].float()
+                    parts.append(logits.unflatten(0, (len(idx), b)))
+    order = torch.cat([members for _, members in groups])  # variant order of the concatenated parts
+    return torch.cat(parts)[order.argsort()], {n: torch.cat(v) for n, v in rec.items()}, clean
 
 
 @torch.no_grad()
@@ -231,9 +272,9 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         return activation_patch_nnsight(model, sites, target_ids, source_ids, metric, source_model=source_model,
                                         positions=positions, max_batch=max_batch)
     side, masks, source, target_ids = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric)
-    logits, _ = run_patched(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), max_batch=max_batch,
-                            share_prefix=share_prefix)
-    return _effects(logits, metric, _baseline(side, target_ids, metric))
+    logits, _, clean = _run(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), (), max_batch, False,
+                            share_prefix)
+    return _effects(logits, metric, _baseline(side, target_ids, metric) if clean is None else metric(clean))
 
 
 def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_ids: Int[Tensor, "batch pos"],
@@ -273,64 +314,8 @@ def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_
     return out
 
 
-def path_patch(model: nn.Module | Side, senders: Sequence[SiteSet], receivers: str | Sequence[Site],
-               target_ids: Int[Tensor, "batch pos"], source_ids: Int[Tensor, "batch pos"], metric: Metric, *,
-               positions: Positions | None = None, max_batch: int = 256) -> Float[Tensor, "variant batch"]:
-    """Path patching: each sender's effect on ``metric`` through ``receivers`` only (Wang et al. 2023 §3.1;
-    Prakash et al. 2024 §3).
-
-    Args:
-        senders: one variant per entry (usually ``Site(l, "attn.hook_z", head=h, pos=...)``).
-        receivers: ``"logits"`` (the sender's effect through the residual stream, other heads frozen) or Sites at
-            ``attn.hook_q`` / ``hook_k`` / ``hook_v`` (a head's query / key / value input at a position). With
-            grouped-query attention a key / value site is a key-value head, shared by its query-head group.
-
-    Returns:
-        ``metric(patched) − metric(target)``, ``[variant, batch]``. A sender at or after the last receiver layer
-        has no path to it; its effect is exactly 0 and it is not run.
-
-    Raises:
-        ConfigError: receivers that are not query / key / value sites, or as :func:`activation_patch`.
-    """
-    side = as_side(model)
-    target_ids, source_ids = _check_ids(target_ids, source_ids, side)
-    check_metric(metric)
-    dims = Dims.of(side.model)
-    sets = _as_sets(senders)
-    b, seq = target_ids.shape
-    to_logits = isinstance(receivers, str)
-    if to_logits and receivers != "logits":
-        raise ConfigError(f"receivers must be 'logits' or a list of Sites, got {receivers!r}")
-    if not to_logits:
-        receivers = [receivers] if isinstance(receivers, Site) else list(receivers)
-        bad = [str(r) for r in receivers if not isinstance(r, Site) or r.hook not in ("attn.hook_q", "attn.hook_k", "attn.hook_v")]
-        if not receivers or bad:
-            raise ConfigError(f"receivers must be attn.hook_q / hook_k / hook_v sites, got {bad or 'none'}")
-    last = dims.n_layers if to_logits else max(r.layer for r in receivers)
-    live = [i for i, s in enumerate(sets) if min(x.layer for x in s) < last]
-    out = torch.zeros(len(sets), b)
-    if not live:
-        return out
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(dims.n_layers)]
-    clean = cache(side, target_ids, z_names)
-    freeze = PatchLayer({n: torch.ones(1, 1, seq, dims.n_heads, dtype=torch.bool) for n in z_names}, clean)
-    send_masks = variant_masks([sets[i] for i in live], b, seq, dims, positions)
-    send = PatchLayer(send_masks, cache(side, source_ids, list(send_masks)))
-    base = _baseline(side, target_ids, metric)
-    if to_logits:
-        logits, _ = run_patched(side, target_ids, [freeze, send], len(live), max_batch=max_batch)
-        out[live] = _effects(logits, metric, base)
-        return out
-    recv_masks = variant_masks([list(receivers)], b, seq, dims, positions)  # one mask, broadcast over variants
-    per = max(1, max_batch // b)
-    for c0 in range(0, len(live), per):
-        idx = live[c0:c0 + per]
-        sub = PatchLayer({n: m[c0:c0 + len(idx)] for n, m in send_masks.items()}, send.source)
-        _, rec = run_patched(side, target_ids, [freeze, sub], len(idx), record=list(recv_masks), max_batch=max_batch)
-        logits, _ = run_patched(side, target_ids, [PatchLayer(recv_masks, rec, per_variant=True)], len(idx),
-                                max_batch=max_batch)
-        out[idx] = _effects(logits, metric, base)
-    return out
+# path_patch lives in probes/path_patching.py (it imports this module's engine inside its functions: no cycle)
+from probes.path_patching import path_patch  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,20 @@ that key/value cache, tiled over the variants — one token per variant instead 
 the last position. Results equal the full recomputation to floating-point tolerance (tested against it and
 against hand-written hooks).
 
+Layers are shared too: a variant that patches nothing below decoder layer ``l`` has the target's residual stream
+entering layer ``l``. The variants are grouped by their first patched layer (:func:`first_patched_layers`); the target
+runs once more (on the positions after the prefix, on a copy of its cache) recording the residual stream entering
+every group's ``l`` (:func:`target_suffix`; that run's logits are also the unpatched baseline), and each group then runs
+only layers ``l..`` (:func:`kernels.prefix_runner.run_from_layer`), batched over its variants, on a cache tiled in
+layers ``l..`` only (the cached positions ``< p`` of those layers are the target's too). For the all-heads sweep that
+halves the layer work. A variant's group is the lowest layer any of its masks touches, so a patch inside layer ``l``
+(``attn.hook_z``, ``mlp.hook_post``, ``hook_resid_post``...) starts its variant at ``l`` with the clean stream.
+
 Not shared (the full run is used): recorded activations (they need every position), gradient runs, masks that
-broadcast over positions with any element set, and models whose forward takes no key/value cache.
+broadcast over positions with any element set (positions only), and models whose forward takes no key/value cache
+(positions only). Layers are shared only where :func:`kernels.prefix_runner.supports` the model (the Hugging Face
+Llama / Qwen2 / Qwen3 / Mistral / Gemma families) and the checkout's ``kernels/`` folder is importable: it is not part of
+the installed wheel (it must never shadow Hugging Face's ``kernels`` package), where only positions are shared.
 """
 
 from __future__ import annotations
@@ -20,8 +32,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+
+from probes.patch_sites import _parse
+from workbench.hooked import record
+from workbench.sites import Site
+
+try:  # a checkout-only folder (see the module docstring); without it, layers are not shared
+    from kernels import prefix_runner
+except ImportError:  # pragma: no cover - the installed wheel
+    prefix_runner = None
 
 
 def cache_argument(model: nn.Module) -> str | None:
@@ -35,8 +56,17 @@ def cache_argument(model: nn.Module) -> str | None:
 
 
 def takes_cache(model: nn.Module) -> bool:
-    """Whether ``model``'s forward accepts a key/value cache (Hugging Face causal LMs do)."""
-    return cache_argument(model) is not None
+    """Whether ``model``'s forward accepts a key/value cache (Hugging Face causal LMs do) that its layers honour.
+
+    A model with TransformerLens bridge components booted into it (:func:`workbench.hooked.to_bridge`) takes the
+    argument but its bridged attention does not attend over the cached prefix, so it counts as taking none
+    (prefix-shared results would be wrong; the full run is used)."""
+    return cache_argument(model) is not None and not bridged(model)
+
+
+def bridged(model: nn.Module) -> bool:
+    """Whether any submodule of ``model`` is a TransformerLens bridge component (has an ``original_component``)."""
+    return any(isinstance(getattr(m, "original_component", None), nn.Module) for m in model.modules())
 
 
 def first_patched_position(masks: Sequence[Bool[Tensor, "variant batch pos *head"]], seq_len: int) -> int:
@@ -70,19 +100,63 @@ def prefix_cache(model: nn.Module, prefix_ids: Int[Tensor, "batch prefix"]) -> A
     return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
 
 
-def tiled_cache(cache: Any, n_variants: int, batch: int) -> Any:
-    """A fresh copy of ``cache`` (batch ``batch``) repeated for ``n_variants`` variants, variant-major (row
-    ``v * batch + i`` holds prompt ``i``), matching ``input_ids.repeat(n_variants, 1)``."""
-    out = copy.deepcopy(cache)
-    index = torch.arange(batch).repeat(n_variants)
-    device = _cache_device(out)
-    out.reorder_cache(index.to(device) if device is not None else index)
+def tiled_cache(cache: Any, n_variants: int, batch: int, first_layer: int = 0) -> Any:
+    """A copy of ``cache`` (batch ``batch``) whose layers ``first_layer..`` are repeated for ``n_variants`` variants,
+    variant-major (row ``v * batch + i`` holds prompt ``i``), matching ``input_ids.repeat(n_variants, 1)``.
+
+    Layers below ``first_layer`` keep the untiled tensors (a run from layer ``first_layer`` reads only their lengths,
+    :mod:`kernels.prefix_runner`). ``cache`` itself is never changed: each layer object is copied (a forward replaces
+    its tensors by concatenation), the tensors are repeated once (a stride-0 view when ``batch`` is 1).
+    """
+    out = copy.copy(cache)
+    layers = []
+    for i, layer in enumerate(cache.layers):
+        new = copy.copy(layer)
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if i >= first_layer and isinstance(t, Tensor) and t.numel():
+                setattr(new, name, t.expand(n_variants, *t.shape[1:]) if batch == 1 else t.repeat(n_variants, *[1] * (t.ndim - 1)))
+        layers.append(new)
+    out.layers = layers
     return out
 
 
-def _cache_device(cache: Any) -> torch.device | None:
-    for layer in getattr(cache, "layers", []):
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, Tensor):
-            return keys.device
-    return None
+def first_patched_layers(masks: dict[str, Bool[Tensor, "variant batch pos *head"]] | Sequence[dict[str, Tensor]],
+                         n_variants: int, n_layers: int) -> Int[Tensor, " variant"]:
+    """Per variant, the lowest decoder layer any of its masks sets (hook names ``blocks.{l}.*``; a mask with a variant
+    axis of 1 applies to every variant); ``n_layers - 1`` for a variant that patches nothing (it runs the last layer only)."""
+    first = torch.full((n_variants,), n_layers - 1, dtype=torch.long)
+    for group in ([masks] if isinstance(masks, dict) else masks):
+        for name, mask in group.items():
+            hit = mask.reshape(mask.shape[0], -1).any(1) if mask.ndim else mask.reshape(1)
+            layer = torch.tensor(_parse(name).layer)
+            if hit.shape[0] == 1:
+                hit = hit.expand(n_variants)
+            first = torch.where(hit, torch.minimum(first, layer), first)
+    return first
+
+
+@torch.no_grad()
+def target_suffix(model: nn.Module, suffix_ids: Int[Tensor, "batch suffix"], layers: Sequence[int], cache_kw: dict[str, Any]
+                  ) -> tuple[dict[int, Float[Tensor, "batch suffix d_model"]], Float[Tensor, "batch d_vocab"]]:
+    """One unpatched run of the target on the positions after the prefix (on top of ``cache_kw``'s copy of the prefix
+    cache, if any): ``{layer: residual stream entering layer}`` for each layer (>= 1) a group of variants starts from,
+    and the final-position logits (the unpatched baseline, fp32).
+
+    The stream is read as layer ``layer - 1``'s output (``hook_resid_post``, after any hook on that layer), not as layer
+    ``layer``'s input: hooks on the input of ``layer`` (a tuned side's intervention there, the patch itself) fire
+    again when the variants run from it, and must not be counted twice."""
+    sites = [Site(layer - 1, "hook_resid_post") for layer in dict.fromkeys(layers)]
+    with record(model, sites) as rec:
+        logits = model(input_ids=suffix_ids, logits_to_keep=1, **cache_kw).logits[:, -1].float()
+    return {s.layer + 1: rec[s] for s in sites}, logits
+
+
+def layer_groups(first: Int[Tensor, " variant"]) -> list[tuple[int, Tensor]]:
+    """``[(layer, variant indices)]`` for each distinct first patched layer, in increasing layer order."""
+    return [(int(layer), (first == layer).nonzero().flatten()) for layer in torch.unique(first)]
+
+
+def shares_layers(model: nn.Module) -> bool:
+    """Whether layer-prefix sharing runs ``model`` (the runner is importable and supports it)."""
+    return prefix_runner is not None and prefix_runner.supports(model)

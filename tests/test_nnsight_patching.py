@@ -103,10 +103,8 @@ def test_remote_refuses_a_side_with_local_hooks(tiny):
 
 
 @pytest.mark.real
-def test_nnsight_patching_equals_hooks_on_smollm2():
-    from workbench.models import load_model
-
-    model, tok, info = load_model("smollm2-135m-instruct", device="cpu")
+def test_nnsight_patching_equals_hooks_on_smollm2(smollm2):
+    model, tok, info = smollm2
     clean = tok("The apple is in Box F, the key is in Box C. Box C contains the", return_tensors="pt").input_ids
     corrupt = tok("The apple is in Box C, the key is in Box F. Box C contains the", return_tensors="pt").input_ids
     assert clean.shape == corrupt.shape
@@ -117,7 +115,10 @@ def test_nnsight_patching_equals_hooks_on_smollm2():
     sites = heads + [Site(l, "hook_resid_pre", pos=-1) for l in (5, 20)] + [Site(10, "mlp.hook_post")]
     nn_model = to_nnsight(model, tok)
     for fn in (activation_patch, attribution_patch):
-        ref = fn(model, sites, clean, corrupt, metric)
+        # nnsight recomputes every variant whole: compare with the hook path doing the same (the prefix-shared
+        # default differs from it by fp32 rounding, ~1e-5; tests/test_prefix_patching.py checks that path)
+        kw = {"share_prefix": False} if fn is activation_patch else {}
+        ref = fn(model, sites, clean, corrupt, metric, **kw)
         got = fn(nn_model, sites, clean, corrupt, metric, backend="nnsight")
         assert ref.abs().max() > 1e-2  # the comparison is not between zeros
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0, msg=fn.__name__)  # measured: 1.9e-6 and 0

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny
+
 from probes import metrics
-from probes.patching import activation_patch, head_sites, path_patch, run_patched
-from probes.prefix_patching import first_patched_position, suffix
+from probes.patching import (
+    PatchLayer,
+    activation_patch,
+    head_sites,
+    layer_pos_sites,
+    path_patch,
+    run_patched,
+)
+from probes.prefix_patching import (
+    first_patched_layers,
+    first_patched_position,
+    layer_groups,
+    suffix,
+)
 from workbench.sites import Site
 
 B, T = 3, 7
@@ -21,11 +33,23 @@ def _data(seed: int = 5, vocab: int = 64, b: int = B, t: int = T):
     return clean, corrupt, metrics.logit_diff(torch.randint(4, vocab, (b,), generator=g), torch.randint(4, vocab, (b, 2), generator=g))
 
 
-def _lengths_seen(model):
-    """A forward pre-hook recording the sequence length of every call (to see the suffix-only variant runs)."""
-    seen: list[int] = []
-    handle = model.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
-    return seen, handle
+def _calls(model):
+    """Forward hooks on every decoder layer recording ``(layer, rows, positions)`` of each call that ran it."""
+    from workbench.hooked import module_hooks
+
+    seen: list[tuple[int, int, int]] = []
+
+    def post(layer):
+        def fn(_m, _args, out):
+            seen.append((layer, out.shape[0], out.shape[1]))
+        return fn
+
+    return seen, module_hooks(post=[(m, post(i)) for i, m in enumerate(model.model.layers)])
+
+
+def _work(seen, layer):
+    """Token-rows a decoder layer processed (rows x positions, summed over calls)."""
+    return sum(r * t for i, r, t in seen if i == layer)
 
 
 def test_first_patched_position():
@@ -40,27 +64,39 @@ def test_first_patched_position():
     assert suffix(t, 3, 2, 5) is t  # that axis does not span the sequence: broadcasts, unchanged
 
 
-@pytest.mark.parametrize("pos", [-1, 4, 0])
-def test_head_sweep_equals_full_recomputation_and_runs_only_the_suffix(pos):
+@pytest.mark.parametrize("pos", [-1, 4, 0, None])
+def test_head_sweep_equals_full_recomputation_and_runs_only_the_suffix_and_upper_layers(pos):
     model, info = make_tiny(0)
     clean, corrupt, metric = _data()
-    sites = head_sites(info.dims, pos=pos)
-    seen, handle = _lengths_seen(model)
-    try:
+    sites = head_sites(info.dims, pos=pos)  # 2 variants at layer 0, 2 at layer 1
+    seen, scope = _calls(model)
+    with scope:
         fast = activation_patch(model, sites, clean, corrupt, metric)
-    finally:
-        handle.remove()
-    from probes import patching
-
-    slow_logits, _ = run_patched(model, clean, [patching.PatchLayer(*_masks_source(model, sites, clean, corrupt, metric))],
+    slow_logits, _ = run_patched(model, clean, [PatchLayer(*_masks_source(model, sites, clean, corrupt, metric))],
                                  len(sites), share_prefix=False)
     slow = _effects(slow_logits, metric, model, clean)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    start = T - 1 if pos == -1 else pos
-    if start:
-        assert T - start in seen and start in seen, seen  # the prefix once, the variants on the suffix only
-    else:
-        assert set(seen) == {T}
+    assert fast.abs().max() > 1e-4
+    start = {-1: T - 1, 4: 4, 0: 0, None: 0}[pos]
+    rest = T - start
+    # each layer: the source run (B x T), the target's prefix (B x start), the target's suffix once (to record layer 1's
+    # input; it also gives the unpatched baseline), the layer-0 group (2 variants); layer 1 also the layer-1 group,
+    # which did not run layer 0
+    assert _work(seen, 0) == B * T + B * start + B * rest + 2 * B * rest, seen
+    assert _work(seen, 1) == B * T + B * start + B * rest + 2 * B * rest + 2 * B * rest, seen
+    assert all(t == rest for i, r, t in seen if r == 2 * B)  # every variant ran on the suffix only
+
+
+def test_first_patched_layers_and_groups():
+    masks = {"blocks.3.attn.hook_z": torch.zeros(4, 1, 5, 2, dtype=torch.bool),
+             "blocks.1.hook_resid_pre": torch.zeros(4, 1, 5, dtype=torch.bool)}
+    masks["blocks.3.attn.hook_z"][0, 0, 2, 1] = True
+    masks["blocks.1.hook_resid_pre"][2, 0, 4] = True
+    first = first_patched_layers(masks, 4, 6)
+    assert first.tolist() == [3, 5, 1, 5]  # nothing patched: the last layer only
+    assert [(layer, m.tolist()) for layer, m in layer_groups(first)] == [(1, [2]), (3, [0]), (5, [1, 3])]
+    broadcast = {"blocks.2.hook_resid_pre": torch.ones(1, 1, 5, dtype=torch.bool)}
+    assert first_patched_layers([masks, broadcast], 4, 6).tolist() == [2, 2, 1, 2]
 
 
 def _effects(logits, metric, model, clean):
@@ -101,7 +137,7 @@ def _masks_source_cross(model, other, sites, clean, corrupt, metric):
 
 def test_path_patching_unchanged_by_prefix_sharing(monkeypatch):
     """path_patch (recorded senders, patched receivers at the last position): equal with sharing on and off."""
-    import probes.patching as patching
+    from probes import patching
 
     model, _ = make_tiny(0)
     clean, corrupt, metric = _data(seed=2)
@@ -121,13 +157,16 @@ def real_model():
 
 
 @pytest.mark.real
-def test_real_model_last_position_head_sweep_equals_full_recomputation(real_model):
+@pytest.mark.parametrize("pos", [-1, None])
+def test_real_model_head_sweep_equals_full_recomputation(real_model, pos):
+    """SmolLM2: heads of layers 0, 15 and 29 at the last position (positions and layers shared) and at all positions
+    (layers shared)."""
     model, tok, info = real_model
     rows = [tok.encode(t)[:8] for t in ("The capital of France is the city of", "The box contains the apple and the key is in")]
     clean = torch.tensor(rows)
     corrupt = clean.flip(0)
     metric = metrics.logit_diff(torch.tensor([tok.encode(" Paris")[0]] * 2), torch.tensor([[tok.encode(" London")[0]]] * 2))
-    sites = head_sites(info.dims, pos=-1, layers=[0, 15, 29])
+    sites = head_sites(info.dims, pos=pos, layers=[0, 15, 29])
     fast = activation_patch(model, sites, clean, corrupt, metric)
     masks, source = _masks_source(model, sites, clean, corrupt, metric)
     from probes.patching import PatchLayer
@@ -137,3 +176,107 @@ def test_real_model_last_position_head_sweep_equals_full_recomputation(real_mode
         base = metric(model(input_ids=clean).logits[:, -1].float())
     slow = torch.stack([metric(v) for v in slow_logits]) - base
     torch.testing.assert_close(fast, slow, atol=2e-4, rtol=1e-4)
+
+
+def _slow_equal(model, sites, clean, corrupt, metric, fast, side=None, atol=1e-5):
+    """``fast`` equals the full recomputation (``share_prefix=False``) of the same sweep."""
+    slow = activation_patch(side or model, sites, clean, corrupt, metric, share_prefix=False)
+    torch.testing.assert_close(fast, slow, atol=atol, rtol=1e-5)
+    assert slow.abs().max() > 1e-4  # the patches change something (a no-op would pass trivially)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral", "gemma3"])
+def test_layer_and_position_sharing_equal_full_recomputation_across_architectures(kind):
+    """4-layer tiny models (Qwen2 and Gemma 3 with sliding windows of 4 on 10-token prompts, Gemma 3's scaled
+    embeddings and soft-capped logits): heads at all positions, at the last position, and (layer, position) sweeps of
+    the residual stream, with sharing on, equal the full recomputation; layer sharing really runs (layer 0 sees only
+    the variants that patch it)."""
+    from test_kernels_prefix_runner import _tiny
+
+    from kernels.prefix_runner import supports
+    from workbench.architecture import Dims
+
+    model = _tiny(kind)
+    assert supports(model)
+    dims = Dims.of(model)
+    clean, corrupt, metric = _data(seed=11, b=2, t=10)
+    for sites in (head_sites(dims), head_sites(dims, pos=-1), layer_pos_sites(dims, 10)[::3]):
+        seen, scope = _calls(model)
+        with scope:
+            fast = activation_patch(model, sites, clean, corrupt, metric)
+        _slow_equal(model, sites, clean, corrupt, metric, fast)
+        at_layer0 = sum(1 for s in sites if s.layer == 0)
+        assert max(r for i, r, t in seen if i == 0) <= max(at_layer0, 1) * 2, (seen, at_layer0)
+
+
+def test_hooks_of_the_side_context_fire_on_the_layers_that_run():
+    """A tuned Side whose context hooks the layer below the patched one, the input of the patched layer (where the
+    variants start: applied once, not twice) and its output: equal to the full recomputation."""
+    from contextlib import contextmanager
+
+    from probes.patch_sites import Side
+    from workbench.hooked import hooks
+
+    model, info = make_tiny(0)
+    fired: list[int] = []
+
+    @contextmanager
+    def tuned():
+        def scale(layer, k):
+            def fn(x):
+                fired.append(layer)
+                return k * x
+            return fn
+        with hooks(model, [(Site(0, "mlp.hook_post"), scale(0, 1.5)), (Site(1, "hook_resid_pre"), scale(1, 1.3)),
+                           (Site(1, "hook_resid_post"), scale(1, 0.7))]):
+            yield
+
+    side = Side(model, tuned)
+    clean, corrupt, metric = _data(seed=4)
+    sites = head_sites(info.dims, pos=None, layers=[1])  # the variants run layer 1 only
+    fast = activation_patch(side, sites, clean, corrupt, metric)
+    assert 1 in fired
+    _slow_equal(model, sites, clean, corrupt, metric, fast, side=side)
+    plain = activation_patch(model, sites, clean, corrupt, metric)
+    assert (plain - fast).abs().max() > 1e-4  # the context's hooks were applied (in the target and in the variants)
+
+
+def test_unsupported_models_run_every_layer_with_the_same_results(monkeypatch):
+    """Where the prefix runner does not support a model (here: an unknown model type), every variant runs all layers."""
+    from probes import prefix_patching
+
+    model, info = make_tiny(0)
+    clean, corrupt, metric = _data(seed=6)
+    sites = head_sites(info.dims, pos=-1)
+    shared = activation_patch(model, sites, clean, corrupt, metric)
+    monkeypatch.setattr(model.config, "model_type", "not-a-supported-family")
+    assert not prefix_patching.shares_layers(model)
+    seen, scope = _calls(model)
+    with scope:
+        fallback = activation_patch(model, sites, clean, corrupt, metric)
+    torch.testing.assert_close(fallback, shared, atol=1e-5, rtol=1e-5)
+    assert (0, 4 * B, 1) in seen  # all four variants through layer 0, on the last position only (positions still shared)
+    monkeypatch.setattr(prefix_patching, "prefix_runner", None)  # the installed wheel: no kernels/ folder
+    torch.testing.assert_close(activation_patch(model, sites, clean, corrupt, metric), shared, atol=1e-5, rtol=1e-5)
+
+
+def test_bridged_model_is_not_prefix_shared_and_equals_full_recomputation():
+    """A model with TransformerLens bridge components booted into it (the app boots them for its views) takes a
+    ``cache`` argument, but its bridged attention ignores the cached prefix: sharing would give non-zero effects
+    for a no-op patch. It must run whole (regression: found through the app's patching view)."""
+    from conftest import tiny_llama_with_smollm2_tokenizer
+
+    from probes.prefix_patching import bridged, takes_cache
+    from workbench.architecture import Dims
+    from workbench.hooked import to_bridge
+
+    model, tok = tiny_llama_with_smollm2_tokenizer()
+    assert takes_cache(model) and not bridged(model)
+    to_bridge(model, tok, "tiny")
+    assert bridged(model) and not takes_cache(model)
+    clean, corrupt, metric = _data(vocab=len(tok))
+    sites = head_sites(Dims.of(model), pos=-1)
+    noop = activation_patch(model, sites, clean, clean, metric)
+    assert noop.abs().max() < 1e-6  # identical activations patched in: no effect (was ~1e-2 with sharing)
+    torch.testing.assert_close(activation_patch(model, sites, clean, corrupt, metric),
+                               activation_patch(model, sites, clean, corrupt, metric, share_prefix=False), atol=1e-5, rtol=0)

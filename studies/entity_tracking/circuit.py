@@ -11,19 +11,28 @@ D. **structure readers** — heads at the earlier mention of the query label (th
    position named ``"query_label"``) whose output reaches C's values there (→ C ``hook_v`` at ``"query_label"``).
 
 Each group keeps the ``k`` heads with the most negative effect. Senders may be pre-ranked by attribution patching
-(one forward + backward per group position) and only the top ``candidates`` path-patched — the paper patches
+(one forward + backward for all group positions) and only the top ``candidates`` path-patched — the paper patches
 every head; the pre-ranking is our approximation for CPU budgets, and its agreement with exact patching is
 measured separately by the study.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from probes.patching import HeadScores, Metric, Side, attribution_patch, head_sites, path_patch
+from probes.patching import (
+    HeadScores,
+    Metric,
+    Side,
+    attribution_patch,
+    head_sites,
+    path_patch,
+)
+from probes.path_patching import path_patch_runs
 from workbench.architecture import Dims
 from workbench.sites import Site
 
@@ -46,7 +55,7 @@ class Circuit:
     def to_dict(self) -> dict:
         return {"groups": {g: [[s.layer, s.head] for s in v] for g, v in self.groups.items()},
                 "positions": {g: GROUP_POS[g] for g in self.groups},
-                "scores": {g: [[None if v != v else v for v in row] for row in s.scores.tolist()]
+                "scores": {g: [[None if math.isnan(v) else v for v in row] for row in s.scores.tolist()]
                            for g, s in self.scores.items()}}  # None: a head that was not path-patched
 
 
@@ -56,10 +65,19 @@ def _kv(site: Site, dims: Dims, pos: int | str) -> Site:
 
 def find_circuit(side: Side, clean: Tensor, corrupt: Tensor, metric: Metric, positions: dict[str, Tensor],
                  sizes: dict[str, int], candidates: int | None = None, max_batch: int = 256, log=print) -> Circuit:
-    """Path-patch the four groups in order (each group's receivers are the previous group's heads)."""
+    """Path-patch the four groups in order (each group's receivers are the previous group's heads); the clean and
+    corrupt runs are computed once (:func:`probes.path_patching.path_patch_runs`) and shared by the four groups."""
     dims = Dims.of(side.model)
     circuit = Circuit({})
     receivers: object = "logits"
+    runs = path_patch_runs(side, clean, corrupt)  # the unpatched runs, shared by the four groups' path patching
+    attr: dict[int | str, Tensor] = {}
+    if candidates is not None and candidates < dims.n_layers * dims.n_heads:
+        # one forward + backward ranks every head at every group position (masks differ, the pass is the same)
+        where = list(dict.fromkeys(GROUP_POS.values()))
+        scores = attribution_patch(side, [s for p in where for s in head_sites(dims, pos=p)], clean, corrupt, metric,
+                                   positions=positions).mean(1)
+        attr = dict(zip(where, scores.split(dims.n_layers * dims.n_heads)))
     for group in GROUPS:
         pos = GROUP_POS[group]
         senders = head_sites(dims, pos=pos)
@@ -67,10 +85,10 @@ def find_circuit(side: Side, clean: Tensor, corrupt: Tensor, metric: Metric, pos
             fetchers = {(s.layer, s.head) for s in circuit.groups["value_fetchers"]}
             senders = [s for s in senders if (s.layer, s.head) not in fetchers]
         if candidates is not None and candidates < len(senders):
-            attr = attribution_patch(side, senders, clean, corrupt, metric, positions=positions).mean(1)
-            senders = [senders[i] for i in attr.argsort()[:candidates].tolist()]
+            ranked = attr[pos][[s.layer * dims.n_heads + s.head for s in senders]]
+            senders = [senders[i] for i in ranked.argsort()[:candidates].tolist()]
         effects = path_patch(side, senders, receivers, clean, corrupt, metric, positions=positions,
-                             max_batch=max_batch).mean(1)
+                             max_batch=max_batch, runs=runs).mean(1)
         grid = torch.full((dims.n_layers, dims.n_heads), float("nan"))
         for s, e in zip(senders, effects.tolist()):
             grid[s.layer, s.head] = e

@@ -164,15 +164,21 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
         NonFiniteLossError: tuning diverged.
     """
     from probes import metrics as pm
-    from probes.circuits import DCMConfig, cmap, dcm, faithfulness
-    from probes.patching import Side, activation_patch, attribution_patch, head_sites, mean_activations
+    from probes.circuits import DCMConfig, DCMTask, cmap, dcm_many, faithfulness
+    from probes.patching import (
+        Side,
+        activation_patch,
+        attribution_patch,
+        head_sites,
+        mean_activations,
+    )
+    from studies.entity_tracking.circuit import GROUP_POS, find_circuit
     from workbench.architecture import Dims
     from workbench.hooked import module_hooks
-    from studies.entity_tracking.circuit import GROUP_POS, find_circuit
     from workbench.models import load_model
     from workbench.tasks import arithmetic as ar
-    from workbench.tasks.entity_tracking import counterfactuals as ecf
     from workbench.tasks import entity_tracking as et
+    from workbench.tasks.entity_tracking import counterfactuals as ecf
 
     started = time.time()
     timing: dict[str, float] = {}
@@ -211,10 +217,11 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     acc_metric = pm.accuracy(ans, objs)
     ld_metric = pm.logit_diff(ans, objs)
     accuracy: dict[str, Any] = {}
+    final: dict[str, torch.Tensor] = {}  # each model's final-position logits on the eval prompts, reused by 6 and 7
     held = next((t["heldout"] for t in tune_info.values() if "heldout" in t), None)
     for name, side in sides.items():
         with torch.no_grad(), side.context():
-            logits = model(input_ids=ids).logits[:, -1].float()
+            logits = final[name] = model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
         accuracy[name] = {"accuracy_among_objects": float(acc_metric(logits).mean()),
                           "logit_difference": float(ld_metric(logits).mean())}
         if held is not None:
@@ -265,7 +272,8 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     for name, side in sides.items():
         means = mean_activations(side, mean_ids, z_names)
         faith[name] = faithfulness(side, base_circuit.sites(), ids, acc_metric, means, n_random=cfg.n_random,
-                                   seed=cfg.seed, positions=eval_pos, max_batch=cfg.max_batch).to_dict()
+                                   seed=cfg.seed, positions=eval_pos, max_batch=cfg.max_batch,
+                                   model_logits=final[name]).to_dict()
         log(f"      {name}: model {faith[name]['model_score']:.3f}, circuit {faith[name]['circuit_score']:.3f} "
             f"(faithfulness {faith[name]['faithfulness']}); random circuits {_mean(faith[name]['random_scores']):.3f}")
     timing["faithfulness"] = time.time() - t0
@@ -275,7 +283,8 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     groups = {**base_circuit.groups, "circuit": base_circuit.sites(), "all_heads": head_sites(dims)}
     cmap_res = {}
     for name in cfg.tune:
-        res = cmap(sides["base"], sides[name], groups, ids, acc_metric, positions=eval_pos, max_batch=cfg.max_batch)
+        res = cmap(sides["base"], sides[name], groups, ids, acc_metric, positions=eval_pos, max_batch=cfg.max_batch,
+                   base_logits=final["base"])
         cmap_res[name] = res.to_dict()
         log(f"      {name}: base {res.base_score:.3f} -> tuned {res.tuned_score:.3f}; "
             + ", ".join(f"{g} {v:.3f}" for g, v in res.patched.items()))
@@ -287,23 +296,26 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     dcm_res: dict[str, Any] = {}
     dcm_own: dict[str, Any] = {}
     pairs = {kind: ecf.make_pairs(tok, dcm_p, kind, seed=cfg.seed) for kind in DESIDERATA}
+    data = {}
+    for kind, ps in pairs.items():
+        data[kind] = (et.to_tensors([p.original for p in ps])[0], et.to_tensors([p.counterfactual for p in ps])[0],
+                      torch.tensor([p.target_id for p in ps]), torch.tensor([p.candidate_ids for p in ps]),
+                      {"query_label": torch.tensor([p.original.query_label_pos for p in ps])})
     runs = [(name, "base", dcm_res) for name in cfg.dcm_models]
     runs += [(name, name, dcm_own) for name in cfg.dcm_models if name != "base" and name in circuits]
-    for name, circuit_of, into in runs:
-        groups_used = circuits[circuit_of].groups
-        into[name] = {}
-        for kind, ps in pairs.items():
-            o = et.to_tensors([p.original for p in ps])[0]
-            c = et.to_tensors([p.counterfactual for p in ps])[0]
-            target = torch.tensor([p.target_id for p in ps])
-            cands = torch.tensor([p.candidate_ids for p in ps])
-            pos = {"query_label": torch.tensor([p.original.query_label_pos for p in ps])}
-            for group, heads in groups_used.items():
-                r = dcm(sides[name], heads, o, c, target, cands, dcm_cfg, positions=pos)
-                into[name].setdefault(group, {})[kind] = {**r.to_dict(), "n_selected": len(r.selected)}
-            log(f"      {name} ({circuit_of} circuit) / {kind}: " + ", ".join(
-                f"{g} {v[kind]['n_selected']}/{len(groups_used[g])} heads, acc {v[kind]['accuracy']:.2f}"
-                for g, v in into[name].items()))
+    for name in dict.fromkeys(r[0] for r in runs):  # one batched training run per model: all circuits, desiderata, groups
+        keys = [(circuit_of, into, kind, group) for n, circuit_of, into in runs if n == name for kind in DESIDERATA
+                for group in circuits[circuit_of].groups]
+        tasks = [DCMTask(circuits[c].groups[g], *data[k]) for c, _, k, g in keys]
+        for (_, into, kind, group), r in zip(keys, dcm_many(sides[name], tasks, dcm_cfg)):
+            into.setdefault(name, {}).setdefault(group, {})[kind] = {**r.to_dict(), "n_selected": len(r.selected)}
+        for n, circuit_of, into in runs:
+            if n != name:
+                continue
+            for kind in DESIDERATA:
+                log(f"      {name} ({circuit_of} circuit) / {kind}: " + ", ".join(
+                    f"{g} {v[kind]['n_selected']}/{len(circuits[circuit_of].groups[g])} heads, acc {v[kind]['accuracy']:.2f}"
+                    for g, v in into[name].items()))
     timing["dcm"] = time.time() - t0
 
     metrics = {"accuracy": accuracy, "tuning": {n: {k: v for k, v in t.items() if k != "heldout"} for n, t in tune_info.items()},
