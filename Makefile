@@ -37,8 +37,11 @@ browser:
 	  else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi; \
 	fi
 
+# In parallel (pytest-xdist): one worker per core (at most 4), each with its share of the cores as torch threads
+# (tests/conftest.py); work stealing keeps both cores busy to the end. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 test: install browser
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q tests
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal tests
 
 app: fetch
 	@ls runs/*/adapter/adapter.json >/dev/null 2>&1 || $(BIN)/workbench quickstart

@@ -1,10 +1,21 @@
-"""Shared fixtures: a tiny random Llama model (2 layers, d_model 16, 2 heads) for unit tests."""
+"""Shared fixtures: a tiny random Llama model (2 layers, d_model 16, 2 heads) for unit tests; the real SmolLM2 (and its
+tokenizer) loaded once per test process for the tests that only read it; the skip policy; threads per xdist worker."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import re
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spin-waiting threads on shared cores
+# Threads per test process: the cores shared among pytest-xdist workers (`make test` runs `-n auto`), at most 2.
+# Measured on the 2-core VM, 2 workers: 1 thread each ran a 251-test subset in 85 s, 2 threads each in 144 s
+# (oversubscribed; serial with 2 threads: 126 s). Subprocesses (notebook kernels, accelerate, CLI) inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = int(os.environ.get("WORKBENCH_TEST_THREADS", max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
+os.environ["WORKBENCH_TEST_THREADS"] = str(TEST_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,7 +29,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(int(os.environ.get("WORKBENCH_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+torch.set_num_threads(TEST_THREADS)
 
 
 pytest_plugins = ["pytester"]  # tests/test_commands.py runs the skip policy on tiny generated suites
@@ -35,6 +46,9 @@ ALLOWED_SKIPS = {
     **{f"tests/test_gpu.py::{name}": r"^no CUDA device$" for name in (
         "test_every_method_is_covered", "test_method_trains_in_bf16_on_cuda", "test_zero_init_is_identity_in_bf16_on_cuda",
         "test_sdpa_and_eager_agree_on_cuda", "test_patching_hooks_equal_nnsight_on_cuda", "test_app_analysis_on_cuda")},
+    # the Triton kernels' equality tests (tests/test_kernels_triton.py) on a machine without CUDA
+    **{f"tests/test_kernels_triton.py::{name}": r"^no CUDA device$" for name in (
+        "test_triton_lens_equals_the_eager_lens_on_cuda",)},
 }
 CI_ENV = "WORKBENCH_CI"
 
@@ -102,19 +116,72 @@ def make_tiny(seed: int = 0, hidden_size: int = 16):
     return model, tiny_info(model, f"tiny-llama-{seed}")
 
 
+# --- the real default model, loaded once per test process ---------------------------------------------------------
+REAL_MODEL = "smollm2-135m-instruct"
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from workbench.models.cache import ensure_model
+
+    return AutoTokenizer.from_pretrained(str(ensure_model(REAL_MODEL)))
+
+
+def smollm2_tokenizer():
+    """A private copy of SmolLM2's real tokenizer from the model cache (loaded once per process: a load verifies the
+    540 MB weights' sha256 first). Skips, with the reason, when the model package is missing (a failure under
+    WORKBENCH_CI=1)."""
+    from workbench.errors import ModelNotFoundError
+
+    try:
+        return copy.deepcopy(_cached_smollm2_tokenizer())
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def model_state(model) -> tuple:
+    """What a test could change on a shared model by mistake: every parameter's float64 sum and grad flag, every
+    buffer's sum, the module classes (a bridge or a parametrization swaps them), forward hooks, train mode and the
+    attention implementation."""
+    with torch.no_grad():
+        params = tuple((n, float(p.sum(dtype=torch.float64)), p.requires_grad) for n, p in model.named_parameters())
+        buffers = tuple((n, float(b.sum(dtype=torch.float64))) for n, b in model.named_buffers() if b.is_floating_point())
+    modules = tuple((n, type(m).__name__, len(m._forward_hooks), len(m._forward_pre_hooks), m.training) for n, m in model.named_modules())
+    return params, buffers, modules, getattr(model.config, "_attn_implementation", None)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(model, tokenizer, info)`` of the real SmolLM2-135M-Instruct (fp32, CPU), loaded once per test process and
+    shared by every test that asks for it: read it, never change it (deep-copy it, or load your own, to train it in
+    place, bridge it or cast it). Each test using it fails if it leaves the model changed (``_shared_model_untouched``).
+    """
+    from workbench.models import load_model
+
+    return load_model(REAL_MODEL, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _shared_model_untouched(request):
+    """After each test that uses the shared ``smollm2`` (directly or through a fixture): the model is as loaded."""
+    if "smollm2" not in request.fixturenames:
+        yield
+        return
+    model = request.getfixturevalue("smollm2")[0]
+    before = model_state(model)
+    yield
+    assert model_state(model) == before, "the test changed the shared SmolLM2 (deep-copy it or load your own to change it)"
+
+
 def tiny_llama_with_smollm2_tokenizer():
     """``(model, tokenizer)``: a tiny random Llama (2 layers, d_model 16, seed 0) over SmolLM2's real tokenizer
     from the model cache, for tests that save a model folder any command can read. Skips, with the reason,
     when the model package is missing (a failure under WORKBENCH_CI=1)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.errors import ModelNotFoundError
-    from workbench.models.cache import ensure_model
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(ensure_model("smollm2-135m-instruct")))
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
+    tok = smollm2_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, max_position_embeddings=256, attn_implementation="eager", pad_token_id=0)
@@ -149,6 +216,21 @@ def tiny_examples():
         ids = torch.randint(3, 64, (6,), generator=g).tolist()
         out.append(Example(tuple(ids), (7,)))
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """The app's tiny saved models (tests/test_app.py, tests/test_app_page.py): ``(base_dir, tuned_dir, run_dir,
+    other_dir, runs_root)``: a tiny base, a perturbed copy, a LoFiT run folder on the base (with a results.json and
+    its figure files), and a model with another d_model (mismatch)."""
+    from app.latency.tiny import save_tiny, save_tiny_run, write_quickstart_like_results
+
+    root = tmp_path_factory.mktemp("app_models")
+    base = save_tiny(root / "base")
+    tuned = save_tiny(root / "tuned", seed=1, perturb_from=base)
+    run = write_quickstart_like_results(save_tiny_run(root / "runs" / "tiny-run", base))
+    other = save_tiny(root / "other", hidden_size=32)
+    return base, tuned, run, other, root / "runs"
 
 
 def execute_notebook(path, out_env: str, out_dir, monkeypatch, timeout: int = 300):

@@ -95,10 +95,8 @@ def test_eager_attention_materialises_the_pattern(tiny_dir):
 
 
 @pytest.mark.real
-def test_sdpa_and_eager_agree_on_smollm2():
-    from workbench.models import load_model
-
-    model, tok, info = load_model("smollm2-135m-instruct", device="cpu")
+def test_sdpa_and_eager_agree_on_smollm2(smollm2):
+    model, tok, info = smollm2  # shared: eager_attention switches back on exit (checked after the test)
     assert attn_implementation(model) == "sdpa"
     ids = tok("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
     ids = torch.cat([ids, ids.flip(-1)])

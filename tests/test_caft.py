@@ -301,13 +301,9 @@ def test_user_directions_recover_a_planted_direction():
 # --- spurious-cue task (real SmolLM2 tokenizer) -------------------------------------------------
 @pytest.fixture(scope="module")
 def smol_tok():
-    from workbench.errors import ModelNotFoundError
-    from workbench.models import load_model
+    from conftest import smollm2_tokenizer
 
-    try:
-        return load_model("smollm2-135m-instruct")[1]
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
+    return smollm2_tokenizer()  # skips with the reason when the model package is missing
 
 
 GENDER_OF = {"he": "male", "him": "male", "she": "female", "her": "female"}

@@ -244,8 +244,10 @@ def test_passes():
 '''
 
 
-@pytest.mark.parametrize("ci", [False, True], ids=["local", "WORKBENCH_CI"])
-def test_skip_policy(ci, pytester, monkeypatch):
+@pytest.mark.parametrize("ci,workers", [(False, 0), (True, 0), (True, 2)], ids=["local", "WORKBENCH_CI", "WORKBENCH_CI-xdist"])
+def test_skip_policy(ci, workers, pytester, monkeypatch):
+    """The policy holds in pytest-xdist workers too (`make test` runs the suite with ``-n auto``): their reports,
+    turned into failures there, reach the controller as failures."""
     import tests.conftest as policy
 
     monkeypatch.setattr(policy, "ALLOWED_SKIPS", {"test_suite.py::test_optional_extra": r"optional extra"})
@@ -253,9 +255,14 @@ def test_skip_policy(ci, pytester, monkeypatch):
         monkeypatch.setenv(policy.CI_ENV, "1")
     else:
         monkeypatch.delenv(policy.CI_ENV, raising=False)
-    pytester.makeconftest("from tests.conftest import pytest_make_collect_report, pytest_runtest_makereport\n")
+    pytester.makeconftest("import tests.conftest as policy\n"  # xdist workers are new processes: set their list too
+                          "policy.ALLOWED_SKIPS = {'test_suite.py::test_optional_extra': r'optional extra'}\n"
+                          "from tests.conftest import pytest_make_collect_report, pytest_runtest_makereport\n")
     pytester.makepyfile(test_suite=SUITE, test_missing='import pytest\npytest.importorskip("no_such_module_for_the_skip_policy")\n')
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rA", "--continue-on-collection-errors")
+    if workers:
+        monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the workers import tests.conftest
+    xdist = ["-n", str(workers)] if workers else []
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rA", "--continue-on-collection-errors", *xdist)
     text = result.stdout.str()
     assert "a skip must state its reason; skipped: Skipped" in text  # pytest.skip() (a test failure)
     assert "a skip must state its reason; skipped: unconditional skip" in text  # a bare skip marker (a setup error)

@@ -218,13 +218,12 @@ def test_tuned_from_intervention_without_merge_is_refused(tiny):
 
 
 @pytest.mark.real
-def test_real_model_lofit_merged_reconstruction_and_alpha_end_points():
+def test_real_model_lofit_merged_reconstruction_and_alpha_end_points(smollm2):
     """SmolLM2-135M-Instruct vs a LoFiT-merged copy (random offsets, init_std 0.5, three heads)."""
     from workbench.methods.lofit import LofitConfig, LofitOffsets
-    from workbench.models import load_model
     from workbench.pair import ModelPair
 
-    base, tok, info = load_model("smollm2-135m-instruct")
+    base, tok, info = smollm2
     lofit = LofitOffsets(LofitConfig(top_k_heads=3, heads=[[3, 1], [10, 4], [25, 8]], init_std=0.5), info.to_dict(),
                          generator=torch.Generator().manual_seed(0))
     tuned = tuned_from_intervention(base, lofit)

@@ -77,12 +77,21 @@ def _single(method: str, steps: int, accum: int = 1, out_dir=None):
     return finetune(method, model, info, varied_examples(), METHODS[method], train_cfg(steps, accum), out_dir=out_dir)
 
 
+def _free_port() -> int:
+    """A port no other launch holds (the suite runs in parallel under pytest-xdist: no fixed port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _launch(out: Path, steps: int, methods: list[str], accum: int = 1, processes: int = 2) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "worker.py").write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(out / "worker.py"), str(out), str(steps), str(accum), ",".join(methods)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

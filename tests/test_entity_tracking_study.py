@@ -61,10 +61,8 @@ def test_bad_configs_are_refused(tmp_path, change, match):
 
 # --- real model -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real():
-    from workbench.models import load_model
-
-    return load_model("smollm2-135m-instruct")
+def real(smollm2):
+    return smollm2  # shared with the whole run (conftest.py): read only
 
 
 @pytest.mark.real

@@ -100,10 +100,8 @@ def test_probes_uses_the_kernel_from_the_checkout():
 
 
 @pytest.mark.real
-def test_kernel_equals_the_reference_on_the_real_model():
-    from workbench.models import load_model
-
-    model, _, _ = load_model("smollm2-135m-instruct")
+def test_kernel_equals_the_reference_on_the_real_model(smollm2):
+    model = smollm2[0]
     g = torch.Generator().manual_seed(0)
     resid = torch.randn(model.config.num_hidden_layers, 6, model.config.hidden_size, generator=g) * 2
     target = torch.randint(0, model.config.vocab_size, (6,), generator=g)

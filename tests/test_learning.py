@@ -33,11 +33,10 @@ MIN_GAIN_LOGIT_DIFF = 1.5  # nats, on the mean logit difference (answer minus be
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from workbench.models import load_model
+def setup(smollm2):
     from workbench.tasks import get_task
 
-    model, tok, info = load_model("smollm2-135m-instruct")
+    model, tok, info = smollm2  # shared with the whole run (conftest.py): each test must leave it unchanged (checked)
     task = get_task("entity_tracking")
     split = task.generate(tok, task.config(n_train=N_TRAIN, n_heldout=N_HELDOUT, seed=TASK_SEED), prepend_bos=info.prepend_bos)
     base = task.evaluate(model, split)

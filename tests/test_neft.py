@@ -280,12 +280,11 @@ def test_finetune_entry_point_runs_the_recipe(tiny, tiny_examples):
 
 # --- real model -----------------------------------------------------------------------------------
 @pytest.mark.real
-def test_real_smollm2_smoke():
-    from workbench.models import load_model
+def test_real_smollm2_smoke(smollm2):
     from workbench.tasks.entity_tracking import EntityTrackingConfig, generate
     from workbench.data import Example
 
-    model, tok, info = load_model("smollm2-135m-instruct")
+    model, tok, info = smollm2
     split = generate(tok, EntityTrackingConfig(n_boxes=3, n_train=16, n_heldout=1, seed=0))
     examples = [Example(p.input_ids, (p.answer_token_id,)) for p in split.train]
     before = snapshot(model)

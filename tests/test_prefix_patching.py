@@ -150,10 +150,8 @@ def test_path_patching_unchanged_by_prefix_sharing(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def real_model():
-    from workbench.models import load_model
-
-    return load_model("smollm2-135m-instruct")
+def real_model(smollm2):
+    return smollm2  # shared with the whole run (conftest.py): read only
 
 
 @pytest.mark.real

@@ -18,10 +18,8 @@ BRIDGE_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def real():
-    from workbench.models import load_model
-
-    return load_model("smollm2-135m-instruct")
+def real(smollm2):
+    return smollm2  # shared with the whole run (conftest.py): read only
 
 
 def _ids(tok, prompt):
@@ -74,10 +72,9 @@ def test_bridge_and_nnsight_match_transformers_and_see_our_hooks(real):
     torch.testing.assert_close(resid, cache["blocks.7.hook_resid_post"], atol=1e-4, rtol=1e-4)
 
 
-def test_quickstart_smoke_on_real_model(tmp_path):
+def test_quickstart_smoke_on_real_model(real, tmp_path):
     """The main job end to end with a tiny budget: LoFiT trains, artifacts and report are written."""
     from workbench.artifacts import load_intervention
-    from workbench.models import load_model
     from studies.quickstart import QuickstartConfig, run_quickstart
     from workbench.train import TrainConfig
 
@@ -99,7 +96,7 @@ def test_quickstart_smoke_on_real_model(tmp_path):
     assert record["run_info"]["commit"] and "torch" in record["meta_info"]["versions"]
     html = (run_dir / "report.html").read_text()
     assert html.count('class="plotly-graph-div"') == 7 and "base" in html
-    _, _, info = load_model("smollm2-135m-instruct")
+    info = real[2]
     adapter = load_intervention(run_dir / "adapter", info)
     assert adapter.config.heads == m["selected_heads"] and adapter.offsets.shape == (14, 64)
     assert sorted(p.name for p in (run_dir / "lofit" / "offset" / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
