@@ -98,11 +98,9 @@ def patch(pair, prompt: str, counterfactual: str | None, answer_id: int, contras
         return logits[:, answer_id] - logits[:, contrast_id]
 
     src_model = None if source_role == target_role else Side.of(pair, source_role)
-    # share_prefix=False: once the pair's TransformerLens bridges are booted (the app's analysis boots them), the prefix-
-    # shared runner gives non-zero effects for identical activations (base ← base); the plain runner is exact (checked by
-    # tests/test_app_research.py). Reported on issue 15.
-    effects = activation_patch(Side.of(pair, target_role), site_list, target, source, metric, source_model=src_model,
-                               share_prefix=False)[:, 0]
+    # The pair's models are bridged once the analysis ran; the library then runs every variant whole by itself
+    # (probes.prefix_patching.takes_cache), so identical activations give zero effects (tests/test_app_research.py).
+    effects = activation_patch(Side.of(pair, target_role), site_list, target, source, metric, source_model=src_model)[:, 0]
     if sites == SITES[0]:
         effects = effects.reshape(dims.n_layers, dims.n_heads)
     elif sites == SITES[2]:

@@ -102,7 +102,8 @@ def _old_find_circuit(side, clean, corrupt, metric, positions, sizes, candidates
 
 
 def _old_dcm(side, task, cfg):
-    """One task, the loop :func:`probes.dcm.dcm` ran before the batching."""
+    """One task, the loop :func:`probes.dcm.dcm` ran before the batching (also the reference of
+    ``tests/test_dcm_batched.py``). Returns the trained mask and the per-step losses."""
     dims, heads = Dims.of(side.model), list(task.heads)
     orig, cf, target, pos = task.orig_ids, task.cf_ids, task.target_ids, task.positions
     n_train = orig.shape[0] - round(orig.shape[0] * 0.5)
@@ -116,7 +117,7 @@ def _old_dcm(side, task, cfg):
         for _ in range(cfg.steps):
             i = torch.randperm(n_train, generator=g)[: cfg.batch_size]
             lg = _mixed(side, heads, dims, orig[i], {k: v[i] for k, v in zo.items()}, {k: v[i] for k, v in zc.items()}, mask,
-                        {k: v[i] for k, v in pos.items()})
+                        None if pos is None else {k: v[i] for k, v in pos.items()})
             loss = -lg.gather(-1, target[i][:, None]).mean() + cfg.lam * (1 - mask).sum()
             opt.zero_grad()
             loss.backward()
