@@ -57,8 +57,9 @@ def test_prompt_to_figures_in_headless_chromium(page):
     browser.select_view(driver, "Predictions & logit lens")
     browser.wait_rendered(driver, None, 60, view="Predictions & logit lens")
     browser.enter_prompt(driver, PROMPT)
-    browser.click_analyse(driver)
-    assert browser.wait_rendered(driver, PROMPT, 45) == EXPECTED_FIGURES
+    n, seconds, _ = browser.submit_timed(driver, PROMPT, 45)  # the benchmark's in-page timing: click, then drawn
+    assert n == EXPECTED_FIGURES and 0 < seconds < 45
+    assert browser.wait_rendered(driver, PROMPT, 5) == EXPECTED_FIGURES  # the same definition, polled from outside
     # a control change reruns its view only: the position picker re-plots the predictions for that position
     browser.pick_option(driver, "Position", "2:")
     browser.wait_title(driver, "after position 2 ", 30)

@@ -31,6 +31,36 @@ def test_arithmetic_problems_are_right_and_split():
         ar.ArithmeticConfig(n_train=1, n_heldout=1, ops="*")
 
 
+def test_exact_match_batched_equals_one_problem_at_a_time():
+    """Problems grouped by length run in batches; the share must be that of one forward per problem."""
+    from tests.conftest import make_tiny
+    from workbench.data import Example
+
+    model, _ = make_tiny(1)
+    gen = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(23):
+        prompt = torch.randint(1, 64, (3 + i % 4,), generator=gen).tolist()
+        answer = []
+        for _ in range(1 + i % 3):  # greedy continuation: a hit, unless one token is changed below
+            with torch.no_grad():
+                answer.append(int(model(input_ids=torch.tensor([prompt + answer])).logits[0, -1].argmax()))
+        if i % 5 == 0:
+            answer[-1] = (answer[-1] + 1) % 64
+        examples.append(Example(tuple(prompt), tuple(answer)))
+
+    def alone(ex):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids)])).logits[0]
+        return logits[len(ex.prompt_ids) - 1:-1].argmax(-1).tolist() == list(ex.answer_ids)
+
+    expected = sum(map(alone, examples)) / len(examples)
+    assert 0 < expected < 1
+    assert ar.exact_match(model, examples) == ar.exact_match(model, examples, max_batch=2) == expected
+    with pytest.raises(ConfigError, match="needs examples"):
+        ar.exact_match(model, [])
+
+
 @pytest.mark.parametrize("name", ["tiny", "default", "full"])
 def test_shipped_configs_load(name):
     cfg = EntityTrackingStudyConfig.load(name)

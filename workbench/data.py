@@ -192,7 +192,9 @@ def as_attention_mask(mask: Any, name: str = "attention_mask") -> Tensor:
     return mask
 
 
-def _takes_logits_to_keep(model: nn.Module) -> bool:
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (Hugging Face causal LMs do: an int or a 1-D index tensor of
+    positions), so only those positions go through the unembedding."""
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -222,7 +224,7 @@ def final_position_logits(model: nn.Module, input_ids: Int[Tensor, "batch pos"],
     device = next(model.parameters()).device
     kw = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
     rows = torch.arange(len(last), device=device)
-    if _takes_logits_to_keep(model):
+    if takes_logits_to_keep(model):
         keep = torch.unique(last.cpu())  # sorted; logits come back at these positions only
         logits = model(**kw, logits_to_keep=keep.to(device)).logits
         return logits[rows, torch.searchsorted(keep, last.cpu()).to(device)]

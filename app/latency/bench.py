@@ -9,8 +9,9 @@ headless Chromium, and measures:
 * **first page**: server start -> the page with both models loaded (including the one-prompt warm-up
   the app runs when it loads a pair) has drawn its figures;
 * **submit -> rendered** for prompts of several lengths: from the click on *Analyse* until every figure of
-  that prompt is drawn (``app.latency.browser.wait_rendered``: the page's figure count for that
-  prompt, no stale element, every plotly chart's SVG present, two animation frames). Each length runs
+  that prompt is drawn (the page's figure count for that prompt, no stale element, every plotly chart's SVG
+  present, two animation frames), timed inside the page (``app.latency.browser.submit_timed``: checked once per
+  animation frame, no WebDriver polling). Each length runs
   ``--repeats`` fresh prompts (distinct text, so the analysis is not cached) and one cached re-submission;
 * the server's own time split, read from the page: the analysis (both models' forward passes and the
   reductions, in the green line) and the page build (figures, in the last line);
@@ -91,9 +92,8 @@ def _timed_submit(driver, proc, prompt: str) -> dict:
     """Click Analyse and wait until ``prompt``'s view is drawn; wall seconds, and the CPU seconds the server and the
     browser used meanwhile (on a shared machine the wall clock also measures the neighbours; CPU seconds much less)."""
     browser_pid = driver.service.process.pid
-    s0, b0, t0 = _cpu_s(proc.pid), _tree_cpu_s(browser_pid), time.perf_counter()
-    browser.click_analyse(driver)
-    n, wall, partial = browser.wait_rendered_timed(driver, prompt, 600, t0)
+    s0, b0 = _cpu_s(proc.pid), _tree_cpu_s(browser_pid)
+    n, wall, partial = browser.submit_timed(driver, prompt, 600)  # clicked and timed inside the page
     return {"figures": n, "submit_to_rendered_s": round(wall, 2), "submit_to_drawn_but_lens_s": None if partial is None else round(partial, 2),
             "server_cpu_s": round(_cpu_s(proc.pid) - s0, 2),
             "browser_cpu_s": round(_tree_cpu_s(browser_pid) - b0, 2), "loadavg_1min": os.getloadavg()[0], **_numbers(driver)}

@@ -190,41 +190,60 @@ def wait_rendered(driver, prompt: str | None, timeout_s: float, view: str | None
     return max(n, 0)
 
 
-_PARTIAL = """
-const tag = arguments[0];
-const pending = Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'))
-    .some(e => e.textContent.startsWith('Computing the logit lens') && e.textContent.includes(tag) && !e.closest('[data-stale="true"]'));
-const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]')).filter(c => !c.closest('[data-stale="true"]'));
-return [pending, charts.length, charts.filter(c => c.querySelector('.js-plotly-plot .main-svg')).length];
+_IN_PAGE = """
+const [want, label, timeoutMs, done] = arguments;
+const t0 = performance.now();
+let partial = null;
+const fresh = el => !el.closest('[data-stale="true"]');
+function state() {
+  const caps = Array.from(document.querySelectorAll('[data-testid="stCaptionContainer"]'));
+  const line = (caps.map(e => e.textContent).find(t => t.startsWith('figures on this page:')) || '');
+  const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'));
+  const drawn = charts.filter(c => c.querySelector('.js-plotly-plot .main-svg')).length;
+  if (partial === null) {
+    const live = charts.filter(fresh);
+    const pending = caps.some(e => e.textContent.startsWith('Computing the logit lens') && e.textContent.includes(label) && fresh(e));
+    if (pending && live.length && live.every(c => c.querySelector('.js-plotly-plot .main-svg'))) partial = performance.now() - t0;
+  }
+  const m = line.match(/^figures on this page: (\\d+)/);
+  if (!m || !line.includes(want) || document.querySelectorAll('[data-stale="true"]').length) return null;
+  const n = parseInt(m[1]);
+  return charts.length === n && drawn >= n ? n : null;
+}
+function check() {
+  const n = state();
+  if (n !== null) {  // two more animation frames: the browser has painted it
+    requestAnimationFrame(() => requestAnimationFrame(() => done([n, performance.now() - t0, partial])));
+  } else if (performance.now() - t0 > timeoutMs) {
+    done([null, performance.now() - t0, partial]);
+  } else {
+    requestAnimationFrame(check);
+  }
+}
+const button = Array.from(document.querySelectorAll('button')).find(b => b.textContent.trim() === 'Analyse');
+if (!button) { done([null, 0, null]); } else { button.click(); requestAnimationFrame(check); }
 """
 
 
-def wait_rendered_timed(driver, prompt: str, timeout_s: float, t0: float) -> tuple[int, float, float | None]:
-    """:func:`wait_rendered` for ``prompt``, also noting when the view was drawn *except* its logit-lens window (the page
-    shows "Computing the logit lens …" for this prompt and every chart already sent has drawn its SVG). Returns
-    ``(figures, seconds since t0 until all drawn, seconds since t0 until drawn but the lens, or None when that state was
-    not seen: a cached lens is sent at once)``."""
-    import time as _time
+def submit_timed(driver, prompt: str, timeout_s: float) -> tuple[int, float, float | None]:
+    """Press Analyse and wait until ``prompt``'s view is drawn (the definition of :func:`wait_rendered`), timed **inside the
+    page**: one asynchronous script clicks the button, then checks the page once per animation frame (no WebDriver round
+    trip per check, whose polling would itself use the browser's CPU on a shared machine). Also notes when the view was
+    drawn *except* its logit-lens window (the page shows "Computing the logit lens …" for this prompt and every chart not
+    stale has drawn its SVG). Returns ``(figures, seconds from the click until all drawn and two frames painted, seconds
+    until drawn but the lens, or None when that state was not seen: a cached lens is sent at once)``.
 
+    Raises:
+        TimeoutError: not within ``timeout_s``; RuntimeError: no Analyse button.
+    """
     tag = f"({len(prompt)} characters)"
-    partial: list[float] = []
-
-    def poll() -> int:
-        if not partial:
-            pending, charts, svgs = driver.execute_script(_PARTIAL, tag)
-            if pending and charts and svgs >= charts:
-                partial.append(_time.perf_counter() - t0)
-        line, stale, charts, svgs = driver.execute_script(_PROBE)
-        m = _LINE.match(line)
-        want = f"prompt {prompt[:40]!r} {tag}"
-        if not m or want not in line or stale:
-            return 0
-        n = int(m.group(1))
-        return (n or -1) if charts == n and svgs >= n else 0
-
-    n = wait_for(f"every figure of the page for prompt {prompt!r:.60}", poll, timeout_s, poll_s=0.03)
-    driver.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
-    return max(n, 0), _time.perf_counter() - t0, (partial[0] if partial else None)
+    driver.set_script_timeout(timeout_s + 10)
+    n, ms, partial = driver.execute_async_script(_IN_PAGE, f"prompt {prompt[:40]!r} {tag}", tag, timeout_s * 1000)
+    if n is None:
+        if ms == 0:
+            raise RuntimeError("no Analyse button on the page")
+        raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for every figure of the page for prompt {prompt!r:.60}")
+    return max(int(n), 0), ms / 1000, None if partial is None else partial / 1000
 
 
 def select_view(driver, view: str) -> None:

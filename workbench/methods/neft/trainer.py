@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from workbench.architecture import Dims
+from workbench.architecture import Dims, decoder_layers
 from workbench.artifacts import (
     atomic_save_tensors,
     atomic_write_json,
@@ -36,15 +36,14 @@ from workbench.errors import (
     MismatchError,
     NonFiniteLossError,
 )
-from workbench.architecture import decoder_layers
 from workbench.methods.neft.config import SELECTION_MODES, NeftConfig
 from workbench.methods.neft.intervention import NeftIntervention, neuron_weights
 from workbench.train import (
     TrainResult,
-    answer_loss,
     batch_indices,
     fit,
     seed_everything,
+    sft_loss,
 )
 
 
@@ -117,7 +116,7 @@ def brief_full_finetune(
     for step in range(steps):
         batch = [examples[i] for i in batch_indices(len(examples), batch_size, seed, step)]
         ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-        loss = answer_loss(tuned(input_ids=ids, attention_mask=mask).logits, labels)
+        loss = sft_loss(tuned, ids, mask, labels)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"brief full fine-tuning: loss became {float(loss)} at step {step}; lower NeftConfig.select_lr")

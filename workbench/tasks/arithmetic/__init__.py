@@ -56,14 +56,31 @@ def to_examples(tokenizer, pairs: list[tuple[str, str]], prepend_bos: bool = Fal
 
 
 @torch.no_grad()
-def exact_match(model: torch.nn.Module, examples: list[Example]) -> float:
-    """Share of problems whose every answer token is the greedy (teacher-forced) prediction."""
+def exact_match(model: torch.nn.Module, examples: list[Example], max_batch: int = 64) -> float:
+    """Share of problems whose every answer token is the greedy (teacher-forced) prediction.
+
+    Problems with the same prompt and answer lengths run together (no padding, so each one's logits are those of
+    running it alone, up to batched-matmul rounding), and only the positions that predict answer tokens are
+    unembedded (``logits_to_keep``).
+
+    Raises:
+        ConfigError: no examples, or ``max_batch`` < 1.
+    """
+    if not examples or max_batch < 1:
+        raise ConfigError(f"exact_match needs examples and max_batch >= 1 (got {len(examples)} examples, max_batch {max_batch})")
     device = next(model.parameters()).device
-    hits = 0
+    groups: dict[tuple[int, int], list[Example]] = {}
     for ex in examples:
-        ids = torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids)], device=device)
-        logits = model(input_ids=ids).logits[0, len(ex.prompt_ids) - 1: -1]
-        hits += int(logits.argmax(-1).tolist() == list(ex.answer_ids))
+        groups.setdefault((len(ex.prompt_ids), len(ex.answer_ids)), []).append(ex)
+    hits = 0
+    for (_, n_answer), group in groups.items():
+        for i in range(0, len(group), max_batch):
+            chunk = group[i:i + max_batch]
+            ids = torch.tensor([list(ex.prompt_ids) + list(ex.answer_ids) for ex in chunk], device=device)
+            # logits_to_keep = n_answer + 1: the last kept position predicts past the answer; drop it
+            predicted = model(input_ids=ids, logits_to_keep=n_answer + 1).logits[:, :-1].argmax(-1)
+            answers = torch.tensor([list(ex.answer_ids) for ex in chunk], device=device)
+            hits += int((predicted == answers).all(-1).sum())
     return hits / len(examples)
 
 
