@@ -63,8 +63,9 @@ from probes.patching_nnsight import (
 )
 from probes.prefix_patching import (
     cache_argument,
+    common_prefix_patch,
+    first_differing_position,
     first_patched_layers,
-    first_patched_position,
     layer_groups,
     prefix_cache,
     prefix_runner,
@@ -120,9 +121,9 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
                 ) -> tuple[Float[Tensor, "variant batch d_vocab"], dict[str, Tensor]]:
     """Run ``n_variants`` patched copies of ``input_ids`` in chunks of at most ``max_batch`` sequences.
 
-    With ``share_prefix`` (default), what every variant shares with the unpatched target is computed once: positions
-    before the first patched position (reused through the target's key/value cache) and, per variant, the decoder
-    layers below its first patched layer (variants grouped by that layer run from the target's residual stream
+    With ``share_prefix`` (default), what every variant shares is computed once: positions before the first position
+    where the variants' patches differ (the target's run there, with the patch they all apply, if any, reused through its
+    key/value cache) and, per variant, the decoder layers below its first patched layer (variants grouped by that layer run from the target's residual stream
     there). See :mod:`probes.prefix_patching`; same results as ``share_prefix=False`` to fp tolerance.
 
     Returns:
@@ -148,9 +149,10 @@ def _run(model: nn.Module | Side, input_ids: Tensor, layers: Sequence[PatchLayer
     rec: dict[str, list[Tensor]] = {n: [] for n in record}
     all_masks = [m for layer in layers for m in layer.masks.values()]
     shared = share_prefix and bool(all_masks) and not record and not grad
-    start = first_patched_position(all_masks, seq) if shared and takes_cache(side.model) else 0
+    start = first_differing_position(layers, seq) if shared and takes_cache(side.model) else 0
+    common = common_prefix_patch(layers, start, seq) if start else {}  # what every variant patches before start
     groups = (layer_groups(first_patched_layers([layer.masks for layer in layers], n_variants, Dims.of(side.model).n_layers))
-              if shared and shares_layers(side.model) else [(0, torch.arange(n_variants))])
+              if shared and not common and shares_layers(side.model) else [(0, torch.arange(n_variants))])
     masks = [{n: suffix(m, start, 2, seq) for n, m in layer.masks.items()} for layer in layers]
     sources = [{n: suffix(s, start, 2 if layer.per_variant else 1, seq) for n, s in layer.source.items()} for layer in layers]
     chunk: dict[str, Any] = {}
@@ -182,7 +184,12 @@ def _run(model: nn.Module | Side, input_ids: Tensor, layers: Sequence[PatchLayer
     parts: list[Tensor] = []
     ctx = nullcontext() if grad else torch.no_grad()
     with ctx, side.context():
-        prefix = prefix_cache(side.model, input_ids[:, :start].to(device)) if start else None  # unpatched, once
+        if common:  # the prefix with the patch every variant applies there, once
+            chunk.update(n=1, sel=common)
+            with _hooks(side.model, list(common), fn_for):
+                prefix = prefix_cache(side.model, input_ids[:, :start].to(device))
+        else:
+            prefix = prefix_cache(side.model, input_ids[:, :start].to(device)) if start else None  # unpatched, once
         arg = cache_argument(side.model) if prefix is not None else None
         needed = [first for first, _ in groups if first > 0]
         hidden, clean = (target_suffix(side.model, input_ids[:, start:].to(device), needed,

@@ -17,6 +17,11 @@ layers ``l..`` only (the cached positions ``< p`` of those layers are the target
 halves the layer work. A variant's group is the lowest layer any of its masks touches, so a patch inside layer ``l``
 (``attn.hook_z``, ``mlp.hook_post``, ``hook_resid_post``...) starts its variant at ``l`` with the clean stream.
 
+The prefix may also be patched: when every variant applies the same patch at positions ``< p`` (a mean ablation of all
+heads except the circuit's, whose heads sit at the last few positions: faithfulness), that prefix is run once with that
+common patch (:func:`first_differing_position`, :func:`common_prefix_patch`) and the variants run from ``p`` on top of its
+cache; layers are then not shared.
+
 Not shared (the full run is used): recorded activations (they need every position), gradient runs, masks that
 broadcast over positions with any element set (positions only), and models whose forward takes no key/value cache
 (positions only). Layers are shared only where :func:`kernels.prefix_runner.supports` the model (the Hugging Face
@@ -83,6 +88,48 @@ def first_patched_position(masks: Sequence[Bool[Tensor, "variant batch pos *head
         if bool(hit.any()):
             first = min(first, int(hit.nonzero()[0]))
     return max(first, 0)
+
+
+def first_differing_position(layers: Sequence[Any], seq_len: int) -> int:
+    """The first position at which the variants' patches differ (``PatchLayer`` s of :func:`probes.patching.run_patched`),
+    capped at ``seq_len - 1``: before it every variant applies the same patch (or none), so the variants share that prefix
+    of the run. A layer with per-variant sources differs wherever its masks set anything; a mask with a variant axis of 1
+    is the same for every variant; 0 when a mask broadcasts over positions and sets anything."""
+    first = seq_len - 1
+    for layer in layers:
+        for mask in layer.masks.values():
+            if mask.ndim < 3 or mask.shape[2] != seq_len:
+                if bool(mask.any()):
+                    return 0
+                continue
+            if layer.per_variant:
+                differs = mask
+            elif mask.shape[0] > 1:
+                differs = mask != mask[:1]
+            else:
+                continue
+            hit = differs.movedim(2, 0).reshape(seq_len, -1).any(1)
+            if bool(hit.any()):
+                first = min(first, int(hit.nonzero()[0]))
+    return max(first, 0)
+
+
+def common_prefix_patch(layers: Sequence[Any], start: int, seq_len: int) -> dict[str, list[tuple[Tensor, Tensor]]]:
+    """The patch every variant applies at positions ``< start`` (``start`` from :func:`first_differing_position`): per hook
+    name, ``[(mask [1, batch, start, *head], source [1, batch or 1, start, ...])]`` in layer order, leaving out masks that
+    set nothing there."""
+    out: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    for layer in layers:
+        for name, mask in layer.masks.items():
+            if mask.ndim < 3 or mask.shape[2] != seq_len:
+                continue  # sets nothing (else start would be 0)
+            m = mask[:1].narrow(2, 0, start)
+            if not bool(m.any()):
+                continue  # per-variant layers set nothing before start by construction
+            src = layer.source[name]
+            src = src.narrow(1, 0, start) if src.ndim > 1 and src.shape[1] == seq_len else src
+            out.setdefault(name, []).append((m, src.unsqueeze(0)))
+    return out
 
 
 def suffix(t: Tensor, start: int, axis: int, seq_len: int) -> Tensor:

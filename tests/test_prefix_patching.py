@@ -278,3 +278,39 @@ def test_bridged_model_is_not_prefix_shared_and_equals_full_recomputation():
     assert noop.abs().max() < 1e-6  # identical activations patched in: no effect (was ~1e-2 with sharing)
     torch.testing.assert_close(activation_patch(model, sites, clean, corrupt, metric),
                                activation_patch(model, sites, clean, corrupt, metric, share_prefix=False), atol=1e-5, rtol=0)
+
+
+def test_common_prefix_patch_equals_full_recomputation_and_variants_run_the_suffix_only(monkeypatch):
+    """Faithfulness-style mean ablation: every variant ablates every head at positions < 4 (the same patch), and keeps a
+    different head at positions 4..: the prefix runs once with that common patch, the variants from position 4."""
+    from probes.circuits import faithfulness
+    from probes.patching import mean_activations
+    from probes.prefix_patching import common_prefix_patch, first_differing_position
+
+    model, info = make_tiny(0)
+    clean, _, metric = _data()
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(2)]
+    means = mean_activations(model, _data(seed=9)[0], names)
+    keep = torch.zeros(3, 1, T, 2, dtype=torch.bool)  # variant v keeps head (v % 2) from position 4 on
+    for v in range(3):
+        keep[v, 0, 4:, v % 2] = True
+    layers = [PatchLayer({n: ~keep for n in names}, {n: means[n] for n in names})]
+    assert first_differing_position(layers, T) == 4
+    assert [m.shape for m, _ in common_prefix_patch(layers, 4, T)[names[0]]] == [(1, 1, 4, 2)]
+    assert first_differing_position([PatchLayer({names[0]: ~keep}, {names[0]: means[names[0]][None]}, per_variant=True)], T) == 0
+    seen, scope = _calls(model)
+    with scope:
+        fast, _ = run_patched(model, clean, layers, 3)
+    slow, _ = run_patched(model, clean, layers, 3, share_prefix=False)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert (fast[0] - fast[1]).abs().max() > 1e-4  # the variants differ
+    assert all(t == T - 4 for _, r, t in seen if r == 3 * B) and any(r == B and t == 4 for _, r, t in seen)
+    # faithfulness itself (circuit heads at the last position; random circuits at the same positions) agrees too
+    circuit = [Site(1, "attn.hook_z", head=0, pos=-1), Site(0, "attn.hook_z", head=1, pos=-1)]
+    import probes.circuits as circuits
+
+    a = faithfulness(model, circuit, clean, metric, means, n_random=3)
+    monkeypatch.setattr(circuits, "run_patched", lambda *args, **kw: run_patched(*args, **{**kw, "share_prefix": False}))
+    b = faithfulness(model, circuit, clean, metric, means, n_random=3)
+    assert a.circuit_score == pytest.approx(b.circuit_score, abs=1e-5)
+    assert a.random_scores == pytest.approx(b.random_scores, abs=1e-5)

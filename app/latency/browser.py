@@ -221,7 +221,8 @@ function check() {
   }
 }
 const button = Array.from(document.querySelectorAll('button')).find(b => b.textContent.trim() === 'Analyse');
-if (!button) { done([null, 0, null]); } else { button.click(); requestAnimationFrame(check); }
+// leaving the prompt box commits its text (as a real click's focus change does), then the click
+if (!button) { done([null, 0, null]); } else { if (document.activeElement) document.activeElement.blur(); button.click(); requestAnimationFrame(check); }
 """
 
 

@@ -7,6 +7,9 @@
   prompt with every head frozen at every position — the code before this change, kept here verbatim on today's
   engine) against :func:`studies.entity_tracking.circuit.find_circuit` (shared :class:`PathPatchRuns`, one
   attribution pass, variants only from the first sender / receiver position on).
+* **faithfulness** — the committed base circuit and 10 random circuits, position-wise mean ablation of every other
+  head: every variant on the whole prompt (``share_prefix=False``) against the prefix (positions before the circuit's
+  first position, where every variant ablates every head) run once with that common ablation.
 * **dcm** — the three desiderata × four groups of the committed default base circuit: one training loop per
   (group, desideratum) through the eager :func:`probes.dcm._mixed` (the old loop) against one
   :func:`probes.dcm.dcm_many` run.
@@ -134,6 +137,38 @@ def _timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
+def _faithfulness(side, tok, split, n_eval: int) -> None:
+    """The committed base circuit's faithfulness with 10 random circuits on the eval prompts: every variant on the whole
+    prompt (``share_prefix=False``, the old run) against the prefix run once with the ablation all variants share there."""
+    import probes.circuits as circuits
+    from probes.patching import mean_activations, run_patched
+    from workbench.tasks import entity_tracking as et
+
+    eval_p, mean_p = split.heldout[:n_eval], split.heldout[64 + 10:64 + 10 + 64]
+    ids, ans, objs = et.to_tensors(eval_p)
+    positions = {"query_label": torch.tensor([p.query_label_pos for p in eval_p])}
+    groups = json.loads((Path(__file__).parent / "results" / "default.json").read_text())["metrics"]["circuits"]["base"]["groups"]
+    sites = list(dict.fromkeys(Site(layer, "attn.hook_z", head=h, pos=GROUP_POS[g]) for g, hs in groups.items() for layer, h in hs))
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(Dims.of(side.model).n_layers)]
+    means = mean_activations(side, et.to_tensors(mean_p)[0], names)
+    metric = pm.accuracy(ans, objs)
+
+    def run(share: bool):
+        saved = circuits.run_patched
+        circuits.run_patched = lambda *a, **kw: run_patched(*a, **{**kw, "share_prefix": share})
+        try:
+            return circuits.faithfulness(side, sites, ids, metric, means, n_random=10, seed=0, positions=positions)
+        finally:
+            circuits.run_patched = saved
+
+    old, w0, c0 = _timed(lambda: run(False))
+    new, w1, c1 = _timed(lambda: run(True))
+    same = (old.circuit_score, old.random_scores) == (new.circuit_score, new.random_scores)
+    print(f"faithfulness ({n_eval} prompts, {len(sites)} sites, 10 random circuits): old {w0:.1f} s wall / {c0:.1f} s CPU, "
+          f"new {w1:.1f} s wall / {c1:.1f} s CPU; speed-up {w0 / w1:.1f}x wall, {c0 / c1:.1f}x CPU; same scores: {same} "
+          f"(circuit {old.circuit_score:.4f} / {new.circuit_score:.4f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     from workbench.models import load_model
     from workbench.tasks import entity_tracking as et
@@ -144,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=60)
     ap.add_argument("--n-dcm", type=int, default=32)
     ap.add_argument("--dcm-steps", type=int, default=20)
-    ap.add_argument("--skip", choices=["circuits", "dcm"], action="append", default=[])
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--skip", choices=["circuits", "dcm", "faithfulness"], action="append", default=[])
     args = ap.parse_args(argv)
     model, tok, info = load_model("smollm2-135m-instruct")
     model.requires_grad_(False)
@@ -187,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dcm ({len(tasks)} tasks, {args.n_dcm} pairs, {args.dcm_steps} steps, training only for the old loop, "
               f"training + evaluation for the new): old {w0:.1f} s wall / {c0:.1f} s CPU, new {w1:.1f} s wall / {c1:.1f} s CPU;"
               f" speed-up {w0 / w1:.1f}x wall, {c0 / c1:.1f}x CPU; largest mask difference {dm:.2e}, loss {dl:.2e}")
+    if "faithfulness" not in args.skip:
+        _faithfulness(side, tok, split, args.n_eval)
     print(f"load average at end {os.getloadavg()}")
     return 0
 
