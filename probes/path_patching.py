@@ -43,7 +43,7 @@ from probes.patch_sites import (
     check_metric,
     variant_masks,
 )
-from probes.prefix_patching import cache_argument, prefix_cache, suffix, tiled_cache
+from probes.prefix_patching import cache_argument, first_patched_position, prefix_cache, suffix, tiled_cache
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
@@ -152,8 +152,6 @@ def path_patch(model: nn.Module | Side, senders: Sequence[SiteSet], receivers: s
         ConfigError: receivers that are not query / key / value sites, ``runs`` of other prompts or another side,
             or as :func:`probes.patching.activation_patch`.
     """
-    from probes.patching import first_patched_position
-
     side = as_side(model)
     target_ids, source_ids = _check_ids(target_ids, source_ids, side)
     check_metric(metric)

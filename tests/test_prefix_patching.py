@@ -137,13 +137,14 @@ def _masks_source_cross(model, other, sites, clean, corrupt, metric):
 
 def test_path_patching_unchanged_by_prefix_sharing(monkeypatch):
     """path_patch (recorded senders, patched receivers at the last position): equal with sharing on and off."""
-    from probes import patching
+    from probes import path_patching, patching
 
     model, _ = make_tiny(0)
     clean, corrupt, metric = _data(seed=2)
     senders = [Site(0, "attn.hook_z", head=h, pos=-1) for h in range(2)]
     shared = path_patch(model, senders, [Site(1, "attn.hook_q", pos=-1)], clean, corrupt, metric)
-    monkeypatch.setattr(patching, "first_patched_position", lambda masks, seq: 0)  # sharing off everywhere
+    monkeypatch.setattr(path_patching, "first_patched_position", lambda masks, seq: 0)  # sharing off everywhere
+    monkeypatch.setattr(patching, "first_differing_position", lambda layers, seq: 0)
     full = path_patch(model, senders, [Site(1, "attn.hook_q", pos=-1)], clean, corrupt, metric)
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     assert full.abs().max() > 1e-6

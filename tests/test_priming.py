@@ -169,7 +169,7 @@ def test_tiny_study_and_notebook(tmp_path, monkeypatch):
     m = saved["metrics"]
     assert m["weights_restored_exactly"] is True
     assert {"run_info", "meta_info", "metrics"} <= saved.keys() and saved["meta_info"]["models"]["base"]["weight_hash"]
-    assert len(m["rows"]) == 2 * 3 and set(m["arms"]) == {"standard", "stepping_stone", "ignore_top_k"}
+    assert len(m["rows"]) == 3 * 3 and set(m["arms"]) == {"standard", "stepping_stone", "ignore_top_k"}
     std = [r for r in m["rows"] if r["arm"] == "standard"]
     priors = [r["log10_p_before"] for r in std]
     assert max(priors) - min(priors) > 2  # keywords spread over the prior (orders of magnitude)
