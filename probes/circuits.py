@@ -71,7 +71,7 @@ class FaithfulnessResult:
 def faithfulness(model: nn.Module | Side, circuit: Sequence[Site], input_ids: Int[Tensor, "batch pos"], metric: Metric,
                  means: Mapping[str, Float[Tensor, "1 pos n_heads d_head"]], *, n_random: int = 10, seed: int = 0,
                  positions: Positions | None = None, max_batch: int = 256,
-                 model_logits: Float[Tensor, "batch d_vocab"] | None = None) -> FaithfulnessResult:
+                 model_logits: Float[Tensor, "batch d_vocab"] | None = None, share_prefix: bool = True) -> FaithfulnessResult:
     """Faithfulness of a head circuit under position-wise mean ablation, with ``n_random`` random circuits.
 
     Args:
@@ -80,6 +80,8 @@ def faithfulness(model: nn.Module | Side, circuit: Sequence[Site], input_ids: In
             prompts with the same token length.
         model_logits: the unpatched model's final-position logits on ``input_ids`` when the caller already has
             them (the full-model score); else one more forward computes them.
+        share_prefix: run the positions where every variant ablates the same heads once
+            (:func:`probes.patching.run_patched`); ``False`` runs every variant on the whole prompt (same scores).
 
     Raises:
         ConfigError: an empty circuit, non-head sites, missing means, prompts of another length than the means,
@@ -104,7 +106,7 @@ def faithfulness(model: nn.Module | Side, circuit: Sequence[Site], input_ids: In
     keep = variant_masks(variants, b, seq, dims, positions)
     ablate = {n: ~keep[n] if n in keep else torch.ones(1, 1, seq, dims.n_heads, dtype=torch.bool) for n in names}
     logits, _ = run_patched(side, input_ids, [PatchLayer(ablate, {n: means[n] for n in names})], len(variants),
-                            max_batch=max_batch)
+                            max_batch=max_batch, share_prefix=share_prefix)
     scores = [float(metric(v).mean()) for v in logits]
     full = float(_model_metric(side, input_ids, metric, model_logits).mean())
     ratio = [s / full if full else None for s in scores]  # None: the full model scores 0

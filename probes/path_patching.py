@@ -43,7 +43,13 @@ from probes.patch_sites import (
     check_metric,
     variant_masks,
 )
-from probes.prefix_patching import cache_argument, first_patched_position, prefix_cache, suffix, tiled_cache
+from probes.prefix_patching import (
+    cache_argument,
+    first_patched_position,
+    prefix_cache,
+    suffix,
+    tiled_cache,
+)
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.hooked import hooks

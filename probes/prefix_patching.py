@@ -94,24 +94,16 @@ def first_differing_position(layers: Sequence[Any], seq_len: int) -> int:
     """The first position at which the variants' patches differ (``PatchLayer`` s of :func:`probes.patching.run_patched`),
     capped at ``seq_len - 1``: before it every variant applies the same patch (or none), so the variants share that prefix
     of the run. A layer with per-variant sources differs wherever its masks set anything; a mask with a variant axis of 1
-    is the same for every variant; 0 when a mask broadcasts over positions and sets anything."""
-    first = seq_len - 1
+    is the same for every variant; 0 when a mask broadcasts over positions and sets anything
+    (:func:`first_patched_position` of the masks of where variants differ)."""
+    differs = []
     for layer in layers:
         for mask in layer.masks.values():
-            if mask.ndim < 3 or mask.shape[2] != seq_len:
-                if bool(mask.any()):
-                    return 0
-                continue
-            if layer.per_variant:
-                differs = mask
+            if layer.per_variant or mask.ndim < 3 or mask.shape[2] != seq_len:
+                differs.append(mask)
             elif mask.shape[0] > 1:
-                differs = mask != mask[:1]
-            else:
-                continue
-            hit = differs.movedim(2, 0).reshape(seq_len, -1).any(1)
-            if bool(hit.any()):
-                first = min(first, int(hit.nonzero()[0]))
-    return max(first, 0)
+                differs.append(mask != mask[:1])
+    return first_patched_position(differs, seq_len)
 
 
 def common_prefix_patch(layers: Sequence[Any], start: int, seq_len: int) -> dict[str, list[tuple[Tensor, Tensor]]]:

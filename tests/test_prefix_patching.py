@@ -137,7 +137,7 @@ def _masks_source_cross(model, other, sites, clean, corrupt, metric):
 
 def test_path_patching_unchanged_by_prefix_sharing(monkeypatch):
     """path_patch (recorded senders, patched receivers at the last position): equal with sharing on and off."""
-    from probes import path_patching, patching
+    from probes import patching, path_patching
 
     model, _ = make_tiny(0)
     clean, corrupt, metric = _data(seed=2)
@@ -281,7 +281,7 @@ def test_bridged_model_is_not_prefix_shared_and_equals_full_recomputation():
                                activation_patch(model, sites, clean, corrupt, metric, share_prefix=False), atol=1e-5, rtol=0)
 
 
-def test_common_prefix_patch_equals_full_recomputation_and_variants_run_the_suffix_only(monkeypatch):
+def test_common_prefix_patch_equals_full_recomputation_and_variants_run_the_suffix_only():
     """Faithfulness-style mean ablation: every variant ablates every head at positions < 4 (the same patch), and keeps a
     different head at positions 4..: the prefix runs once with that common patch, the variants from position 4."""
     from probes.circuits import faithfulness
@@ -308,10 +308,7 @@ def test_common_prefix_patch_equals_full_recomputation_and_variants_run_the_suff
     assert all(t == T - 4 for _, r, t in seen if r == 3 * B) and any(r == B and t == 4 for _, r, t in seen)
     # faithfulness itself (circuit heads at the last position; random circuits at the same positions) agrees too
     circuit = [Site(1, "attn.hook_z", head=0, pos=-1), Site(0, "attn.hook_z", head=1, pos=-1)]
-    import probes.circuits as circuits
-
     a = faithfulness(model, circuit, clean, metric, means, n_random=3)
-    monkeypatch.setattr(circuits, "run_patched", lambda *args, **kw: run_patched(*args, **{**kw, "share_prefix": False}))
-    b = faithfulness(model, circuit, clean, metric, means, n_random=3)
+    b = faithfulness(model, circuit, clean, metric, means, n_random=3, share_prefix=False)
     assert a.circuit_score == pytest.approx(b.circuit_score, abs=1e-5)
     assert a.random_scores == pytest.approx(b.random_scores, abs=1e-5)

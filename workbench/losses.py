@@ -19,10 +19,12 @@ def answer_loss(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, 
 
 def answer_logprob(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
     """Summed log-probability (nats) of each row's answer tokens."""
-    return _target_logprob(logits[:, :-1], labels[:, 1:])
+    return target_logprob(logits[:, :-1], labels[:, 1:])
 
 
-def _target_logprob(logits: Float[Tensor, "batch k d_vocab"], target: Int[Tensor, "batch k"]) -> Float[Tensor, " batch"]:
+def target_logprob(logits: Float[Tensor, "batch k d_vocab"], target: Int[Tensor, "batch k"]) -> Float[Tensor, " batch"]:
+    """Summed log-probability (nats) of each row's ``target`` tokens under ``logits`` at the same positions (−100: not
+    counted); with :func:`answer_logits`' output, each row's answer log-probability."""
     logp = logits.float().log_softmax(-1)
     picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return (picked * (target != -100)).sum(-1)
@@ -65,7 +67,8 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return losses.sum() if reduction == "sum" else losses.mean()
 
 
-def _pairs(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+def preference_pairs(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """The chosen and the rejected answers of preference examples, as two lists of plain examples (same prompts)."""
     chosen = list(examples)
     rejected = [Example(e.prompt_ids, e.rejected_ids) for e in examples]
     return chosen, rejected
@@ -75,12 +78,12 @@ def _pairs(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
 def reference_logprobs(model: nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> Tensor:
     """``[n_examples, 2]`` summed log-probs of (chosen, rejected) answers under ``model`` as it is now."""
     device = next(model.parameters()).device
-    chosen, rejected = _pairs(examples)
+    chosen, rejected = preference_pairs(examples)
     out = []
     for start in range(0, len(examples), batch_size):
         cols = []
         for part in (chosen, rejected):
             ids, mask, labels = (t.to(device) for t in collate(part[start : start + batch_size], pad_id))
-            cols.append(_target_logprob(*answer_logits(model, ids, mask, labels)))
+            cols.append(target_logprob(*answer_logits(model, ids, mask, labels)))
         out.append(torch.stack(cols, -1).cpu())
     return torch.cat(out)

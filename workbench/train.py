@@ -27,14 +27,14 @@ from workbench.distributed import DataParallel, accumulate
 from workbench.divergence import DivergenceGuard, current_restart_hint
 from workbench.errors import ConfigError, DivergenceError, NonFiniteLossError
 from workbench.losses import (  # noqa: F401  (answer_loss, answer_logprob, dpo_loss: re-exported, their old home)
-    _pairs,
-    _target_logprob,
     answer_logits,
     answer_logprob,
     answer_loss,
     dpo_loss,
+    preference_pairs,
     reference_logprobs,
     sft_loss,
+    target_logprob,
 )
 
 
@@ -158,11 +158,11 @@ def _step_loss(model: nn.Module, batch: list[Example], idx: list[int], cfg: Trai
     if cfg.loss == "sft":
         ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
         return sft_loss(model, ids, mask, labels, reduction)
-    chosen, rejected = _pairs(batch)
+    chosen, rejected = preference_pairs(batch)
     logps = []
     for part in (chosen, rejected):
         ids, mask, labels = (t.to(device) for t in collate(part, pad_id))
-        logps.append(_target_logprob(*answer_logits(model, ids, mask, labels)))
+        logps.append(target_logprob(*answer_logits(model, ids, mask, labels)))
     r = ref[idx].to(device)
     return dpo_loss(logps[0], logps[1], r[:, 0], r[:, 1], cfg.dpo_beta, reduction)
 

@@ -17,7 +17,6 @@ Never downloads a browser or a driver: it uses ``/usr/bin/chromium`` and ``/usr/
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -34,7 +33,6 @@ CHROMEDRIVER = os.environ.get("WORKBENCH_CHROMEDRIVER", "/usr/bin/chromedriver")
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--window-size=1600,2000"]
 ROOT = Path(__file__).resolve().parents[2]
-_LINE = re.compile(r"figures on this page: (\d+)[^\n]*")
 
 
 def missing_browser() -> list[str]:
@@ -174,24 +172,14 @@ def wait_rendered(driver, prompt: str | None, timeout_s: float, view: str | None
     Raises:
         TimeoutError: not within ``timeout_s``.
     """
-    want = None if prompt is None else f"prompt {prompt[:40]!r} ({len(prompt)} characters)"
-    want_view = None if view is None else f"view {view!r}"
-
-    def done() -> int:
-        line, stale, charts, svgs = driver.execute_script(_PROBE)
-        m = _LINE.match(line)
-        if not m or (want is not None and want not in line) or (want_view is not None and want_view not in line) or stale:
-            return 0
-        n = int(m.group(1))
-        return (n or -1) if charts == n and svgs >= n else 0  # -1: a page with no figure is done too
-
-    n = wait_for(f"every figure of the page for prompt {prompt!r:.60}", done, timeout_s, poll_s=0.05)
-    driver.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
-    return max(n, 0)
+    return _in_page(driver, prompt, view, timeout_s, click=False)[0]
 
 
+# The one definition of "drawn" (module docstring), checked inside the page once per animation frame: no WebDriver round
+# trip per check, whose polling would itself use the browser's CPU on a shared machine. With ``click``, the script first
+# leaves the focused box (committing it, as a real click's focus change does) and presses Analyse, timing from there.
 _IN_PAGE = """
-const [want, label, timeoutMs, done] = arguments;
+const [wants, label, timeoutMs, click, done] = arguments;
 const t0 = performance.now();
 let partial = null;
 const fresh = el => !el.closest('[data-stale="true"]');
@@ -200,13 +188,13 @@ function state() {
   const line = (caps.map(e => e.textContent).find(t => t.startsWith('figures on this page:')) || '');
   const charts = Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'));
   const drawn = charts.filter(c => c.querySelector('.js-plotly-plot .main-svg')).length;
-  if (partial === null) {
+  if (partial === null && label !== null) {
     const live = charts.filter(fresh);
     const pending = caps.some(e => e.textContent.startsWith('Computing the logit lens') && e.textContent.includes(label) && fresh(e));
     if (pending && live.length && live.every(c => c.querySelector('.js-plotly-plot .main-svg'))) partial = performance.now() - t0;
   }
   const m = line.match(/^figures on this page: (\\d+)/);
-  if (!m || !line.includes(want) || document.querySelectorAll('[data-stale="true"]').length) return null;
+  if (!m || !wants.every(w => line.includes(w)) || document.querySelectorAll('[data-stale="true"]').length) return null;
   const n = parseInt(m[1]);
   return charts.length === n && drawn >= n ? n : null;
 }
@@ -220,31 +208,39 @@ function check() {
     requestAnimationFrame(check);
   }
 }
-const button = Array.from(document.querySelectorAll('button')).find(b => b.textContent.trim() === 'Analyse');
-// leaving the prompt box commits its text (as a real click's focus change does), then the click
-if (!button) { done([null, 0, null]); } else { if (document.activeElement) document.activeElement.blur(); button.click(); requestAnimationFrame(check); }
+if (click) {
+  const button = Array.from(document.querySelectorAll('button')).find(b => b.textContent.trim() === 'Analyse');
+  if (!button) { done([null, -1, null]); } else { if (document.activeElement) document.activeElement.blur(); button.click(); requestAnimationFrame(check); }
+} else {
+  requestAnimationFrame(check);
+}
 """
 
 
+def _in_page(driver, prompt: str | None, view: str | None, timeout_s: float, click: bool) -> tuple[int, float, float | None]:
+    """Run :data:`_IN_PAGE`: ``(figures, seconds until drawn, seconds until drawn but the lens window or None)``."""
+    tag = None if prompt is None else f"({len(prompt)} characters)"
+    wants = ([] if prompt is None else [f"prompt {prompt[:40]!r} {tag}"]) + ([] if view is None else [f"view {view!r}"])
+    driver.set_script_timeout(timeout_s + 10)
+    n, ms, partial = driver.execute_async_script(_IN_PAGE, wants, tag, timeout_s * 1000, click)
+    if n is None:
+        if ms == -1:
+            raise RuntimeError("no Analyse button on the page")
+        raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for every figure of the page for prompt {prompt!r:.60}")
+    return int(n), ms / 1000, None if partial is None else partial / 1000
+
+
 def submit_timed(driver, prompt: str, timeout_s: float) -> tuple[int, float, float | None]:
-    """Press Analyse and wait until ``prompt``'s view is drawn (the definition of :func:`wait_rendered`), timed **inside the
-    page**: one asynchronous script clicks the button, then checks the page once per animation frame (no WebDriver round
-    trip per check, whose polling would itself use the browser's CPU on a shared machine). Also notes when the view was
-    drawn *except* its logit-lens window (the page shows "Computing the logit lens …" for this prompt and every chart not
-    stale has drawn its SVG). Returns ``(figures, seconds from the click until all drawn and two frames painted, seconds
-    until drawn but the lens, or None when that state was not seen: a cached lens is sent at once)``.
+    """Press Analyse and wait until ``prompt``'s view is drawn (:func:`wait_rendered`'s definition), timed inside the
+    page from the click. Also notes when the view was drawn *except* its logit-lens window (the page shows "Computing
+    the logit lens …" for this prompt and every chart not stale has drawn its SVG). Returns ``(figures, seconds from the
+    click until all drawn and two frames painted, seconds until drawn but the lens, or None when that state was not seen:
+    a cached lens is sent at once)``.
 
     Raises:
         TimeoutError: not within ``timeout_s``; RuntimeError: no Analyse button.
     """
-    tag = f"({len(prompt)} characters)"
-    driver.set_script_timeout(timeout_s + 10)
-    n, ms, partial = driver.execute_async_script(_IN_PAGE, f"prompt {prompt[:40]!r} {tag}", tag, timeout_s * 1000)
-    if n is None:
-        if ms == 0:
-            raise RuntimeError("no Analyse button on the page")
-        raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for every figure of the page for prompt {prompt!r:.60}")
-    return max(int(n), 0), ms / 1000, None if partial is None else partial / 1000
+    return _in_page(driver, prompt, None, timeout_s, click=True)
 
 
 def select_view(driver, view: str) -> None:

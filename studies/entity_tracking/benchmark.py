@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from probes import metrics as pm
-from probes.circuits import DCMConfig, DCMTask, dcm_many
+from probes.circuits import DCMConfig, DCMTask, dcm_many, faithfulness
 from probes.dcm import _mixed, _no_param_grads
 from probes.patch_sites import variant_masks
 from probes.patching import (
@@ -140,8 +140,7 @@ def _timed(fn):
 def _faithfulness(side, tok, split, n_eval: int) -> None:
     """The committed base circuit's faithfulness with 10 random circuits on the eval prompts: every variant on the whole
     prompt (``share_prefix=False``, the old run) against the prefix run once with the ablation all variants share there."""
-    import probes.circuits as circuits
-    from probes.patching import mean_activations, run_patched
+    from probes.patching import mean_activations
     from workbench.tasks import entity_tracking as et
 
     eval_p, mean_p = split.heldout[:n_eval], split.heldout[64 + 10:64 + 10 + 64]
@@ -154,12 +153,7 @@ def _faithfulness(side, tok, split, n_eval: int) -> None:
     metric = pm.accuracy(ans, objs)
 
     def run(share: bool):
-        saved = circuits.run_patched
-        circuits.run_patched = lambda *a, **kw: run_patched(*a, **{**kw, "share_prefix": share})
-        try:
-            return circuits.faithfulness(side, sites, ids, metric, means, n_random=10, seed=0, positions=positions)
-        finally:
-            circuits.run_patched = saved
+        return faithfulness(side, sites, ids, metric, means, n_random=10, seed=0, positions=positions, share_prefix=share)
 
     old, w0, c0 = _timed(lambda: run(False))
     new, w1, c1 = _timed(lambda: run(True))

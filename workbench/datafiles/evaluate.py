@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.data import IGNORE_INDEX, Example, check_examples, collate, vocab_size_of
+from workbench.losses import answer_logits
 
 __all__ = ["evaluate_examples"]
 
@@ -27,8 +28,9 @@ def evaluate_examples(model: nn.Module, examples: Sequence[Example], *, pad_id: 
                       exact_match: bool = True, progress: bool = True, desc: str = "eval") -> dict[str, Any]:
     """Answer loss, perplexity and (with ``exact_match``) exact match of ``model`` as it is now (hooks included).
 
-    One forward pass per batch of ``batch_size`` examples (right-padded, on the model's device); a tqdm bar
-    unless ``progress`` is False.
+    One forward pass per batch of ``batch_size`` examples (right-padded, on the model's device; the unembedding only at
+    the positions that predict answer tokens, :func:`workbench.losses.answer_logits`); a tqdm bar unless ``progress`` is
+    False.
 
     Returns:
         ``{"answer_loss": float (nats/token), "perplexity": float, "exact_match": float in [0, 1] or None,
@@ -50,8 +52,8 @@ def evaluate_examples(model: nn.Module, examples: Sequence[Example], *, pad_id: 
         starts = range(0, len(examples), batch_size)
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
             ids, mask, labels = (t.to(device) for t in collate(examples[start : start + batch_size], pad_id))
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
+            logits, target = answer_logits(model, ids, mask, labels)  # only the positions that predict answer tokens
+            logits = logits.float()
             keep = target != IGNORE_INDEX
             token_nll = nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
             nll += float(token_nll[keep].sum())

@@ -61,7 +61,9 @@ def exact_match(model: torch.nn.Module, examples: list[Example], max_batch: int 
 
     Problems with the same prompt and answer lengths run together (no padding, so each one's logits are those of
     running it alone, up to batched-matmul rounding), and only the positions that predict answer tokens are
-    unembedded (``logits_to_keep``).
+    unembedded (``logits_to_keep``). :func:`workbench.datafiles.evaluate.evaluate_examples` gives the same share on
+    right-padded batches of any lengths (plus the answer loss); this one keeps the studies' numbers those of one
+    problem at a time.
 
     Raises:
         ConfigError: no examples, or ``max_batch`` < 1.
