@@ -15,7 +15,7 @@ time at about 1/100 of its memory, and less CPU than a softmax per row chunk (wh
 The unembedding matmul, the floor, runs in the weight's dtype as in the model.
 
 On CUDA with Triton importable, :func:`lens_topk` hands the whole computation to
-:func:`kernels.triton_lens.lens_topk_triton` when ``use_triton`` is true (see that module).
+:func:`workbench_kernels.triton_lens.lens_topk_triton` when ``use_triton`` is true (see that module).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from workbench.architecture import softcap
+from workbench_kernels.paths import choose
 
 #: Default tile: among the fastest measured on SmolLM2 (49k vocabulary, CPU); the sweep is in ``kernels/README.md``.
 ROWS_PER_CHUNK, VOCAB_PER_CHUNK = 1024, 4096
@@ -52,7 +53,9 @@ def lens_topk(norm: Callable[[Tensor], Tensor], head: nn.Linear, rows: Float[Ten
         vocab_per_chunk: vocabulary columns per matmul (``None``: the whole vocabulary at once); the top-k and
             log-sum-exp are merged across chunks exactly.
         use_triton: on CUDA with Triton importable (and no bias, ``k ≤ 16``), run
-            :func:`kernels.triton_lens.lens_topk_triton` instead (the chunk sizes are then ignored).
+            :func:`workbench_kernels.triton_lens.lens_topk_triton` instead (the chunk sizes are then ignored).
+            Otherwise the torch path runs and the reason is logged once (:func:`workbench_kernels.choose`;
+            :func:`workbench_kernels.path_taken` ``("logit_lens")`` says which path ran).
 
     Returns:
         ``(ids [rows, k] int64, probs [rows, k] fp32, target_prob [rows] fp32 or None)``, on ``rows``' device,
@@ -64,11 +67,17 @@ def lens_topk(norm: Callable[[Tensor], Tensor], head: nn.Linear, rows: Float[Ten
     if rows_per_chunk < 1 or (vocab_per_chunk is not None and vocab_per_chunk < 1) or k < 1:
         raise ValueError(f"rows_per_chunk={rows_per_chunk}, vocab_per_chunk={vocab_per_chunk} and k={k} must be >= 1")
     weight, bias = head.weight, head.bias
-    if use_triton and bias is None and rows.is_cuda:
-        from kernels import triton_lens
+    if use_triton:
+        from workbench_kernels import triton_lens
 
-        if triton_lens.available() and k <= triton_lens.MAX_K:
+        why = ("rows are not on a CUDA device" if not rows.is_cuda else "triton is not importable" if not triton_lens.available()
+               else "the unembedding has a bias" if bias is not None else f"k={k} > {triton_lens.MAX_K}" if k > triton_lens.MAX_K else "")
+        if not why:
+            choose("logit_lens", "triton")
             return triton_lens.lens_topk_triton(norm(rows.to(weight.dtype)), weight, k=k, target=target, cap=cap)
+        choose("logit_lens", "streaming", f"Triton lens asked for but {why}")
+    else:
+        choose("logit_lens", "streaming")
     n_rows, d_vocab = rows.shape[0], weight.shape[0]
     kk = min(k, d_vocab)
     vc = d_vocab if vocab_per_chunk is None else min(vocab_per_chunk, d_vocab)

@@ -4,7 +4,7 @@ One program computes a ``BLOCK_M × BLOCK_V`` tile of logits ``x @ W_Uᵀ`` in r
 ``tl.dot``), soft-caps it, and writes only per-row statistics of the tile: its max, its ``Σ exp(logit − max)``
 and its top-``K`` (value, id). The ``[rows, d_vocab]`` logits never reach GPU memory; a short torch reduction
 merges the tiles (exact: online softmax, Milakov & Gimelshein 2018; top-k of the union of per-tile top-k).
-The eager reference is :func:`kernels.logit_lens.lens_topk` (cuBLAS matmul, then ``topk`` and ``logsumexp``).
+The eager reference is :func:`workbench_kernels.logit_lens.lens_topk` (cuBLAS matmul, then ``topk`` and ``logsumexp``).
 
 Triton is imported lazily: this module imports on a machine without Triton or CUDA, and :func:`available` says
 whether the kernel can run. Whether it is kept is decided by ``studies/benchmarks/gpu_kernels.py`` (table in
@@ -78,7 +78,7 @@ def _kernel():
 def lens_topk_triton(normed: Float[Tensor, "rows d_model"], weight: Float[Tensor, "d_vocab d_model"], *, k: int = 1,
                      target: Int[Tensor, " rows"] | None = None, cap: float | None = None
                      ) -> tuple[Int[Tensor, "rows k"], Float[Tensor, "rows k"], Float[Tensor, " rows"] | None]:
-    """The lens of already-normed rows: ``(ids, probs, target_prob)`` as :func:`kernels.logit_lens.lens_topk`.
+    """The lens of already-normed rows: ``(ids, probs, target_prob)`` as :func:`workbench_kernels.logit_lens.lens_topk`.
 
     ``normed`` and ``weight`` are CUDA tensors of one dtype (bf16, fp16 or fp32; fp32 runs ``tl.dot`` in IEEE fp32,
     as torch's default matmul, not TF32).

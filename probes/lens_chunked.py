@@ -7,11 +7,9 @@ SmolLM2's 30 layers × 256 positions × 49152 tokens); :func:`chunked_logit_lens
 ``rows_per_chunk × d_vocab`` of them: each chunk of (layer, position) rows is unembedded, reduced to its
 top-k tokens and probabilities (and the probability of a given target token), and dropped before the next.
 
-The work is done by the streaming kernel :func:`kernels.logit_lens.lens_topk` (no softmax is materialised; see
-``kernels/README.md`` for its benchmark). ``kernels/`` is a namespace folder of the checkout and is never installed
-(the name belongs to Hugging Face's ``kernels`` package, which transformers probes for): where it cannot be
-imported (an installed wheel, or HF ``kernels`` installed) :func:`_chunked_softmax` computes the same result with a
-softmax per chunk. :func:`full_logit_lens` is the unchunked reference (used by the equality tests).
+The work is done by the streaming kernel :func:`workbench_kernels.logit_lens.lens_topk` (no softmax is
+materialised; see ``kernels/README.md`` for its benchmark). :func:`full_logit_lens` is the unchunked reference (used by
+the equality tests).
 """
 
 from __future__ import annotations
@@ -24,10 +22,7 @@ from torch import Tensor, nn
 
 from workbench.architecture import final_norm, logit_softcap, softcap, unembedding
 
-try:  # the checkout's kernels/ folder (see the module docstring); absent from an installed wheel
-    from kernels.logit_lens import lens_topk
-except ImportError:
-    lens_topk = None
+from workbench_kernels.logit_lens import lens_topk
 
 
 @dataclass
@@ -56,15 +51,13 @@ def chunked_logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_mo
                        k: int = 1, rows_per_chunk: int = 256) -> LensTopK:
     """Logit lens of ``model`` on ``resid`` (each layer's ``hook_resid_post``), ``rows_per_chunk`` (layer,
     position) rows per unembedding matmul: peak extra memory at most rows_per_chunk × d_vocab fp32 logits
-    (rows_per_chunk × 4096 with ``kernels/``, which also tiles the vocabulary), whatever the number of layers and positions (batching rows reads the unembedding once per chunk instead of
+    (rows_per_chunk × 4096: the kernel also tiles the vocabulary), whatever the number of layers and positions (batching rows reads the unembedding once per chunk instead of
     once per layer). All outputs on the CPU.
 
     Raises:
         ConfigError: the model keeps its final norm / unembedding elsewhere than ``model.norm`` / ``lm_head``
             (see :mod:`workbench.architecture`).
     """
-    if lens_topk is None:
-        return _chunked_softmax(model, resid, target, k, rows_per_chunk)
     head = unembedding(model)
     n_layers, n_pos, _ = resid.shape
     tgt = None if target is None else target.to(resid.device).repeat(n_layers)
@@ -73,31 +66,6 @@ def chunked_logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_mo
     kk = ids.shape[-1]
     return LensTopK(ids.view(n_layers, n_pos, kk).cpu(), probs.view(n_layers, n_pos, kk).cpu(),
                     None if tprob is None else tprob.view(n_layers, n_pos).cpu())
-
-
-@torch.no_grad()
-def _chunked_softmax(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], target: Int[Tensor, " pos"] | None = None,
-                     k: int = 1, rows_per_chunk: int = 256) -> LensTopK:
-    """:func:`chunked_logit_lens` without ``kernels/``: a softmax over each chunk's ``[rows_per_chunk, d_vocab]``
-    logits, then its top-k (about 2 × rows_per_chunk × d_vocab floats of extra memory)."""
-    read, head = _readout(model)
-    n_layers, n_pos, _ = resid.shape
-    rows = resid.flatten(0, 1)
-    tgt = None if target is None else target.to(rows.device).repeat(n_layers)
-    ids, probs, tprob = [], [], []
-    for start in range(0, rows.shape[0], rows_per_chunk):
-        p = read(rows[start : start + rows_per_chunk]).softmax(-1)  # [chunk, d_vocab]: the only vocabulary-sized tensor
-        top = p.topk(min(k, p.shape[-1]), dim=-1)
-        ids.append(top.indices.cpu())
-        probs.append(top.values.cpu())
-        if tgt is not None:
-            tprob.append(p.gather(-1, tgt[start : start + rows_per_chunk, None])[:, 0].cpu())
-        del p
-    shape = lambda parts, *tail: torch.cat(parts).view(n_layers, n_pos, *tail)
-    kk = ids[0].shape[-1] if ids else min(k, head.weight.shape[0])
-    return LensTopK(shape(ids, kk) if ids else torch.zeros(n_layers, n_pos, kk, dtype=torch.long),
-                    shape(probs, kk) if probs else torch.zeros(n_layers, n_pos, kk),
-                    None if tgt is None else (shape(tprob) if tprob else torch.zeros(n_layers, n_pos)))
 
 
 @torch.no_grad()

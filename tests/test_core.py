@@ -434,6 +434,16 @@ def test_model_pair_accepts_a_finetuned_copy():
 
 
 def test_kernels_folder_does_not_shadow_hf_kernels():
-    from transformers.utils.import_utils import is_kernels_available
+    """Our ``kernels/`` folder imports as ``workbench_kernels``; ``kernels`` stays Hugging Face's package."""
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
 
-    assert is_kernels_available() is False
+    import workbench_kernels.logit_lens
+
+    ours = Path(workbench_kernels.logit_lens.__file__).resolve().parent
+    assert ours.name == "kernels" and not (ours / "__init__.py").exists()  # a namespace folder: loses to HF's package
+    hf = importlib.util.find_spec("kernels")
+    if hf is not None:  # transformers >= 5.25 requires it; when present it must be the distribution's own files
+        assert Path(hf.origin).resolve().parent != ours
+        assert importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py").resolve() == Path(hf.origin).resolve()

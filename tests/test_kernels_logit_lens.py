@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernels.logit_lens import lens_topk
+from workbench_kernels.logit_lens import lens_topk
 from probes import lens_chunked
 from probes.lens_chunked import chunked_logit_lens, full_logit_lens
 from tests.conftest import make_tiny
@@ -72,12 +72,10 @@ def test_kernel_never_holds_more_than_one_chunk_of_logits():
     assert chunk * d_vocab * 4 <= biggest < 2 * chunk * d_vocab * 4
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["kernels", "no-kernels-folder"])
-def test_probes_api_is_the_reference_on_both_paths(monkeypatch, kernel):
-    """``chunked_logit_lens`` uses the kernel when ``kernels/`` imports and the chunked softmax otherwise (an
-    installed wheel has no ``kernels/``): both equal :func:`full_logit_lens`."""
-    if not kernel:
-        monkeypatch.setattr(lens_chunked, "lens_topk", None)
+def test_probes_api_is_the_reference():
+    """``chunked_logit_lens`` runs the streaming kernel (recorded as the path taken) and equals :func:`full_logit_lens`."""
+    from workbench_kernels.paths import path_taken
+
     model, info = make_tiny()
     g = torch.Generator().manual_seed(0)
     resid = torch.randn(info.n_layers, 9, info.d_model, generator=g) * 3
@@ -89,13 +87,14 @@ def test_probes_api_is_the_reference_on_both_paths(monkeypatch, kernel):
         assert torch.equal(got.top_ids, full.top_ids)
         torch.testing.assert_close(got.top_probs, full.top_probs)
         torch.testing.assert_close(got.target_prob, full.target_prob)
+        assert path_taken("logit_lens") == "streaming"
     none = chunked_logit_lens(model, resid, None, k=2)
     assert none.target_prob is None and torch.equal(none.top_ids, full.top_ids[..., :2])
     empty = chunked_logit_lens(model, resid[:, :0], target[:0], k=2)
     assert empty.top_ids.shape == (info.n_layers, 0, 2) and empty.target_prob.shape == (info.n_layers, 0)
 
 
-def test_probes_uses_the_kernel_from_the_checkout():
+def test_probes_uses_the_kernel():
     assert lens_chunked.lens_topk is lens_topk
 
 

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from kernels.prefix_runner import (
+from workbench_kernels.prefix_runner import (
     layers_skipped,
     run_from_layer,
     run_from_layer_reference,

@@ -17,8 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import triton_lens
-from kernels.logit_lens import lens_topk
+from workbench_kernels import triton_lens
+from workbench_kernels.paths import path_taken
+from workbench_kernels.logit_lens import lens_topk
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the Triton kernels' equality tests run only with CUDA and triton (the GPU machine has triton 3.6).
@@ -35,7 +36,7 @@ def test_the_gpu_benchmark_imports_only_what_the_gpu_machine_has():
                 if name.split('.')[0] in ('transformer_lens', 'nnsight', 'streamlit'):
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
-        import kernels.logit_lens, kernels.triton_lens
+        import workbench_kernels.logit_lens, workbench_kernels.triton_lens
         import studies.benchmarks.gpu_kernels as g
         if not torch.cuda.is_available():
             assert g.main([]) is None
@@ -56,6 +57,7 @@ def test_cpu_rows_fall_back_to_torch_and_without_cuda_the_triton_paths_say_so():
     torch.manual_seed(0)
     head, norm, rows = nn.Linear(16, 50, bias=False), nn.LayerNorm(16), torch.randn(7, 16)
     ids, probs, _ = lens_topk(norm, head, rows, k=3, use_triton=True)  # the torch path on the CPU
+    assert path_taken("logit_lens") == "streaming"  # recorded, and the reason logged once
     ref = head(norm(rows)).softmax(-1).topk(3)
     assert torch.equal(ids, ref.indices)
     torch.testing.assert_close(probs, ref.values)

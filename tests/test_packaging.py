@@ -65,6 +65,19 @@ def test_wheel_holds_every_package_and_the_files_read_at_run_time(installed):
     tracked = {str(p.relative_to(ROOT)) for p in (ROOT / "studies").glob("*/configs/*.json")}
     assert tracked and tracked <= names  # every shipped study config
     assert not any(n.startswith(("tests/", "kernels/")) for n in names)  # tests stay out; never shadow HF `kernels`
+    ours = {f"workbench_kernels/{p.name}" for p in (ROOT / "kernels").glob("*.py")}
+    assert ours and ours <= names  # the checkout's kernels/ ships under its own import name
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """``pyproject.toml`` lists the packages (the kernels mapping rules out discovery): a new folder must be added."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for top in ("workbench", "probes", "studies", "app")
+               for p in (ROOT / top).rglob("__init__.py")}
+    assert set(tool["packages"]) == folders | {"workbench_kernels"}
+    assert tool["package-dir"] == {"workbench_kernels": "kernels"}
 
 
 def test_modules_come_from_the_wheel_not_the_checkout(installed):
@@ -72,6 +85,38 @@ def test_modules_come_from_the_wheel_not_the_checkout(installed):
                "import app, probes, studies, workbench, json; print(json.dumps([m.__file__ for m in (app, probes, studies, workbench)]))")
     for path in json.loads(out.stdout):
         assert Path(path).is_relative_to(installed["site"]), path
+
+
+def test_the_installed_copy_runs_the_fast_paths_from_its_own_kernels(installed):
+    """Prefix-shared patching (layers and positions) and the streaming logit lens run in the installed copy, from the
+    wheel's ``workbench_kernels``, beside Hugging Face's ``kernels`` package (when installed)."""
+    script = textwrap.dedent("""
+        import importlib.util, json, torch
+        import workbench_kernels.logit_lens, workbench_kernels.prefix_runner
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from probes.lens_chunked import chunked_logit_lens
+        from probes.metrics import logit_diff
+        from probes.patching import activation_patch
+        from probes.patch_sites import head_sites
+        from workbench.architecture import Dims
+        from workbench_kernels.paths import path_taken
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=64)
+        model = LlamaForCausalLM(cfg).eval()
+        clean, corrupt = torch.randint(0, 64, (2, 6)), torch.randint(0, 64, (2, 6))
+        activation_patch(model, head_sites(Dims.of(model), pos=-1), clean, corrupt, logit_diff(torch.tensor([1, 2]), torch.tensor([[3], [4]])))
+        chunked_logit_lens(model, torch.randn(2, 5, 32), k=3)
+        hf = importlib.util.find_spec("kernels")
+        print(json.dumps({"prefix": path_taken("prefix_patching"), "lens": path_taken("logit_lens"),
+                          "ours": [workbench_kernels.logit_lens.__file__, workbench_kernels.prefix_runner.__file__],
+                          "hf": None if hf is None else hf.origin}))
+    """)
+    out = json.loads(_run(installed, str(installed["python"]), "-c", script).stdout.strip().splitlines()[-1])
+    assert out["prefix"] == "layers and positions" and out["lens"] == "streaming"
+    assert all(Path(f).is_relative_to(installed["site"] / "workbench_kernels") for f in out["ours"])
+    assert out["hf"] is None or "workbench_kernels" not in out["hf"]
 
 
 def test_console_script_from_another_folder(installed):

@@ -192,7 +192,7 @@ def test_layer_and_position_sharing_equal_full_recomputation_across_architecture
     the variants that patch it)."""
     from test_kernels_prefix_runner import _tiny
 
-    from kernels.prefix_runner import supports
+    from workbench_kernels.prefix_runner import supports
     from workbench.architecture import Dims
 
     model = _tiny(kind)
@@ -240,9 +240,13 @@ def test_hooks_of_the_side_context_fire_on_the_layers_that_run():
     assert (plain - fast).abs().max() > 1e-4  # the context's hooks were applied (in the target and in the variants)
 
 
-def test_unsupported_models_run_every_layer_with_the_same_results(monkeypatch):
-    """Where the prefix runner does not support a model (here: an unknown model type), every variant runs all layers."""
+def test_unsupported_models_run_every_layer_with_the_same_results(monkeypatch, caplog):
+    """Where the prefix runner does not support a model (here: an unknown model type), every variant runs all layers;
+    which path ran is recorded and its reason logged once."""
+    import logging
+
     from probes import prefix_patching
+    from workbench_kernels.paths import path_taken
 
     model, info = make_tiny(0)
     clean, corrupt, metric = _data(seed=6)
@@ -255,8 +259,11 @@ def test_unsupported_models_run_every_layer_with_the_same_results(monkeypatch):
         fallback = activation_patch(model, sites, clean, corrupt, metric)
     torch.testing.assert_close(fallback, shared, atol=1e-5, rtol=1e-5)
     assert (0, 4 * B, 1) in seen  # all four variants through layer 0, on the last position only (positions still shared)
-    monkeypatch.setattr(prefix_patching, "prefix_runner", None)  # the installed wheel: no kernels/ folder
-    torch.testing.assert_close(activation_patch(model, sites, clean, corrupt, metric), shared, atol=1e-5, rtol=1e-5)
+    assert path_taken("prefix_patching") == "positions only"
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="workbench_kernels"):
+        activation_patch(model, sites, clean, corrupt, metric)
+    assert path_taken("prefix_patching") == "layers and positions"
 
 
 def test_bridged_model_is_not_prefix_shared_and_equals_full_recomputation():

@@ -5,8 +5,8 @@ Speed depends on shapes, not weight values, and the GPU machine is offline: each
 For each kernel and shape the script first checks equality with the eager reference, then times both:
 ``--warmup`` untimed calls, then the median of ``--repeats`` calls timed with CUDA events (ms).
 
-* ``logit_lens``  (:mod:`kernels.triton_lens`): the streaming top-5 lens (+ a target token's probability) of
-  every layer's residual output at 30 and 256 positions. Eager = :func:`kernels.logit_lens.lens_topk` on the GPU
+* ``logit_lens``  (:mod:`workbench_kernels.triton_lens`): the streaming top-5 lens (+ a target token's probability) of
+  every layer's residual output at 30 and 256 positions. Eager = :func:`workbench_kernels.logit_lens.lens_topk` on the GPU
   (cuBLAS bf16 matmul, ``topk`` and ``logsumexp``, all rows in one chunk; and 1024-row chunks). Equality:
   against an fp32 reference, the kernel's probabilities of its own top ids, the log-sum-exp and the target's.
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from kernels import triton_lens
-from kernels.logit_lens import lens_topk
+from workbench_kernels import triton_lens
+from workbench_kernels.logit_lens import lens_topk
 from studies.benchmarks.method_steps import PUBLISHED
 
 

@@ -5,9 +5,8 @@ on the machine hits all variants alike; wall and process-CPU seconds are reporte
 
 * ``lens``     the logit lens of every layer's ``hook_resid_post`` (30 layers) at 30 and 256 positions of a real
                prompt, top-5 plus the final top-1 token's probability: the materialising reference
-               (:func:`probes.lens_chunked.full_logit_lens`), the previous chunked softmax loop
-               (``probes.lens_chunked._chunked_softmax``, 256 rows) and the streaming kernel
-               (:func:`kernels.logit_lens.lens_topk`) at several tile sizes, its default last. Peak memory of each: the increase of
+               (:func:`probes.lens_chunked.full_logit_lens`) and the streaming kernel
+               (:func:`workbench_kernels.logit_lens.lens_topk`) at several tile sizes, its default last. Peak memory of each: the increase of
                VmHWM over the resident set after ``/proc/self/clear_refs`` <- 5. Equality with the reference checked.
 * ``hooks``    the cost of CAFT's hooks under LoFiT (the candidate for a fused hook call): a CAFT(LoFiT) training
                step and forward (CAFT on 4 layers' ``hook_resid_post``, LoFiT offsets on 10 % of heads'
@@ -34,8 +33,8 @@ from typing import Any
 
 import torch
 
-from kernels.logit_lens import lens_topk
-from probes.lens_chunked import _chunked_softmax, full_logit_lens
+from workbench_kernels.logit_lens import lens_topk
+from probes.lens_chunked import full_logit_lens
 from workbench.architecture import final_norm, logit_softcap, unembedding
 from workbench.artifacts import atomic_write_json, package_versions
 from workbench.hooked import record
@@ -84,7 +83,6 @@ def bench_lens(model, tok, args) -> dict[str, Any]:
         k = 5
         variants = {
             "reference (full softmax)": lambda: full_logit_lens(model, resid, final, k=k),
-            "previous chunked softmax, 256 rows": lambda: _chunked_softmax(model, resid, final, k, 256),
             **{f"kernel, {r} rows x whole vocab": (lambda r=r: lens_topk(norm, head, rows, k=k, target=tgt, cap=cap,
                                                                          rows_per_chunk=r, vocab_per_chunk=None))
                for r in (32, 64, 256)},

@@ -6,7 +6,7 @@ Everything runs in ONE process on SmolLM2, side by side, each measurement the me
     ``attn.hook_z`` at every position, ``n_layers * n_heads`` variants): ``activation_patch(..., share_prefix=False)``
     (every variant recomputes every layer: the path before prefix sharing) against ``share_prefix=True`` (each variant
     runs only the layers from its head's layer up, from the target's residual stream there; positions cannot be shared,
-    every position is patched; :mod:`probes.prefix_patching`, :mod:`kernels.prefix_runner`).
+    every position is patched; :mod:`probes.prefix_patching`, :mod:`workbench_kernels.prefix_runner`).
 (b) **TransformerLens** ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` on the same prompt pair with a
     ``TransformerBridge.boot_transformers`` of a second copy of the same weights (booting rewires the model and makes
     it eager; TL runs the *corrupted* tokens with the *clean* cache patched in, so it is called with our target as
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from probes import metrics, prefix_patching
+from probes import metrics
 from probes.patching import activation_patch, head_sites
 from workbench.artifacts import atomic_write_json, package_versions
 from workbench.models import load_model
@@ -93,8 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--out", default="runs/bench_prefix")
     args = ap.parse_args(argv)
-    if prefix_patching.prefix_runner is None:
-        raise SystemExit("kernels/ is not importable: run from the checkout root (python -m studies.benchmarks.prefix_patching)")
     t_start = time.perf_counter()
     model, _, info = load_model(args.model)
     g = torch.Generator().manual_seed(0)
