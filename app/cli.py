@@ -4,6 +4,10 @@ Every command runs inside one error boundary (:class:`_Typer` wraps each command
 expected error — a :class:`~workbench.errors.WorkbenchError`, a JSON file that does not parse, an
 ``OSError`` on a path the user gave — becomes one line ``error: <message>`` and exit code 2, without a
 traceback. Anything else is a bug and raises with its traceback.
+
+A command's result (summary lines, tables, listings, the fetched path) goes to stdout; progress lines and errors go
+to stderr (:data:`log`, :func:`workbench.runs.log_progress`), as do third-party progress bars: scripts and tests read
+stdout alone (``tests/test_commands.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from workbench.errors import WorkbenchError
 
 #: What a command reports as ``error: ...`` (exit code 2) instead of a traceback.
 EXPECTED_ERRORS = (WorkbenchError, json.JSONDecodeError, OSError)
-console = Console(soft_wrap=True)  # log lines and paths are never broken across lines (tables still fit the terminal)
+console = Console(soft_wrap=True)  # results, on stdout; paths are never broken across lines (tables still fit the terminal)
+log = Console(stderr=True, soft_wrap=True)  # progress lines and errors, on stderr
 
 
 def _fail(exc: BaseException) -> None:
@@ -31,7 +36,7 @@ def _fail(exc: BaseException) -> None:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, WorkbenchError) and exc.filename is not None and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
-    console.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
+    log.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -75,7 +80,7 @@ def quickstart(
     fields = read_json_object(config) if config else {}
     fields.setdefault("model", model)
     cfg = config_from_dict(QuickstartConfig, fields)
-    run_dir = run_quickstart(cfg, runs_dir, name, log=console.print)
+    run_dir = run_quickstart(cfg, runs_dir, name, log=log.print)
     m = json.loads((run_dir / "results.json").read_text())
     metrics, run_info = m["metrics"], m["run_info"]
     table = Table(title="base vs tuned (held-out entity tracking)")
@@ -84,6 +89,15 @@ def quickstart(
     for key in ("accuracy", "accuracy_among_objects", "logit_difference"):
         table.add_row(key, f"{metrics['base'][key]:.3f}", f"{metrics['tuned'][key]:.3f}")
     console.print(table)
+    by_group = Table(title="held-out accuracy (top-1) where the tune works and where it fails")
+    for col in ("prompts", "n", "base", "tuned"):
+        by_group.add_column(col)
+    for key, label in (("by_query_position", "queried box: {}"), ("by_n_boxes", "{} boxes")):
+        for row in metrics["accuracy_breakdown"][key]:
+            acc = [row[f"{role}_accuracy"] for role in ("base", "tuned")]
+            by_group.add_row(label.format(row.get("query_position", row.get("n_boxes"))), str(row["n_prompts"]),
+                             *("-" if a is None else f"{a:.3f}" for a in acc))
+    console.print(by_group)
     console.print(f"LoFiT heads: {len(metrics['selected_heads'])}, trainable parameters: {metrics['n_trainable_parameters']}, "
                   f"merge max |Δlogit|: {metrics['merge_max_abs_logit_diff']:.2e}, wall time {run_info['wall_time_s']:.0f} s")
     console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.html'}")
@@ -137,9 +151,9 @@ def train(
     if processes > 1 and "WORLD_SIZE" not in os.environ:  # the launcher: start the processes, each runs this command
         from app.launch_train import launch_processes
 
-        run_dir = launch_processes(processes, cfg, runs_dir, name, console.print)
+        run_dir = launch_processes(processes, cfg, runs_dir, name, log.print)
     else:
-        run_dir = run_train_job(cfg, runs_dir, name, log=console.print)
+        run_dir = run_train_job(cfg, runs_dir, name, log=log.print)
         if not is_main_process():
             return
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
@@ -148,7 +162,8 @@ def train(
         console.print(f"{method} on {cfg.task}: held-out accuracy {m['base_accuracy']:.3f} → {m['tuned_accuracy']:.3f}, {tail}")
         return
     b, t = m["base"], m["tuned"]
-    em = f", exact match {b['exact_match']:.3f} → {t['exact_match']:.3f}" if b.get("exact_match") is not None else ""
+    em = (f", exact match {b['exact_match_answer']:.3f} → {t['exact_match_answer']:.3f} (answer + EOS {b['exact_match_answer_eos']:.3f} → "
+          f"{t['exact_match_answer_eos']:.3f})") if b.get("exact_match_answer") is not None else ""
     console.print(f"{method} on {cfg.data}: held-out answer loss {b['answer_loss']:.3f} → {t['answer_loss']:.3f} nats/token, "
                   f"perplexity {b['perplexity']:.2f} → {t['perplexity']:.2f}{em}, {tail}")
 
@@ -196,9 +211,14 @@ def app_command(
                                                    "(default: the newest run folder under --runs-dir)"),
     runs_dir: Path = typer.Option(Path("runs"), help="where the app looks for run folders and results.json files"),
     port: int = typer.Option(8501, help="HTTP port of the app"),
-    headless: bool = typer.Option(False, help="do not open a browser window"),
+    headless: Optional[bool] = typer.Option(None, "--headless/--browser", show_default=False,
+                                            help="--headless: serve only and print the URL; --browser: also open a browser "
+                                                 "window. Default: a browser only where there is a display (not over SSH, "
+                                                 "in a container or a service)"),
 ) -> None:
-    """Open the app: base and tuned side by side on your prompts (Streamlit, http://localhost:<port>)."""
+    """Open the app: base and tuned side by side on your prompts (Streamlit, http://localhost:<port>; the URL is printed
+    once the page is served). Never asks anything, so it also runs without a terminal; on a remote machine forward the
+    port: ssh -N -L 8501:localhost:8501 <host>, then open http://localhost:8501 on your own."""
     from app.launch import main as launch
     from workbench.errors import ConfigError
 
@@ -219,7 +239,7 @@ def diff_command(
     batch_size: Optional[int] = typer.Option(None, help="rows per forward pass (default 8)"),
     max_rows: Optional[int] = typer.Option(None, help="rows read from the corpus (default 256)"),
     max_length: Optional[int] = typer.Option(None, help="tokens kept per row (default 128)"),
-    layer: Optional[int] = typer.Option(None, help="Activation Difference Lens layer (default: n_layers // 2)"),
+    layer: Optional[int] = typer.Option(None, help="Activation Difference Lens layer (default: int(0.5 * (n_layers - 1)))"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the first available)"),
 ) -> None:
     """Dataset-level diff of BASE and TUNED over a corpus: KL, diff mining, layer/head differences, logit lens, ADL."""
@@ -232,10 +252,10 @@ def diff_command(
         if value is not None:
             fields[key] = value
     cfg = config_from_dict(ModelDiffConfig, fields)
-    run_dir = plan_and_run(cfg, runs_dir, name, out, log=console.print)
+    run_dir = plan_and_run(cfg, runs_dir, name, out, log=log.print)
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
     console.print(f"mean KL(tuned ‖ base) {m['kl']['mean_per_token']:.4g} nats/token over {m['n_tokens']} tokens; "
-                  f"ADL steering α {m['adl']['steering']['chosen_alpha']}; wrote {run_dir / 'results.json'} and {run_dir / 'report.html'}")
+                  f"ADL steering α per position {[p['steering']['chosen_alpha'] if p['steering'] else None for p in m['adl']['by_position']]}; wrote {run_dir / 'results.json'} and {run_dir / 'report.html'}")
 
 
 if __name__ == "__main__":

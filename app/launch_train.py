@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import WorkbenchError
+from workbench.runs import log_progress
 
 
 def _free_port() -> int:
@@ -37,7 +38,7 @@ def launch_command(processes: int, job_json: Path, method: str, runs_dir: Path, 
             "-m", "app.cli", "train", method, "--config", str(job_json), "--runs-dir", str(runs_dir), "--name", name]
 
 
-def launch_processes(processes: int, cfg: Any, runs_dir: Path, name: str | None, log: Callable[[str], Any] = print) -> Path:
+def launch_processes(processes: int, cfg: Any, runs_dir: Path, name: str | None, log: Callable[[str], Any] = log_progress) -> Path:
     """Train ``cfg`` (a validated :class:`~workbench.train_job.TrainJobConfig`) in ``processes`` processes; return the
     run folder.
 

@@ -14,7 +14,7 @@ from app import render_lens
 from app.views import figures as vf
 from app.views.analysis import ROLES, PromptAnalysis
 from app.views.method import method_views
-from app.views.runs import find_results, flatten_metrics, metric_tables, run_figures
+from app.views.runs import find_results, flatten_metrics, metric_tables, run_figures, upgrade_metrics
 
 
 def _charts(figs, key: str) -> int:
@@ -200,7 +200,7 @@ def runs_tab(runs_dir: str, problem: str | None = None) -> int:
     for note in notes:
         st.warning(note)
     n = _charts(figs, f"run-{choice}")
-    metrics = result.record.get("metrics", {})
+    metrics = upgrade_metrics(result.record.get("metrics", {}))  # an old data job's one exact match, named for what it was
     with st.expander("Metrics", expanded=not figs):
         st.dataframe(flatten_metrics(metrics), hide_index=True)
         for name, rows in metric_tables(metrics).items():

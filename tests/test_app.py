@@ -31,7 +31,7 @@ def run_pair(tiny_dirs):
 
 
 def test_analysis_agrees_with_model_diff_compare(model_pair):
-    from probes.model_diff import compare
+    from probes.diff.prompts import compare
     from app.views.analysis import analyse_prompt, tokenize_prompt
 
     pair = model_pair.pair

@@ -310,9 +310,9 @@ def _call(name):
         contribution,
         layer_search,
         metrics,
-        model_diff,
         patching,
     )
+    from probes.diff import prompts as model_diff
     from workbench import data
     from workbench.finetune import finetune
 

@@ -43,6 +43,20 @@ def _invoke(*args: str):
     return result.exit_code, result.output, result.exception
 
 
+def _streams(*args: str) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)`` of one command, the two streams kept apart."""
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_results_go_to_stdout_and_errors_to_stderr():
+    """Scripts read a command's result from stdout: progress output (ours or a library's) and errors never mix in."""
+    code, out, err = _streams("methods")
+    assert code == 0 and {"lofit", "lora"} <= set(out.split()) and err == ""
+    code, out, err = _streams("diff", "smollm2-135m-instruct", "x", "--data", "/nonexistent/corpus.jsonl")
+    assert code == 2 and out == "" and err.startswith("error:"), (out, err)
+
+
 def _usage_error(*args: str) -> str:
     code, output, exc = _invoke(*args)
     assert code == 2 and "Traceback" not in output and isinstance(exc, SystemExit), (code, output, exc)
@@ -144,11 +158,16 @@ def test_app_command_line_without_a_server(monkeypatch, tmp_path):
     code, output, exc = _invoke("app", "--base", "b", "--tuned", "t", "--port", "8765", "--headless", "--runs-dir", str(tmp_path))
     assert code == 0 and exc is None, output
     assert calls == [("b", "t", 8765, True, str(tmp_path))]
-    cmd = command("b", "t", 8765, True, str(tmp_path))
+    cmd = command("b", "t", 8765, str(tmp_path))
     assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"] and cmd[4] == str(APP) and Path(cmd[4]).is_file()
     assert cmd[cmd.index("--server.port") + 1] == "8765" and cmd[cmd.index("--server.headless") + 1] == "true"
     assert cmd[cmd.index("--") + 1:] == ["--base", "b", "--runs-dir", str(tmp_path), "--tuned", "t"]
-    assert "--tuned" not in command("b", None) and command("b", None)[command("b", None).index("--server.headless") + 1] == "false"
+    # never Streamlit's first-run e-mail prompt (tests/test_first_contact.py starts it without a terminal)
+    assert "--tuned" not in command("b", None) and command("b", None)[command("b", None).index("--server.headless") + 1] == "true"
+    assert cmd[cmd.index("--server.showEmailPrompt") + 1] == "false"
+    calls.clear()
+    assert _invoke("app", "--browser")[0] == 0 and calls[-1][3] is False
+    assert _invoke("app")[0] == 0 and calls[-1][3] is None  # the launcher decides: a browser only with a display
     assert "Invalid value for '--port'" in _usage_error("app", "--port", "eighty")
 
 
@@ -202,8 +221,8 @@ def test_real_gemma_fetch_and_bos():
     from workbench.models import load_model
     from workbench.tasks import get_task
 
-    code, output, exc = _invoke("fetch", "gemma-3-270m")
-    assert code == 0 and exc is None and output.startswith("gemma-3-270m: "), output
+    code, output, err = _streams("fetch", "gemma-3-270m")  # transformers' progress bars go to stderr
+    assert code == 0 and output.startswith("gemma-3-270m: ") and output.count("\n") == 1, (output, err)
     model, tok, info = load_model("gemma-3-270m", device="cpu")
     assert info.prepend_bos is True and "Gemma3" in info.architecture and tok.bos_token_id is not None
     task = get_task("entity_tracking")

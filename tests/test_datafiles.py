@@ -308,9 +308,11 @@ def test_evaluate_examples_matches_a_hand_computation(tiny):
             hits += ok
     assert got["n_answer_tokens"] == n == 4 and got["n_examples"] == 2
     assert got["answer_loss"] == pytest.approx(nll / n, rel=1e-5)
-    assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5) and got["exact_match"] == hits / 2
+    assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert got["exact_match_answer"] == got["exact_match_answer_eos"] == hits / 2  # no eos_ids: the two are one number
     batched = evaluate_examples(model, exs, pad_id=0, batch_size=2, progress=False, exact_match=False)
-    assert batched["answer_loss"] == pytest.approx(got["answer_loss"], rel=1e-5) and batched["exact_match"] is None
+    assert batched["answer_loss"] == pytest.approx(got["answer_loss"], rel=1e-5)
+    assert batched["exact_match_answer"] is None and batched["exact_match_answer_eos"] is None
 
 
 def test_a_rewritten_file_is_read_anew(tmp_path):

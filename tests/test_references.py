@@ -157,7 +157,7 @@ def test_accuracy_by_hand():
 
 # --- 4. per-token KL direction ----------------------------------------------------------------------------
 def test_per_token_kl_is_kl_tuned_given_base():
-    from probes.model_diff import per_token_kl
+    from probes.diff.prompts import per_token_kl
 
     g = torch.Generator().manual_seed(0)
     base, tuned = torch.randn(2, 3, 7, generator=g), 2 * torch.randn(2, 3, 7, generator=g)

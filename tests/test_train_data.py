@@ -75,7 +75,8 @@ def test_data_job_holds_out_a_seeded_split_and_records_the_data(tiny_dir, files,
     assert data["train"]["n_examples"] == 7 and data["train"]["n_truncated"] == 7 and data["train"]["n_dropped"] == 0
     assert data["overlap"] == {"identical_rows": 0, "identical_prompts": 0, "n_eval_rows": 3, "same_shape": True}
     for side in ("base", "tuned"):
-        assert m[side]["answer_loss"] > 0 and m[side]["perplexity"] > 1 and 0 <= m[side]["exact_match"] <= 1
+        assert m[side]["answer_loss"] > 0 and m[side]["perplexity"] > 1
+        assert 0 <= m[side]["exact_match_answer_eos"] <= m[side]["exact_match_answer"] <= 1  # answer + EOS asks for more
         assert m[side]["n_examples"] == 3
     assert m["base_answer_loss"] == m["base"]["answer_loss"] and len(m["losses"]) == 2
     assert (tmp_path / "job" / "adapter" / "adapter.safetensors").exists()
@@ -108,7 +109,8 @@ def test_cli_trains_on_mapped_columns(tiny_dir, files, tmp_path):
                                       "--max-length", "32", "--eval-fraction", "0.2", "--config", str(tmp_path / "job.json"),
                                       "--runs-dir", str(tmp_path / "runs"), "--name", "job", "--export"])
     assert result.exit_code == 0, result.output
-    assert "held-out answer loss" in result.output and "exact match" in result.output and "exported to" in result.output
+    assert "held-out answer loss" in result.output and "exact match" in result.output and "answer + EOS" in result.output
+    assert "exported to" in result.output
     m = _read(tmp_path / "runs" / "job")["metrics"]
     assert m["export_max_abs_logit_diff"] < 1e-4
     data = m["data"]
@@ -200,4 +202,5 @@ def test_real_lofit_on_the_sourdough_data_lowers_the_eval_answer_loss(tmp_path):
     assert data["train"]["n_truncated"] == 400 and data["max_length"] == 48
     assert data["overlap"]["identical_rows"] == 0 and data["overlap"]["identical_prompts"] == 0
     assert m["tuned"]["answer_loss"] < m["base"]["answer_loss"], (m["base"], m["tuned"])
-    assert m["tuned"]["perplexity"] < m["base"]["perplexity"] and 0 <= m["tuned"]["exact_match"] <= 1
+    assert m["tuned"]["perplexity"] < m["base"]["perplexity"]
+    assert 0 <= m["tuned"]["exact_match_answer_eos"] <= m["tuned"]["exact_match_answer"] <= 1

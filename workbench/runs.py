@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,12 @@ __all__ = ["FAILED_FILE", "check_output_dir", "check_run_name", "output_dir_prob
 
 FAILED_FILE = "failed.json"
 _MAX_NAME_BYTES = 255  # NAME_MAX on Linux / macOS
+
+
+def log_progress(message: str) -> None:
+    """Progress and log lines of every job and study: on stderr (flushed), so that a command's result, on stdout,
+    can be read by scripts and tests whatever progress output (ours or a library's) runs beside it."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def check_run_name(name: str, option: str = "--name") -> str:

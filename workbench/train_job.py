@@ -13,7 +13,8 @@ The job's JSON holds ``model``, ``method_config`` (the method's fields), ``train
   ``split_seed``), ``data_fields`` (column mapping, ``{"prompt_field": "question", ...}``), ``data_shape``
   (force a shape), ``max_length`` (tokens per example) and ``overflow`` (``"truncate"`` / ``"refuse"``).
   ``results.json`` gets ``base`` / ``tuned`` held-out answer loss (nats per answer token), perplexity and exact
-  match (:mod:`workbench.datafiles.evaluate`), and ``data``: each source's sha256, shape, rows, examples,
+  match of the answer tokens (``exact_match_answer``) and of answer + EOS (``exact_match_answer_eos``;
+  :mod:`workbench.datafiles.evaluate`), and ``data``: each source's sha256, shape, rows, examples,
   truncated / dropped counts, and the train/eval overlap.
 
 ``task`` and ``data`` together are refused. Output: ``runs/<name>/`` with ``adapter/``, ``results.json``
@@ -39,6 +40,7 @@ import torch
 from workbench.distributed import is_main_process
 from workbench.errors import ConfigError
 from workbench.intervention import Intervention
+from workbench.runs import log_progress
 from workbench.tasks import get_task
 
 
@@ -141,7 +143,7 @@ def _check_ids(examples: list) -> torch.Tensor:
     return torch.tensor([e.prompt_ids for e in examples if len(e.prompt_ids) == first][:8], dtype=torch.long)
 
 
-def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
+def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=log_progress) -> Path:
     """Run the job; return its run folder ``runs_dir / name``.
 
     ``name`` is one folder name (see :func:`workbench.runs.check_run_name`); an existing run folder resumes.
@@ -277,12 +279,14 @@ def _train_data_into(run_dir: Path, cfg: TrainJobConfig, train_ex: list, eval_ex
 
     pad_id = tok.pad_token_id or 0
     em = shape != "text"
+    eos_ids = [tok.eos_token_id] if getattr(tok, "eos_token_id", None) is not None else []
 
     def summary(r: dict[str, Any]) -> str:
         return (f"held-out answer loss {r['answer_loss']:.3f} nats/token (perplexity {r['perplexity']:.2f})"
-                + (f", exact match {r['exact_match']:.3f}" if em else ""))
+                + (f", exact match {r['exact_match_answer']:.3f} (answer + EOS {r['exact_match_answer_eos']:.3f})" if em else ""))
 
     _train_evaluate_save(run_dir, cfg, model, tok, info, train_ex, f"--data {cfg.data}",
-                         lambda which: evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, desc=f"eval {which}"),
+                         lambda which: evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, eos_ids=eos_ids,
+                                                         desc=f"eval {which}"),
                          summary, lambda base, tuned: {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"],
                                                        "data": record}, lambda: _check_ids(eval_ex), started, log)

@@ -82,7 +82,7 @@ def app_server(base: str, tuned: str, runs_dir: str, log_path: Path, timeout_s: 
     port = free_port()
     env = {**environment(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command(base, tuned, port, headless=True, runs_dir=runs_dir), cwd=ROOT, env=env,
+        proc = subprocess.Popen(command(base, tuned, port, runs_dir=runs_dir), cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             end = time.monotonic() + timeout_s

@@ -4,8 +4,8 @@
 (:meth:`~workbench.pair.ModelPair.run_with_cache`) on the same tokens and reduces the caches to what the
 views need: next-token predictions, per-token KL, a logit lens, residual-stream differences, attention
 patterns, per-head output differences and the MLP neurons that changed most. The per-token KL and the
-per-head outputs use :func:`probes.model_diff.per_token_kl` and :func:`probes.model_diff.head_outputs`;
-the residual differences are the same quantities as :func:`probes.model_diff.compare` for one prompt
+per-head outputs use :func:`probes.diff.prompts.per_token_kl` and :func:`probes.diff.layers.head_diff_norm`;
+the residual differences are the same quantities as :func:`probes.diff.prompts.compare` for one prompt
 (checked by a test).
 
 Logit lens (nostalgebraist 2020, "interpreting GPT: the logit lens"): each layer's ``hook_resid_post``
@@ -22,7 +22,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from probes.lens_chunked import chunked_logit_lens
-from probes.model_diff import head_outputs, per_token_kl
+from probes.diff.layers import head_diff_norm
+from probes.diff.prompts import per_token_kl
 from workbench.architecture import w_o
 from workbench.errors import ConfigError
 
@@ -215,10 +216,8 @@ def analyse_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS, top_k
 
     rb, rt = out["resid"]["base"], out["resid"]["tuned"]
     diff = (rt - rb).norm(dim=-1)
-    head_diff = torch.stack([
-        (head_outputs(z["tuned"][l], w_o(pair.tuned, l)) - head_outputs(z["base"][l], w_o(pair.base, l))).norm(dim=-1)
-        for l in range(n_layers)
-    ]).cpu()  # [n_layers, pos, n_heads]
+    head_diff = torch.stack([head_diff_norm(z["tuned"][l], z["base"][l], w_o(pair.tuned, l), w_o(pair.base, l))[0]
+                             for l in range(n_layers)]).cpu()  # [n_layers, pos, n_heads]
     mb, mt = out["mlp"]["base"], out["mlp"]["tuned"]
     delta = mt - mb  # [n_layers, pos, d_mlp]
     neurons_at = [rank_neurons(mb[:, p], mt[:, p], delta[:, p].abs(), n_neurons) for p in range(delta.shape[1])]

@@ -30,14 +30,20 @@ def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             ("rows / tokens", f"{m.get('n_rows')} / {m.get('n_tokens')}"),
             ("mean KL(P_tuned ‖ P_base), nats/token", kl.get("mean_per_token")), ("max KL, nats", kl.get("max")),
             ("base NLL, nats/token", nll.get("base_nats_per_token")), ("tuned NLL, nats/token", nll.get("tuned_nats_per_token")),
-            ("ADL layer", adl.get("layer")), ("‖δ‖", adl.get("delta_norm")),
-            ("steering α chosen (× mean ‖r_base‖)", (adl.get("steering") or {}).get("chosen_alpha"))]
-    return [{"metric": k, "value": v if not isinstance(v, float) else round(v, 6)} for k, v in rows]
+            ("ADL layer", adl.get("layer")), ("‖δ_j‖ per position", adl.get("delta_norm_by_position")),
+            ("split-half cosine of δ_j", adl.get("split_half_cosine")),
+            ("steering α chosen per position (× n̄)", [(p.get("steering") or {}).get("chosen_alpha") for p in adl.get("by_position", [])])]
+    return [{"metric": k, "value": round(v, 6) if isinstance(v, float) else ", ".join(map(str, v)) if isinstance(v, list) else v}
+            for k, v in rows]
 
 
 def context_lines(record: dict[str, Any]) -> list[str]:
     """The top-KL positions as HTML lines: KL, row:pos, the context with the read token highlighted, and both
-    models' top-1 next token."""
+    models' top-1 next token.
+
+    The corpus text is escaped exactly once (``&``, ``<``, ``>``, quotes; newlines shown as ↵), for a page that
+    renders HTML as HTML (:func:`render` uses ``html``, not markdown, which would also read ``*``, ``_``, `` ` ``
+    and ``$`` in the text as formatting)."""
     out = []
     for t in record.get("metrics", {}).get("kl", {}).get("top", []):
         esc = lambda s: html.escape(str(s)).replace("\n", "↵")
@@ -67,7 +73,7 @@ def render(page: Any, runs_dir: str, problem: str | None = None, key: str = "dif
     lines = context_lines(result.record)
     if lines:
         with page.expander("Top-KL positions in context", expanded=True):
-            page.markdown("<br>".join(lines), unsafe_allow_html=True)
+            page.html("<div>" + "<br>".join(lines) + "</div>")  # not markdown: the text shows as it is in the corpus
     figs, notes = run_figures(result)
     for note in notes:
         page.warning(note)

@@ -89,6 +89,30 @@ def flatten_metrics(metrics: Any, prefix: str = "") -> list[dict]:
     return rows
 
 
+#: What an old data-job record shows instead of the answer-only exact match it did not measure.
+NOT_RECORDED = "not recorded (run made before exact_match_answer existed; rerun the job)"
+
+
+def upgrade_metrics(metrics: Any) -> Any:
+    """``metrics`` with the exact-match keys of runs made before the split into two numbers renamed for display.
+
+    Such runs wrote one ``exact_match`` (the answer tokens *and* the EOS after them); today's write
+    ``exact_match_answer`` and ``exact_match_answer_eos`` (:mod:`workbench.datafiles.evaluate`). In every nested dict
+    that has ``exact_match`` but neither new key, the value moves to ``exact_match_answer_eos`` and
+    ``exact_match_answer`` becomes :data:`NOT_RECORDED` (``None`` stays ``None``: plain-text data has no exact match).
+    Anything else is returned as it is; the input is not changed."""
+    if isinstance(metrics, list):
+        return [upgrade_metrics(v) for v in metrics]
+    if not isinstance(metrics, dict):
+        return metrics
+    out = {k: upgrade_metrics(v) for k, v in metrics.items()}
+    if "exact_match" in out and "exact_match_answer" not in out and "exact_match_answer_eos" not in out:
+        old = out.pop("exact_match")
+        out["exact_match_answer"] = None if old is None else NOT_RECORDED
+        out["exact_match_answer_eos"] = old
+    return out
+
+
 def metric_tables(metrics: Any, prefix: str = "") -> dict[str, list[dict]]:
     """Lists of records inside the metrics (e.g. a study's comparison table), by dotted key, with nested
     values flattened to scalars per row."""

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probes.diff.adl import DeltaAccumulator
+from probes.diff.adl import DeltaAccumulator, default_layer
 from probes.diff.kl import KLStats
 from probes.diff.layers import LayerStats, check_layer
 from probes.diff.lens import LensStats
@@ -45,8 +45,9 @@ class DiffSettings:
     Attributes:
         batch_size: rows per forward pass (memory grows with it; the result does not, see module docstring).
         max_length: tokens kept per row (BOS included), the rest truncated.
-        layer: the ADL layer (``None``: ``n_layers // 2``; negative counts from the end).
-        adl_positions: ``k``, the first text positions averaged by ADL (paper: 5).
+        layer: the ADL layer (``None``: the reference's ``int(0.5 · (n_layers − 1))``; negative counts from the end).
+        adl_positions: ``k``: one mean difference δ_j per token position ``j < k`` (reference: 5); the scale unit n̄
+            is the tuned model's mean residual norm over positions ≥ k.
         top_k_contexts, context_window: top-KL positions kept, and tokens of context on each side.
         top_k_tokens: tokens listed per diff-mining ranking.
         lens_token_stride: the logit lens of every layer reads every ``lens_token_stride``-th real token of each
@@ -82,11 +83,14 @@ class DiffSettings:
 
 @dataclass
 class CorpusDiff:
-    """What :func:`diff_corpus` measured: ``metrics`` (JSON-ready) and the ADL differences (tensors)."""
+    """What :func:`diff_corpus` measured: ``metrics`` (JSON-ready) and the ADL differences (tensors):
+    ``delta_by_position`` ``[k, d_model]``, ``delta_pooled`` ``[d_model]`` (a labelled extra, never the readout),
+    ``mean_tuned_norm`` (n̄, the readouts' scale unit) and ``mean_base_norm`` over positions ≥ k."""
 
     metrics: dict[str, Any]
-    delta: Tensor
     delta_by_position: Tensor
+    delta_pooled: Tensor
+    mean_tuned_norm: float
     mean_base_norm: float
     base_nll_nats: float
     layer: int
@@ -127,7 +131,7 @@ def diff_corpus(pair: Any, texts: Iterable[str], settings: DiffSettings | None =
     s = settings or DiffSettings()
     info = pair.base_info
     n_layers, n_heads = info.n_layers, info.n_heads
-    layer = check_layer(n_layers // 2 if s.layer is None else s.layer, n_layers, "layer")
+    layer = check_layer(default_layer(n_layers) if s.layer is None else s.layer, n_layers, "layer")
     tok = pair.tokenizer
     decode = lambda i: tok.decode([i])
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -138,7 +142,7 @@ def diff_corpus(pair: Any, texts: Iterable[str], settings: DiffSettings | None =
         raise ConfigError("the corpus is empty: no text with at least one token; pass a file with text rows")
 
     kl, shift = KLStats(s.top_k_contexts, s.context_window, s.max_length), TokenShift(info.d_vocab)
-    layers, adl = LayerStats(n_layers, n_heads), DeltaAccumulator(s.adl_positions, info.d_model, int(pair.prepend_bos))
+    layers, adl = LayerStats(n_layers, n_heads), DeltaAccumulator(s.adl_positions, info.d_model)
     lens = {"base": LensStats(n_layers), "tuned": LensStats(n_layers)}
     nll = {"base": TokenMean(), "tuned": TokenMean()}
     w_base = [w_o(pair.base, l).detach() for l in range(n_layers)]
@@ -237,10 +241,11 @@ def diff_corpus(pair: Any, texts: Iterable[str], settings: DiffSettings | None =
                                       "kl_to_final": "mean KL(P_final ‖ P_lens) over sampled positions (nats)",
                                       "lens_token_stride": s.lens_token_stride}},
         "nll": {"base_nats_per_token": base_nll, "tuned_nats_per_token": nll["tuned"].mean()},
-        "adl": {"layer": layer, "positions": s.adl_positions, "first_position": int(pair.prepend_bos),
-                "n_by_position": a["n_by_position"], "delta_norm": a["delta_norm"],
-                "delta_norm_by_position": a["delta_norm_by_position"], "mean_base_norm": a["mean_base_norm"]},
+        "adl": {"layer": layer, "positions": s.adl_positions, "position_0": "BOS" if pair.prepend_bos else "first text token",
+                "n_by_position": a["n_by_position"], "delta_norm_by_position": a["delta_norm_by_position"],
+                "split_half_cosine": a["split_half_cosine"], "mean_tuned_norm": a["mean_tuned_norm"],
+                "mean_base_norm": a["mean_base_norm"], "pooled_delta_norm": float(a["delta_pooled"].norm())},
         "forward_passes": passes,
     }
-    return CorpusDiff(metrics, a["delta"].float(), a["delta_by_position"].float(), float(a["mean_base_norm"]),
-                      float(base_nll), layer, n_batches, passes)
+    return CorpusDiff(metrics, a["delta_by_position"].float(), a["delta_pooled"].float(), float(a["mean_tuned_norm"]),
+                      float(a["mean_base_norm"]), float(base_nll), layer, n_batches, passes)

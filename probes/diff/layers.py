@@ -9,7 +9,7 @@ confidence intervals over rows.
 
 Each statistic is first averaged over the real positions of a row, then over rows (mean ± t-interval over
 rows, :class:`~probes.diff.stats.RowMean`). Source: the standard model-diffing measures of METHODS.md
-("Dataset-level model diffing"), as :mod:`probes.model_diff` computes them on one prompt set.
+("Dataset-level model diffing"), as :mod:`probes.diff.prompts` computes them on one prompt set.
 """
 
 from __future__ import annotations

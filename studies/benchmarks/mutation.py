@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from workbench.runs import log_progress
+
 CMP_SWAP = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE,
             ast.GtE: ast.Lt, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
 BIN_SWAP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
@@ -213,7 +215,7 @@ def covered_lines(root: Path, file: str, tests: list[str]) -> set[int]:
     return set(cov.get_data().lines(measured[0]) or []) if measured else set()
 
 
-def run(root: Path, files: dict[str, list[str]], sample: int, out: Path, log=print, only: dict | None = None,
+def run(root: Path, files: dict[str, list[str]], sample: int, out: Path, log=log_progress, only: dict | None = None,
         fork: bool = True) -> dict:
     """Mutate, test, count. With ``only`` (mutant key -> status in an earlier run whose tests are a subset of
     these), mutants caught there keep their status without a rerun."""

@@ -32,8 +32,8 @@ from typing import Any
 from studies.common import ShippedConfig, save_results
 from studies.context_knob.figures import figures
 from workbench.errors import ConfigError
+from workbench.runs import log_progress
 from workbench.tasks import intent as it
-
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _facts(cfg: ContextKnobConfig, model, tok, pad_id: int, prepend_bos: bool) -
 
 
 # --- the study ------------------------------------------------------------------------------------
-def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] = log_progress) -> dict[str, Any]:
     """Run the study; write ``results.json``, ``u.safetensors`` and ``figures/*.html`` into ``out_dir``.
 
     Raises:

@@ -34,6 +34,7 @@ from probes.patching import (
 )
 from probes.path_patching import path_patch_runs
 from workbench.architecture import Dims
+from workbench.runs import log_progress
 from workbench.sites import Site
 
 GROUPS = ("value_fetchers", "position_transmitters", "position_detectors", "structure_readers")
@@ -64,7 +65,7 @@ def _kv(site: Site, dims: Dims, pos: int | str) -> Site:
 
 
 def find_circuit(side: Side, clean: Tensor, corrupt: Tensor, metric: Metric, positions: dict[str, Tensor],
-                 sizes: dict[str, int], candidates: int | None = None, max_batch: int = 256, log=print) -> Circuit:
+                 sizes: dict[str, int], candidates: int | None = None, max_batch: int = 256, log=log_progress) -> Circuit:
     """Path-patch the four groups in order (each group's receivers are the previous group's heads); the clean and
     corrupt runs are computed once (:func:`probes.path_patching.path_patch_runs`) and shared by the four groups."""
     dims = Dims.of(side.model)

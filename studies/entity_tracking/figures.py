@@ -77,12 +77,30 @@ def attribution_scatter(exact: Sequence[float], attribution: Sequence[float], r:
     return layout(fig, f"{title} — Pearson r = {r:.3f}")
 
 
+def breakdown_bars(breakdown: dict[str, Any], models: Sequence[str],
+                   title: str = "Accuracy among the prompt's objects by the queried box's position") -> go.Figure:
+    """Grouped bars per model: accuracy among the prompt's objects for each queried-box position (first / middle /
+    last), each labelled with its number of eval prompts (positions without prompts left out)."""
+    rows = [r for r in breakdown["by_query_position"] if r["n_prompts"]]
+    labels = [f"{r['query_position']} ({r['n_prompts']} prompts)" for r in rows]
+    fig = go.Figure()
+    for name in models:
+        values = [r[f"{name}_accuracy_among_objects"] for r in rows]
+        fig.add_bar(x=labels, y=values, name=name, text=[f"{v:.2f}" for v in values], textposition="outside")
+    fig.update_layout(barmode="group", yaxis_title="accuracy among the prompt's objects (share)", yaxis_range=[0, 1.1],
+                      xaxis_title="queried box's position in the context")
+    return layout(fig, title)
+
+
 def figures(record: dict[str, Any]) -> dict[str, Any]:
-    """Per-group head heatmaps (one per circuit model), CMAP bars, faithfulness bars, attribution scatter."""
+    """Per-group head heatmaps (one per circuit model), accuracy by queried-box position (records that have it), CMAP
+    bars, faithfulness bars, attribution scatter."""
     m = record["metrics"]
     figs = {f"circuit_{name}": group_heatmaps(c["scores"], c["groups"], f"Path patching, {name} model: effect of each "
                                                   "head on its group's receivers")
             for name, c in m["circuits"].items()}
+    if m.get("accuracy_breakdown"):
+        figs["accuracy_by_query_position"] = breakdown_bars(m["accuracy_breakdown"], list(m["accuracy"]))
     if m["cmap"]:
         figs["cmap"] = cmap_bars(m["cmap"])
     figs["faithfulness"] = faithfulness_bars(m["faithfulness"])

@@ -10,7 +10,9 @@ Protocol (:func:`run`):
 2. tune: each entry of ``tune`` trains LoFiT offsets on every attention head, or peft LoRA (base weights frozen
    either way), on its ``task`` (``"boxes"`` = the task itself, ``"arithmetic"`` = a different skill, Goat's
    role — Goat is LLaMA-7B tuned with LoRA on arithmetic);
-3. accuracy among the prompt's objects of every model on the eval prompts (arithmetic exact match too);
+3. accuracy among the prompt's objects of every model on the eval prompts (arithmetic exact match too), also broken
+   down by the queried box's position (first / middle / last) and by number of boxes, with counts
+   (``metrics.accuracy_breakdown``, :mod:`workbench.tasks.entity_tracking.breakdown`);
 4. attribution vs exact activation patching per head on the base (last token): Pearson r;
 5. the circuit (four groups, :mod:`studies.entity_tracking.circuit`) of every model in ``circuit_models``;
 6. faithfulness of the base circuit on every model (position-wise mean ablation), vs random circuits;
@@ -36,6 +38,7 @@ from studies.common import ShippedConfig, save_results
 from studies.entity_tracking.figures import figures
 from workbench.config import config_from_dict
 from workbench.errors import ConfigError
+from workbench.runs import log_progress
 
 TUNE_TASKS = ("boxes", "arithmetic")
 TUNE_METHODS = ("lofit", "lora")
@@ -156,7 +159,7 @@ def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> t
     return ft.intervention, {"losses": ft.train_result.losses, "wall_time_s": ft.wall_time_s, **extra}
 
 
-def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = log_progress) -> dict[str, Any]:
     """Run the study; write ``results.json`` and ``figures/*.html`` into ``out_dir``.
 
     Raises:
@@ -178,6 +181,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
     from workbench.models import load_model
     from workbench.tasks import arithmetic as ar
     from workbench.tasks import entity_tracking as et
+    from workbench.tasks.entity_tracking import breakdown
     from workbench.tasks.entity_tracking import counterfactuals as ecf
 
     started = time.time()
@@ -228,6 +232,9 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
             with side.context():
                 accuracy[name]["arithmetic_exact_match"] = ar.exact_match(model, held)
         log(f"      {name}: {accuracy[name]}")
+    accuracy_breakdown = breakdown.accuracy_breakdown(eval_p, final)
+    for group, values in breakdown.breakdown_lines(accuracy_breakdown, list(final), "accuracy_among_objects"):
+        log(f"      accuracy among objects, {group}: {values}")
 
     clean, p_ans, p_objs = et.to_tensors(patch_p)
     corrupt = et.to_tensors([c.counterfactual for c in ecf.make_pairs(tok, patch_p, "random", seed=cfg.seed)])[0]
@@ -318,7 +325,7 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
                     for g, v in into[name].items()))
     timing["dcm"] = time.time() - t0
 
-    metrics = {"accuracy": accuracy, "tuning": {n: {k: v for k, v in t.items() if k != "heldout"} for n, t in tune_info.items()},
+    metrics = {"accuracy": accuracy, "accuracy_breakdown": accuracy_breakdown, "tuning": {n: {k: v for k, v in t.items() if k != "heldout"} for n, t in tune_info.items()},
                "attribution_vs_exact": comparison, "circuits": {n: c.to_dict() for n, c in circuits.items()},
                "circuit_overlap_with_base": overlap, "faithfulness": faith, "cmap": cmap_res, "dcm": dcm_res,
                "dcm_own_circuit": dcm_own,

@@ -24,6 +24,7 @@ import numpy as np
 from studies.common import write_figure_files
 from studies.method_comparison.figures import figures
 from workbench.errors import ConfigError
+from workbench.runs import log_progress
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -162,7 +163,7 @@ CAFT_PCA_DEFAULTS: dict[str, Any] = {
 }
 
 
-def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: Any, seed: int, out_dir: Path, log=print) -> dict[str, Any]:
+def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: Any, seed: int, out_dir: Path, log=log_progress) -> dict[str, Any]:
     """CAFT's directions for one (task, seed), following Casademunt et al. 2025, §3.1 and §5.
 
     1. Standard fine-tuning: the reference variant (``caft_pca.reference_variant``, by default full
@@ -183,7 +184,13 @@ def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: 
             unknown reference variant or ``caft_pca`` key.
     """
     from workbench.finetune import finetune
-    from workbench.methods.caft import CaftIntervention, choose_concept_components, pca_directions, random_directions, save_directions
+    from workbench.methods.caft import (
+        CaftIntervention,
+        choose_concept_components,
+        pca_directions,
+        random_directions,
+        save_directions,
+    )
     from workbench.models import load_model
     from workbench.tasks import spurious_cue as sc
 
@@ -252,7 +259,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(cfg: StudyConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
+def run(cfg: StudyConfig, out_dir: str | Path, log=log_progress) -> dict[str, Any]:
     """Run every (task, seed, variant); write ``runs.json`` after each run (a rerun skips finished
     runs), then ``results.json``, ``table.md`` and figures. Returns the results record."""
     from workbench.artifacts import atomic_write_json, read_json, results_record

@@ -8,11 +8,13 @@ from studies.model_diff.study import ModelDiffConfig, run
 
 def report(record: dict) -> None:
     m = record["metrics"]
-    st = m["adl"]["steering"]
     print(f"\nmean KL {m['kl']['mean_per_token']:.4g} nats/token over {m['n_tokens']} tokens ({m['n_rows']} rows)")
     print("tokens rising most (mean Δp): " + ", ".join(repr(r["token"]) for r in m["mining"]["rising_by_prob"][:10]))
-    print("ADL logit lens of δ: " + ", ".join(repr(r["token"]) for r in m["adl"]["lens"]["positive"][:10]))
-    print(f"steering α chosen: {st['chosen_alpha']}; wall time {record['run_info']['wall_time_s']:.0f} s")
+    for p in m["adl"]["by_position"]:
+        st = p["steering"]
+        print(f"ADL δ_{p['position']} logit lens: " + ", ".join(repr(r["token"]) for r in p["lens"]["positive"][:8])
+              + ("" if st is None else f"; steering α {st['chosen_alpha']}"))
+    print(f"wall time {record['run_info']['wall_time_s']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

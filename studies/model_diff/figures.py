@@ -17,7 +17,12 @@ from workbench.plots import head_heatmap, layout
 
 
 def _esc(s: str) -> str:
-    return html.escape(s).replace("\n", "↵")
+    """``s`` escaped once for plotly text (table cells, tick labels, titles), newlines shown as ↵.
+
+    Plotly reads its text as a small HTML subset: ``<...>`` is a tag, and of the entities only ``&lt;`` ``&gt;``
+    ``&amp;``, a few named ones and numeric ones become characters -- ``&quot;`` stays ``&quot;`` on the page. So
+    ``&``, ``<`` and ``>`` are escaped and quotes are left as they are (``quote=False``)."""
+    return html.escape(str(s), quote=False).replace("\n", "↵")
 
 
 def context_html(item: dict[str, Any]) -> str:
@@ -47,8 +52,8 @@ def kl_by_position(kl: dict[str, Any]) -> go.Figure:
 def token_shift(mining: dict[str, Any], key: str = "prob") -> go.Figure:
     up, down = mining[f"rising_by_{key}"], mining[f"falling_by_{key}"]
     fig = go.Figure()
-    fig.add_bar(y=[repr(r["token"]) for r in up][::-1], x=[r["value"] for r in up][::-1], orientation="h", name="rises")
-    fig.add_bar(y=[repr(r["token"]) for r in down][::-1], x=[r["value"] for r in down][::-1], orientation="h", name="falls")
+    fig.add_bar(y=[_esc(repr(r["token"])) for r in up][::-1], x=[r["value"] for r in up][::-1], orientation="h", name="rises")
+    fig.add_bar(y=[_esc(repr(r["token"])) for r in down][::-1], x=[r["value"] for r in down][::-1], orientation="h", name="falls")
     unit = "mean Δ probability (p_tuned − p_base)" if key == "prob" else "mean Δ log-probability (nats)"
     fig.update_xaxes(title=f"{unit}, over all corpus positions")
     fig.update_yaxes(title="token")
@@ -102,37 +107,48 @@ def _tokens(rows: list[dict[str, Any]], n: int = 12) -> str:
 
 
 def adl_tables(adl: dict[str, Any]) -> go.Figure:
-    names = ["logit lens of δ (top)", "logit lens of −δ (top)"]
-    vals = [_tokens(adl["lens"]["positive"]), _tokens(adl["lens"]["negative"])]
-    for j, d in enumerate(adl["lens_by_position"]):
-        names.append(f"logit lens of δ at text position {j}")
-        vals.append(_tokens(d["positive"], 8))
-    ps = adl["patchscope"]
-    names.append("Patchscope, unpatched")
-    vals.append(_tokens(ps["unpatched"], 8))
-    for row in ps["by_scale"]:
-        names.append(f"Patchscope, scale {row['scale']:g} × ‖r̄‖")
-        vals.append(_tokens(row["top"], 8))
-    fig = go.Figure(go.Table(columnwidth=[200, 600], header=dict(values=["readout", "top tokens"]),
-                             cells=dict(values=[names, [_esc(v) for v in vals]], align="left")))
-    return layout(fig, f"Activation Difference Lens at layer {adl['layer']} (first {adl['positions']} tokens; ‖δ‖ = {adl['delta_norm']:.4g}); "
-                       f"Patchscope prompt {ps['prompt']!r}", height=160 + 30 * len(names))
+    """One row per readout and position: the logit lens of δ_j and −δ_j, the Patchscope at the rule's scale, and the
+    steered samples' first text at the chosen strength; position 0 (the attention sink) first, labelled."""
+    names, vals = [], []
+    for p in adl["by_position"]:
+        j = p["position"]
+        tag = f"δ_{j}" + (" (position 0: attention sink)" if j == 0 else "")
+        cos = adl["split_half_cosine"][j]
+        names.append(f"{tag}, ‖δ‖ = {p['delta_norm']:.3g}, split-half cos = {'n/a' if cos is None else f'{cos:.2f}'}: logit lens")
+        vals.append(_tokens(p["lens"]["positive"]))
+        names.append(f"{tag}: logit lens of −δ")
+        vals.append(_tokens(p["lens"]["negative"]))
+        ps = p["patchscope"]
+        best = next((r for r in ps["by_scale"] if r["scale"] == ps["best_scale"]), None)
+        names.append(f"{tag}: Patchscope at scale {ps['best_scale']:g} × n̄ (rule)")
+        vals.append(_tokens(best["tokens"]) if best else "")
+        st = p["steering"]
+        if st is not None:
+            names.append(f"{tag}: steered at α = {st['chosen_alpha']} × n̄ (largest coherent)")
+            vals.append(" | ".join(t[:80] for t in st["chosen_samples"][:3]))
+    if adl.get("pooled_extra"):
+        names.append("pooled δ (labelled extra, not the reference's readout): logit lens")
+        vals.append(_tokens(adl["pooled_extra"]["lens"]["positive"]))
+    fig = go.Figure(go.Table(columnwidth=[260, 600], header=dict(values=["readout", "top tokens / samples"]),
+                             cells=dict(values=[[_esc(n) for n in names], [_esc(v) for v in vals]], align="left")))
+    return layout(fig, f"Activation Difference Lens at layer {adl['layer']} on the {adl['read_model']} model "
+                       f"(one δ_j per position; n̄ = {adl['mean_tuned_norm']:.4g})", height=160 + 30 * len(names))
 
 
-def steering_table(st: dict[str, Any]) -> go.Figure:
-    alphas, prompts, texts, nll, ok = [], [], [], [], []
-    for row in st["by_alpha"]:
-        for g in row["generations"]:
-            alphas.append(f"{row['alpha']:g}" + (" ✓ chosen" if row["alpha"] == st["chosen_alpha"] else ""))
-            prompts.append(_esc(g["prompt"]))
-            texts.append(_esc(g["text"]))
-            nll.append(f"{g['nll_nats']:.2f}")
-            ok.append("yes" if row["coherent"] else "no")
-    fig = go.Figure(go.Table(columnwidth=[70, 160, 460, 70, 70],
-                             header=dict(values=["α (× ‖r̄‖)", "prompt", "steered greedy continuation", "base NLL", "coherent"]),
-                             cells=dict(values=[alphas, prompts, texts, nll, ok], align="left")))
-    return layout(fig, f"ADL steering of the base model at layer {st['layer']} (coherent: NLL ≤ {st['threshold_nats']:.2f} nats and "
-                       f"distinct share ≥ {st['min_distinct_fraction']:g}); chosen α = {st['chosen_alpha']}", height=160 + 40 * len(alphas))
+def steering_table(adl: dict[str, Any]) -> go.Figure:
+    """Every strength the search tried, per position: α, the share of coherent samples, one sample."""
+    pos, alphas, share, sample = [], [], [], []
+    for p in adl["by_position"]:
+        st = p["steering"]
+        for row in (st or {}).get("by_alpha", []):
+            pos.append(str(p["position"]))
+            alphas.append(f"{row['alpha']:.4g}" + (" ✓ chosen" if row["alpha"] == st["chosen_alpha"] else ""))
+            share.append(f"{row['coherent_share']:.0%}")
+            sample.append(_esc(row["samples"][0]["text"][:160]) if row["samples"] else "")
+    fig = go.Figure(go.Table(columnwidth=[60, 90, 80, 560], header=dict(values=["position", "α (× n̄)", "coherent", "first sample"]),
+                             cells=dict(values=[pos, alphas, share, sample], align="left")))
+    rule = next((p["steering"]["rule"] for p in adl["by_position"] if p["steering"]), "")
+    return layout(fig, f"ADL steering search on the {adl['read_model']} model ({_esc(rule)})", height=160 + 40 * max(len(pos), 1))
 
 
 def figures(record: dict[str, Any]) -> dict[str, go.Figure]:
@@ -151,20 +167,23 @@ def figures(record: dict[str, Any]) -> dict[str, go.Figure]:
         "07_lens_agreement": lens_agreement(m["logit_lens"]),
         "08_lens_kl": lens_kl(m["logit_lens"]),
         "09_adl_readouts": adl_tables(m["adl"]),
-        "10_adl_steering": steering_table(m["adl"]["steering"]),
+        "10_adl_steering": steering_table(m["adl"]),
     }
 
 
 def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
     m = record["metrics"]
     models = record["meta_info"]["models"]
-    st = m["adl"]["steering"]
+    adl = m["adl"]
+    chosen = {p["position"]: p["steering"]["chosen_alpha"] for p in adl["by_position"] if p["steering"]}
     return [("base", models["base"]["id"]), ("tuned", models["tuned"]["id"]),
             ("corpus", f"{m['n_rows']} rows, {m['n_tokens']} tokens, {m['n_batches']} batches"),
             ("mean KL(P_tuned ‖ P_base)", f"{m['kl']['mean_per_token']:.4g} nats/token (max {m['kl']['max']:.4g})"),
             ("NLL base / tuned", f"{m['nll']['base_nats_per_token']:.3f} / {m['nll']['tuned_nats_per_token']:.3f} nats/token"),
-            ("ADL layer, ‖δ‖, mean ‖r_base‖", f"{m['adl']['layer']}, {m['adl']['delta_norm']:.4g}, {m['adl']['mean_base_norm']:.4g}"),
-            ("steering α chosen", f"{st['chosen_alpha']} ({st['alpha_unit']})"),
+            ("ADL layer, ‖δ_j‖ per position, n̄", f"{adl['layer']}, {', '.join(f'{x:.3g}' for x in adl['delta_norm_by_position'])}, "
+                                                    f"{adl['mean_tuned_norm']:.4g}"),
+            ("ADL split-half cosine per position", ", ".join("n/a" if c is None else f"{c:.2f}" for c in adl["split_half_cosine"])),
+            ("steering α chosen per position (× n̄)", ", ".join(f"{j}: {a}" for j, a in chosen.items())),
             ("wall time", f"{record['run_info']['wall_time_s']:.0f} s")]
 
 

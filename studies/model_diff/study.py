@@ -8,27 +8,28 @@ Protocol (:func:`run`):
 1. validate the config and read the corpus rows (:func:`workbench.datafiles.load_rows`) — before any model loads;
 2. load the pair (:func:`workbench.models.tuned.load_pair`) unless one is passed; check the ADL layer;
 3. one streaming pass over the corpus (:func:`probes.diff.diff_corpus`): one forward of each model per batch;
-4. ADL readouts of δ (mean tuned − base residual at ``layer`` over the first ``adl_positions`` text tokens):
-   logit lens, Patchscope on the base model, steering search on the base model (coherence threshold = the base
-   model's mean NLL on the corpus + ``coherence_margin_nats``);
+4. ADL readouts of each position's δ_j (mean tuned − base residual at ``layer``, positions ``0 … adl_positions−1``):
+   logit lens, Patchscope and steering search on the fine-tuned model, the reference's defaults
+   (:func:`probes.diff.adl_readouts`; every departure is named in :mod:`probes.diff.patchscope` and
+   :mod:`probes.diff.steering`);
 5. ``results.json``, ``figures/*.json|html`` and ``report.html`` (each written atomically).
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probes.diff.adl_readouts import AdlSettings
 from probes.diff.corpus import DiffSettings
 from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
+from workbench.runs import log_progress
 
 STUDY = "model_diff"
 
@@ -38,14 +39,8 @@ def _positive(name: str, v: Any) -> None:
         raise ConfigError(f"ModelDiffConfig.{name} must be an integer >= 1, got {v!r}")
 
 
-def _finite_list(name: str, v: list) -> list[float]:
-    if not v or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) for a in v):
-        raise ConfigError(f"ModelDiffConfig.{name} must be a non-empty list of finite numbers, got {v!r}")
-    return [float(a) for a in v]
-
-
 @dataclass
-class ModelDiffConfig(ShippedConfig, DiffSettings):
+class ModelDiffConfig(ShippedConfig, AdlSettings, DiffSettings):
     """Settings of ``workbench diff`` / ``python -m studies.model_diff`` (``configs/{tiny,default}.json``).
 
     Attributes:
@@ -58,19 +53,16 @@ class ModelDiffConfig(ShippedConfig, DiffSettings):
         batch_size, max_length, layer, adl_positions, top_k_contexts, context_window, top_k_tokens,
         lens_token_stride, chunk_positions: the streaming pass's settings, inherited from
             :class:`probes.diff.DiffSettings` (rows per forward pass, tokens per row, ADL layer — ``null``:
-            ``n_layers // 2`` — first text tokens averaged for δ, sizes of the top-KL view and diff-mining lists, the
-            logit lens's token stride).
-        patchscope_prompt, patchscope_placeholder, patchscope_scales: the identity prompt, its placeholder and the
-            scales of δ/‖δ‖ in units of the mean base residual norm at the layer.
-        steering_prompts, steering_alphas, steering_max_new_tokens: greedy steered generations of the base model;
-            α in units of the mean base residual norm (0 = unsteered reference).
-        coherence_margin_nats, min_distinct_fraction: a steered generation is coherent when the unsteered base
-            model's NLL of it is ≤ base NLL on the corpus + margin, and ≥ this share of its tokens is distinct.
+            ``int(0.5 · (n_layers − 1))`` — positions with one δ_j each, sizes of the top-KL view and diff-mining
+            lists, the logit lens's token stride).
+        read_model, patchscope_*, steering_*, coherence_margin_nats, min_distinct_fraction, min_coherent_share,
+        steering_positions, seed: the ADL readouts' settings, inherited from :class:`probes.diff.AdlSettings`
+            (defaults = the reference's; the shipped configs shrink the steering search for a CPU).
         device: ``"cpu"`` / ``"cuda"`` (``null``: the first available).
 
     Raises:
-        ConfigError: neither ``data`` nor ``texts``, both, a non-positive size, a negative count, an empty or
-            non-finite scale / α list, no steering prompt.
+        ConfigError: neither ``data`` nor ``texts``, both, a non-positive size, a negative count, or a bad ADL
+            setting (:class:`probes.diff.AdlSettings`).
     """
 
     base: str = "smollm2-135m-instruct"
@@ -78,15 +70,7 @@ class ModelDiffConfig(ShippedConfig, DiffSettings):
     data: str = ""
     texts: list[str] = field(default_factory=list)
     fields: dict[str, str] | None = None
-    max_rows: int = 256
-    patchscope_prompt: str = "cat -> cat; 1135 -> 1135; hello -> hello; ? ->"
-    patchscope_placeholder: str = "?"
-    patchscope_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
-    steering_prompts: list[str] = field(default_factory=lambda: ["Tell me about yourself.", "The weather today is"])
-    steering_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
-    steering_max_new_tokens: int = 24
-    coherence_margin_nats: float = 1.0
-    min_distinct_fraction: float = 0.3
+    max_rows: int = 2000
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -97,22 +81,14 @@ class ModelDiffConfig(ShippedConfig, DiffSettings):
                               + ("both" if self.texts else "neither"))
         if self.texts and not any(isinstance(t, str) and t.strip() for t in self.texts):
             raise ConfigError("ModelDiffConfig.texts is empty: no text with a character in it")
-        for name in ("max_rows", "steering_max_new_tokens"):
-            _positive(name, getattr(self, name))
+        _positive("max_rows", self.max_rows)
         DiffSettings.__post_init__(self)  # the streaming settings this config inherits
-        self.patchscope_scales = _finite_list("patchscope_scales", self.patchscope_scales)
-        self.steering_alphas = _finite_list("steering_alphas", self.steering_alphas)
-        if not self.steering_prompts or not all(isinstance(p, str) and p.strip() for p in self.steering_prompts):
-            raise ConfigError("ModelDiffConfig.steering_prompts must be a non-empty list of non-empty texts")
-        if self.patchscope_placeholder not in self.patchscope_prompt:
-            raise ConfigError(f"ModelDiffConfig.patchscope_prompt {self.patchscope_prompt!r} has no placeholder "
-                              f"{self.patchscope_placeholder!r}")
-        for name in ("coherence_margin_nats", "min_distinct_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"ModelDiffConfig.{name} must be a finite number, got {v!r}")
-        if not 0 <= self.min_distinct_fraction <= 1:
-            raise ConfigError(f"ModelDiffConfig.min_distinct_fraction must be in [0, 1], got {self.min_distinct_fraction!r}")
+        try:
+            AdlSettings.__post_init__(self)  # the readouts' settings
+        except ConfigError as exc:
+            raise ConfigError(f"ModelDiffConfig.{exc}") from None
+        if self.steering_positions is not None and any(j >= self.adl_positions for j in self.steering_positions):
+            raise ConfigError(f"ModelDiffConfig.steering_positions {self.steering_positions} reach past adl_positions={self.adl_positions}")
 
 
 def n_layers_hint(base: str) -> int | None:
@@ -168,7 +144,7 @@ def corpus_text_list(corpus: Any, tokenizer: Any) -> list[str]:
     return corpus_texts(corpus, tokenizer)
 
 
-def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callable[[str], None] = print,
+def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callable[[str], None] = log_progress,
         corpus: Any = None) -> dict[str, Any]:
     """Run the diff; write ``results.json``, ``figures/`` and ``report.html`` into ``out_dir``; return the record.
 
@@ -180,18 +156,14 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
         ConfigError: as :func:`check_before_load`, an empty corpus after tokenization, a bad layer.
         ModelNotFoundError, MismatchError, CheckpointError: as :func:`workbench.models.tuned.load_pair`.
     """
-    from probes.diff import (
-        diff_corpus,
-        lens_tokens,
-        patchscope,
-        steering_search,
-    )
+    from probes.diff import AdlSettings, adl_readouts, diff_corpus
     from studies.model_diff.figures import figures, write_report
 
     started = time.time()
     timing: dict[str, float] = {}
     corpus = check_before_load(cfg) if corpus is None else corpus
     settings = DiffSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DiffSettings)})
+    adl_settings = AdlSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(AdlSettings)})
     tuned_kind = "given"
     if pair is None:
         from workbench.models.tuned import load_pair
@@ -211,21 +183,13 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
     log(f"      mean KL {m['kl']['mean_per_token']:.4g} nats/token over {m['n_tokens']} tokens; "
         f"base NLL {m['nll']['base_nats_per_token']:.3f}, tuned NLL {m['nll']['tuned_nats_per_token']:.3f} nats/token")
 
-    log(f"[3/4] Activation Difference Lens at layer {diff.layer} (‖δ‖ = {diff.delta.norm():.4g}, mean ‖r_base‖ = {diff.mean_base_norm:.4g})")
+    norms = ", ".join(f"{x:.3g}" for x in m["adl"]["delta_norm_by_position"])
+    log(f"[3/4] Activation Difference Lens at layer {diff.layer} on the {cfg.read_model} model (‖δ_j‖ = {norms}; "
+        f"n̄ = {diff.mean_tuned_norm:.4g})")
     t0 = time.time()
-    tok = pair.tokenizer
-    decode = lambda i: tok.decode([i])
-    base = pair.base
     adl = dict(m["adl"])
-    adl["lens"] = lens_tokens(base, diff.delta, cfg.top_k_tokens, decode)
-    adl["lens_by_position"] = [lens_tokens(base, d, min(cfg.top_k_tokens, 10), decode) for d in diff.delta_by_position]
-    adl["patchscope"] = patchscope(base, tok, diff.delta, diff.layer, cfg.patchscope_scales, diff.mean_base_norm,
-                                   cfg.patchscope_prompt, cfg.patchscope_placeholder, pair.prepend_bos, cfg.top_k_tokens, decode)
-    threshold = diff.base_nll_nats + cfg.coherence_margin_nats
-    adl["steering"] = steering_search(base, tok, diff.delta, diff.layer, cfg.steering_alphas, diff.mean_base_norm,
-                                      cfg.steering_prompts, threshold, cfg.min_distinct_fraction, cfg.steering_max_new_tokens,
-                                      pair.prepend_bos, log=log)
-    adl["steering"]["threshold_rule"] = f"base NLL on the corpus ({diff.base_nll_nats:.3f}) + margin {cfg.coherence_margin_nats:g} nats"
+    adl.update(adl_readouts(pair, diff.delta_by_position, diff.layer, diff.mean_tuned_norm, adl_settings, pooled=diff.delta_pooled,
+                            top_k=cfg.top_k_tokens, log=log))
     m["adl"] = adl
     timing["adl_s"] = time.time() - t0
     m["timing_s"] = timing
@@ -233,17 +197,17 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
     m["tokens_per_s_stream"] = m["n_tokens"] / max(timing["stream_s"], 1e-9)
 
     log(f"[4/4] writing {out_dir}/results.json, figures/ and report.html")
-    device = str(next(base.parameters()).device)
+    device = str(next(pair.base.parameters()).device)
     record = save_results(out_dir, {**cfg.to_dict(), "study": STUDY}, m, {"base": pair.base_info, "tuned": pair.tuned_info},
                           device, started, figures)
     write_report(out_dir / "report.html", record)
-    chosen = adl["steering"]["chosen_alpha"]
-    log(f"      done in {record['run_info']['wall_time_s']:.0f} s; steering α chosen: {chosen}")
+    chosen = [p["steering"]["chosen_alpha"] if p["steering"] else None for p in adl["by_position"]]
+    log(f"      done in {record['run_info']['wall_time_s']:.0f} s; steering α chosen per position: {chosen}")
     return record
 
 
 def plan_and_run(cfg: ModelDiffConfig, runs_dir: str | Path, name: str | None, out: str | Path | None = None,
-                 load: Callable[[ModelDiffConfig], Any] | None = None, log: Callable[[str], None] = print) -> Path:
+                 load: Callable[[ModelDiffConfig], Any] | None = None, log: Callable[[str], None] = log_progress) -> Path:
     """The ``workbench diff`` job: check the run folder (``runs_dir / name``, or ``out`` which must lie inside
     ``runs_dir``) and the corpus and layer, then load (``load(cfg)`` returns a ModelPair, default
     :func:`workbench.models.tuned.load_pair`), run inside :func:`workbench.runs.run_folder`; return the folder.

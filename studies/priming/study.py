@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from probes.priming import keyword_logprob, log10_mean_ratio
-from workbench.text_learning import LearnConfig, fresh_copy, learn_text
 from studies.common import ShippedConfig, save_results
 from studies.priming.figures import figures
 from workbench.errors import ConfigError
+from workbench.runs import log_progress
 from workbench.tasks import priming as pt
+from workbench.text_learning import LearnConfig, fresh_copy, learn_text
 
 ARMS = ("standard", "stepping_stone", "ignore_top_k")
 
@@ -112,7 +113,7 @@ def arm_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             "mean_memorization_learned_text": statistics.fmean(r.get("memorization_own_rewrite", r["memorization"]) for r in rows)}
 
 
-def run(cfg: PrimingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: PrimingStudyConfig, out_dir: str | Path, log: Callable[[str], None] = log_progress) -> dict[str, Any]:
     """Run the study; write ``results.json`` and ``figures/*.html`` into ``out_dir``; return the record.
 
     Raises:

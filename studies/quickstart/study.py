@@ -4,7 +4,9 @@
 1. the entity-tracking task (Prakash et al. 2024), train / held-out split with no shared prompt;
 2. the base model's held-out accuracy;
 3. LoFiT (Yin et al. 2024): head selection by L1-regularised scalings, then offsets on the top heads;
-4. the tuned model's held-out accuracy, and the exactness of merging the offsets into ``o_proj``;
+4. the tuned model's held-out accuracy, and the exactness of merging the offsets into ``o_proj``; both models'
+   accuracies broken down by the queried box's position (first / middle / last) and by number of boxes, with counts
+   (:mod:`workbench.tasks.entity_tracking.breakdown`: where the tune fails);
 5. a base-vs-tuned comparison through TransformerLens bridges (per-token KL, per-layer residual
    differences, per-head output differences with the selected heads marked);
 6. ``results.json``, a self-contained ``report.html`` and ``figures/*.json`` (what the app renders) in ``runs/<name>/``.
@@ -27,7 +29,9 @@ from workbench.data import Example
 from workbench.errors import ConfigError
 from workbench.finetune import finetune
 from workbench.methods.lofit import LofitConfig
+from workbench.runs import log_progress
 from workbench.tasks import entity_tracking as et
+from workbench.tasks.entity_tracking.breakdown import accuracy_breakdown, breakdown_lines, final_logits
 from workbench.train import TrainConfig
 
 
@@ -60,7 +64,7 @@ class QuickstartConfig(ShippedConfig):
             raise ConfigError(f"QuickstartConfig.n_compare must be in 1..n_heldout ({self.n_heldout}), got {self.n_compare}")
 
 
-def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: str | None = None, log=print) -> Path:
+def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: str | None = None, log=log_progress) -> Path:
     """Run the main job and return its run folder (``results.json``, ``report.html``, ``figures/``, ``adapter/``).
 
     ``name`` is one folder name (an existing run folder resumes); it and ``runs_dir`` are checked before the
@@ -88,12 +92,13 @@ def run_quickstart(cfg: QuickstartConfig, runs_dir: str | Path = "runs", name: s
 
 def _run_into(run_dir: Path, cfg: QuickstartConfig, model, tok, info, split: et.EntityTrackingSplit, started: float, log) -> None:
     """Steps 2-6 of :func:`run_quickstart`, writing into the (created) ``run_dir``."""
-    from probes.model_diff import compare
+    from probes.diff.prompts import compare
     from workbench.artifacts import atomic_write_json, results_record, save_intervention
     from workbench.pair import ModelPair
 
     log(f"[2/6] evaluating the base model on {len(split.heldout)} held-out prompts")
     base_metrics = et.evaluate(model, split.heldout)
+    heldout_logits = {"base": final_logits(model, split.heldout)}
     log(f"      base accuracy {base_metrics['accuracy']:.3f}")
     log("[3/6] LoFiT: step 1 selects heads, step 2 trains offsets")
     examples = [Example(p.input_ids, (p.answer_token_id,)) for p in split.train]
@@ -104,6 +109,7 @@ def _run_into(run_dir: Path, cfg: QuickstartConfig, model, tok, info, split: et.
     log(f"[4/6] evaluating the tuned model ({len(details['heads'])} heads, {offsets.n_trainable()} trainable parameters)")
     with offsets.attach(model):
         tuned_metrics = et.evaluate(model, split.heldout)
+        heldout_logits["tuned"] = final_logits(model, split.heldout)
         ids, _, _ = et.to_tensors(split.heldout[: cfg.n_compare])
         hooked_logits = model(input_ids=ids).logits
     merged = copy.deepcopy(model)
@@ -112,6 +118,10 @@ def _run_into(run_dir: Path, cfg: QuickstartConfig, model, tok, info, split: et.
         merge_max_abs_diff = float((merged(input_ids=ids).logits - hooked_logits).abs().max())
     del merged
     log(f"      tuned accuracy {tuned_metrics['accuracy']:.3f}; merged-into-o_proj max |Δlogit| {merge_max_abs_diff:.2e}")
+    breakdown = accuracy_breakdown(split.heldout, heldout_logits)
+    del heldout_logits
+    for group, values in breakdown_lines(breakdown):
+        log(f"      accuracy, {group}: {values}")
 
     log("[5/6] comparing base and tuned through TransformerLens bridges")
     adapter_hash = hashlib.sha256((adapter_dir / "adapter.safetensors").read_bytes()).hexdigest()
@@ -123,6 +133,7 @@ def _run_into(run_dir: Path, cfg: QuickstartConfig, model, tok, info, split: et.
         "tuned_accuracy": tuned_metrics["accuracy"],
         "base": base_metrics,
         "tuned": tuned_metrics,
+        "accuracy_breakdown": breakdown,
         "selected_heads": details["heads"],
         "n_trainable_parameters": offsets.n_trainable(),
         "select_losses": details["select_losses"],
@@ -153,6 +164,7 @@ def _write_report(run_dir: Path, cfg: QuickstartConfig, record: dict, example: e
         ("held-out accuracy (top-1)", f"base {m['base_accuracy']:.3f} → tuned {m['tuned_accuracy']:.3f}"),
         ("accuracy among objects", f"base {m['base']['accuracy_among_objects']:.3f} → tuned {m['tuned']['accuracy_among_objects']:.3f}"),
         ("mean logit difference (nats)", f"base {m['base']['logit_difference']:.2f} → tuned {m['tuned']['logit_difference']:.2f}"),
+        *((f"held-out accuracy, {group}", values) for group, values in breakdown_lines(m.get("accuracy_breakdown", {}))),
         ("LoFiT heads", f"{len(m['selected_heads'])} of {info['n_layers'] * info['n_heads']}; {m['n_trainable_parameters']} trainable parameters"),
         ("merge into o_proj", f"max |Δ logit| {m['merge_max_abs_logit_diff']:.2e}"),
         ("wall time", f"{record['run_info']['wall_time_s']:.0f} s on {record['meta_info']['device']}"),

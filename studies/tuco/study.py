@@ -36,8 +36,8 @@ from studies.common import ShippedConfig, save_results
 from studies.tuco.figures import figures
 from workbench.errors import ConfigError
 from workbench.methods.lofit import LofitConfig
+from workbench.runs import log_progress
 from workbench.tasks import entity_tracking as et
-
 
 
 @dataclass
@@ -150,17 +150,17 @@ def end_points(base, tuned, ids: torch.Tensor, mask: torch.Tensor | None) -> dic
 
 
 # --- the study ------------------------------------------------------------------------------------
-def run(cfg: TucoStudyConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: TucoStudyConfig, out_dir: str | Path, log: Callable[[str], None] = log_progress) -> dict[str, Any]:
     """Run the study; write ``results.json`` and ``figures/*.html`` into ``out_dir``; return the record.
 
     Raises:
         ModelNotFoundError: the model cannot be loaded.
         NonFiniteLossError: LoFiT training diverged.
     """
+    from workbench.data import Example
     from workbench.methods.lofit import train_lofit
     from workbench.models import load_model, weights_hash
     from workbench.pair import ModelPair
-    from workbench.data import Example
 
     started = time.time()
     timing: dict[str, float] = {}

@@ -1,8 +1,7 @@
-"""Model diffing: where do a base and a tuned model differ on the same prompts?
-
-Standard model-diffing measures (see METHODS.md, "Also in the literature"): per-token KL between the
-two next-token distributions, per-layer residual-stream differences (norm and cosine), and per-head
-output differences. All read both models through their TransformerLens bridges (:class:`ModelPair`).
+"""Base vs tuned on a few prompts (the quickstart's report, the app's analysis view): the corpus measures of
+:mod:`probes.diff` — per-token KL (:func:`probes.diff.kl.token_kl`), per-layer residual differences (norm and cosine)
+and per-head output differences — on equal-length prompts, without streaming. Standard model-diffing measures
+(METHODS.md, "Dataset-level model diffing"); both models read through their TransformerLens bridges (:class:`ModelPair`).
 """
 
 from __future__ import annotations
@@ -13,21 +12,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes.diff.kl import token_kl
+from probes.diff.layers import head_diff_norm
 from workbench.architecture import w_o
 from workbench.data import as_token_ids, vocab_size_of
 
 
 def per_token_kl(base_logits: Float[Tensor, "batch pos d_vocab"], tuned_logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch pos"]:
     """KL(P_tuned ‖ P_base) of the next-token distributions at every position, in nats."""
-    lt = tuned_logits.float().log_softmax(-1)
-    lb = base_logits.float().log_softmax(-1)
-    return (lt.exp() * (lt - lb)).sum(-1).clamp_min(0.0)
-
-
-def head_outputs(z: Float[Tensor, "batch n_heads d_head"], w_o: Float[Tensor, "d_model n_heads_x_d_head"]) -> Float[Tensor, "batch n_heads d_model"]:
-    """Each head's write to the residual stream, ``z_h W_O,hᵀ`` (bias excluded)."""
-    n_heads = z.shape[-2]
-    return torch.einsum("bhd,mhd->bhm", z.float(), w_o.float().unflatten(-1, (n_heads, -1)))
+    return token_kl(tuned_logits.float().log_softmax(-1), base_logits.float().log_softmax(-1))
 
 
 @dataclass
@@ -88,9 +81,8 @@ def compare(pair, input_ids: Int[Tensor, "batch pos"], batch_size: int = 16) -> 
             add(f"rd{l}", (rt - rb).norm(dim=-1).sum(0))
             add(f"rn{l}", rb.norm(dim=-1).sum(0))
             add(f"rc{l}", torch.nn.functional.cosine_similarity(rt, rb, dim=-1).sum(0))
-            ob = head_outputs(bc[f"blocks.{l}.attn.hook_z"][:, -1], w_base[l])
-            ot = head_outputs(tc[f"blocks.{l}.attn.hook_z"][:, -1], w_tuned[l])
-            add(f"hd{l}", (ot - ob).norm(dim=-1).sum(0))
+            zb, zt = bc[f"blocks.{l}.attn.hook_z"][:, -1], tc[f"blocks.{l}.attn.hook_z"][:, -1]
+            add(f"hd{l}", head_diff_norm(zt, zb, w_tuned[l], w_base[l])[0].sum(0))
     n = input_ids.shape[0]
     stack = lambda key: torch.stack([sums[f"{key}{l}"] for l in range(n_layers)]) / n  # noqa: E731
     diff = stack("rd")
