@@ -15,7 +15,7 @@ LOCK ?= requirements.lock
 TORCH_FIND_LINKS ?= /opt/wheels
 UV_VERSION ?= 0.13.9
 
-.PHONY: demo test test-latest lock install fetch benchmark browser app app-benchmark clean-runs
+.PHONY: demo test test-latest lock install fetch benchmark browser corpus app app-benchmark clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,16 +53,24 @@ browser:
 	  else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi; \
 	fi
 
+# The diffing benchmark's generic corpus: Debian's fortune-mod data files (BSD licence), installed when we can.
+corpus:
+	@if [ ! -d /usr/share/games/fortunes ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null; \
+	  else echo "fortunes missing and not root: install Debian's fortunes package for the diffing benchmark"; fi; \
+	fi
+
 # In parallel (pytest-xdist): one worker per core (at most 4), each with its share of the cores as torch threads
 # (tests/conftest.py); work stealing keeps both cores busy to the end. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
-test: install browser
+test: install browser corpus
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal tests
 
 # The suite against the newest versions pyproject.toml's ranges allow (not the lock), in its own environment, so the
 # next dependency drift is seen before users meet it.
 LATEST_VENV ?= .venv-latest
-test-latest: browser
+test-latest: browser corpus
 	$(MAKE) install VENV=$(LATEST_VENV) LOCK=
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[models,test]"
 	$(LATEST_VENV)/bin/pip list --format=freeze > $(LATEST_VENV)/versions.txt

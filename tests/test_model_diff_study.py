@@ -124,3 +124,35 @@ def test_the_app_page_opens_a_diff_run(dirs, tmp_path, monkeypatch):
     assert any("<mark>" in m.value for m in at.get("html"))
 
 
+
+
+def test_app_diff_page_shows_a_benchmark_table(tmp_path):
+    """A diffing-benchmark folder under the runs folder: its table rows and figures (heatmap, fit) are drawn."""
+    from app.views import diff as view
+    from studies.common import save_results
+    from studies.diffing_benchmark.figures import figures
+    from studies.diffing_benchmark.scoring import table_rows
+
+    scores = {"diff mining Δlog p": {"lora": {"baker": {"tuned": {"hits": 7, "mrr": 1.0, "n": 20},
+                                                       "control": {"hits": 1, "mrr": 0.25, "n": 20}}}}}
+    metrics = {"rows": table_rows(scores), "fit": {"baker-lora": {"base_answer_loss": 4.1, "tuned_answer_loss": 0.3,
+                                                                  "kl_unrelated_nats_per_token": 0.9}}}
+
+    class Info:
+        def to_dict(self):
+            return {"id": "tiny"}
+
+    save_results(tmp_path / "runs" / "bench", {"study": "diffing_benchmark"}, metrics, {"base": Info()}, "cpu", time.time(), figures)
+
+    class Page:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *a, **k: (self.calls.append((name, a)), 0)[1]
+
+    page = Page()
+    assert view.render(page, str(tmp_path / "runs")) == 2
+    frames = [a[0] for name, a in page.calls if name == "dataframe"]
+    assert frames[0][0] == {"readout": "diff mining Δlog p", "method": "lora", "organism": "baker", "metric": "hits",
+                            "tuned": 7, "control": 1, "delta": 6}

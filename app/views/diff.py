@@ -14,11 +14,23 @@ from typing import Any
 from app.views.runs import RunResult, find_results, run_figures
 
 KIND = "model_diff"
+BENCHMARK = "diffing_benchmark"
 
 
 def diff_runs(runs_dir: str | os.PathLike) -> list[RunResult]:
     """Every readable ``workbench diff`` result under ``runs_dir`` (``run_info.config.study == "model_diff"``), newest first."""
     return [r for r in find_results(runs_dir) if r.kind == KIND and not r.error]
+
+
+def benchmark_runs(runs_dir: str | os.PathLike) -> list[RunResult]:
+    """Every readable diffing-benchmark result under ``runs_dir`` (``studies/diffing_benchmark``), newest first."""
+    return [r for r in find_results(runs_dir) if r.kind == BENCHMARK and not r.error]
+
+
+def benchmark_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The benchmark table (readout × method × organism × metric: tuned, control, tuned − control) as rows."""
+    keys = ("readout", "method", "organism", "metric", "tuned", "control", "delta")
+    return [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keys} for r in record.get("metrics", {}).get("rows", [])]
 
 
 def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,11 +72,17 @@ def render(page: Any, runs_dir: str, problem: str | None = None, key: str = "dif
     if problem:
         page.warning(problem[:1].upper() + problem[1:] + ".")
         return 0
-    runs = diff_runs(runs_dir)
-    if not runs:
+    runs, benchmarks = diff_runs(runs_dir), benchmark_runs(runs_dir)
+    if not runs and not benchmarks:
         page.info(f"No dataset-level diff under {runs_dir!r}. Make one with "
-                  f"`workbench diff BASE TUNED --data corpus.jsonl --runs-dir {runs_dir}`.")
+                  f"`workbench diff BASE TUNED --data corpus.jsonl --runs-dir {runs_dir}`, or run the diffing benchmark "
+                  f"(`python -m studies.diffing_benchmark --out {runs_dir}/diffing_benchmark`).")
         return 0
+    drawn = 0
+    if benchmarks:
+        drawn += _render_benchmark(page, benchmarks, key)
+    if not runs:
+        return drawn
     labels = [r.label for r in runs]
     choice = page.selectbox("Diff run", list(range(len(runs))), format_func=lambda i: labels[i], key=f"{key}-run")
     result = runs[choice]
@@ -74,9 +92,24 @@ def render(page: Any, runs_dir: str, problem: str | None = None, key: str = "dif
     if lines:
         with page.expander("Top-KL positions in context", expanded=True):
             page.html("<div>" + "<br>".join(lines) + "</div>")  # not markdown: the text shows as it is in the corpus
-    figs, notes = run_figures(result)
+    figs, notes = run_figures(result)  # the per-position ADL readouts and the steered samples are among them
     for note in notes:
         page.warning(note)
     for i, fig in enumerate(figs):
         page.plotly_chart(fig, key=f"{key}-{choice}-{i}", config={"displaylogo": False})
+    return drawn + len(figs)
+
+
+def _render_benchmark(page: Any, benchmarks: list[RunResult], key: str) -> int:
+    """The chosen benchmark's table and figures (heatmaps of score minus control, the fit of each fine-tune)."""
+    labels = [r.label for r in benchmarks]
+    choice = page.selectbox("Diffing benchmark", list(range(len(benchmarks))), format_func=lambda i: labels[i], key=f"{key}-bench")
+    result = benchmarks[choice]
+    page.caption(f"{result.run_dir}: keyword scores of each readout, raw and minus the control fine-tune")
+    page.dataframe(benchmark_rows(result.record), hide_index=True)
+    figs, notes = run_figures(result)
+    for note in notes:
+        page.warning(note)
+    for i, fig in enumerate(figs):
+        page.plotly_chart(fig, key=f"{key}-bench-{choice}-{i}", config={"displaylogo": False})
     return len(figs)

@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from probes.diff.adl import scaled
+from workbench.data import right_pad
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
 from workbench.sites import Site
@@ -68,14 +69,17 @@ def sample_steered(model: nn.Module, tokenizer: Any, prompt_ids: list[int], vect
 def continuation_nll(model: nn.Module, prompt_ids: list[int], new_ids: list[list[int]]) -> list[float]:
     """Mean NLL (nats/token) of each continuation after ``prompt_ids`` under ``model`` as it is (no hook added here);
     ``nan`` for an empty continuation. One forward pass for all of them (right-padded)."""
-    p = next(model.parameters())
-    longest = max((len(n) for n in new_ids), default=0)
-    if longest == 0:
+    if not any(new_ids):
         return [float("nan")] * len(new_ids)
-    ids = torch.tensor([prompt_ids + n + [0] * (longest - len(n)) for n in new_ids], device=p.device)
-    logp = model(input_ids=ids).logits[:, len(prompt_ids) - 1 : -1].float().log_softmax(-1)
-    got = -logp.gather(-1, ids[:, len(prompt_ids):, None])[..., 0]
-    return [float(got[i, : len(n)].mean()) if n else float("nan") for i, n in enumerate(new_ids)]
+    p = next(model.parameters())
+    ids, mask, _ = right_pad([prompt_ids + n for n in new_ids], 0)
+    ids, mask = ids.to(p.device), mask.to(p.device)
+    start = len(prompt_ids)
+    logp = model(input_ids=ids, attention_mask=mask).logits[:, start - 1 : -1].float().log_softmax(-1)
+    nll = -logp.gather(-1, ids[:, start:, None])[..., 0]
+    gen = mask[:, start:].float()
+    mean = (nll * gen).sum(1) / gen.sum(1).clamp_min(1)
+    return [float(m) if n else float("nan") for m, n in zip(mean.tolist(), new_ids)]
 
 
 def coherent(nll: float, distinct: float, reference_nll: float, margin_nats: float, min_distinct: float) -> bool:
