@@ -243,7 +243,7 @@ def diff_command(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the first available)"),
 ) -> None:
     """Dataset-level diff of BASE and TUNED over a corpus: KL, diff mining, layer/head differences, logit lens, ADL."""
-    from studies.model_diff import ModelDiffConfig, plan_and_run
+    from studies.dataset_diff import ModelDiffConfig, plan_and_run
     from workbench.config import config_from_dict, read_json_object
 
     fields = read_json_object(config) if config else {}

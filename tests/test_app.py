@@ -1,5 +1,5 @@
 """The app's view logic on tiny saved models (app.views.*, no Streamlit): the per-prompt analysis against
-model_diff, the method views (LoFiT, NEFT, CAFT, LoRA, weight changes), load errors and run-results discovery.
+the prompt diff (probes.diff.prompts), the method views (LoFiT, NEFT, CAFT, LoRA, weight changes), load errors and run-results discovery.
 The page itself (Streamlit's testing API) is tested in tests/test_app_page.py; ``tiny_dirs`` is in conftest.py."""
 
 from __future__ import annotations

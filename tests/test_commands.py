@@ -7,7 +7,7 @@ Covered elsewhere (not repeated here):
   train       success: test_tasks.py::test_workbench_train_lofit_on_arithmetic, test_train_job.py (real, every method),
               test_train_data.py (--data), test_distributed.py (--processes 2);
               error: test_bad_input.py, test_tasks.py, test_config.py, test_paths.py, test_train_data.py
-  diff        success and error: test_model_diff_corpus.py
+  diff        success and error: test_dataset_diff_corpus.py
   fetch       error: test_bad_input.py ("fetch unknown model"), test_paths.py (unusable WORKBENCH_HOME)
   tasks       success: test_tasks.py::test_workbench_tasks_lists_every_task
   methods     success (installed console script): test_packaging.py::test_console_script_from_another_folder
@@ -34,7 +34,7 @@ from app.cli import app
 from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "model_diff"]
+STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "dataset_diff"]
 COMMANDS = {"quickstart", "train", "fetch", "models", "methods", "tasks", "app", "diff"}
 
 

@@ -223,6 +223,8 @@ BAD_JSONL = {
                           r"bad\.jsonl: row 2 \(line 2\), field 'messages': the chat has no assistant turn"),
     "message without content": ([{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}],
                                 r"row 1 \(line 1\), field messages\[0\]\.content: missing"),
+    "unknown chat role": ([{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]}],
+                          r"row 1 \(line 1\), field messages\[0\]\.role: 'wizard' is not a chat role; use one of"),
     "messages not a list": ([{"messages": "hello"}], r"row 1 \(line 1\), field 'messages': not a list of messages"),
     "empty completion": ([{"prompt": "a", "completion": "  "}], r"row 1 \(line 1\), field 'completion': is empty"),
     "not an object": (["just text"], r"row 1 \(line 1\) is a str, not an object"),

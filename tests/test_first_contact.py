@@ -179,16 +179,16 @@ def _as_written(t: dict) -> tuple[str, str, str]:
 
 @pytest.fixture(scope="module")
 def diff_run(tmp_path_factory):
-    """A ``studies.model_diff`` run folder over :data:`TEXTS` (tiny base and a perturbed copy) and its record."""
+    """A ``studies.dataset_diff`` run folder over :data:`TEXTS` (tiny base and a perturbed copy) and its record."""
     from app.latency.tiny import save_tiny
-    from studies.model_diff import ModelDiffConfig, run
+    from studies.dataset_diff import ModelDiffConfig, run
     from workbench.config import config_from_dict
     from workbench.models.tuned import load_pair
 
     root = tmp_path_factory.mktemp("escaping")
     base = save_tiny(root / "base")
     tuned = save_tiny(root / "tuned", seed=1, perturb_from=base)
-    shipped = json.loads((ROOT / "studies" / "model_diff" / "configs" / "tiny.json").read_text())  # small readouts
+    shipped = json.loads((ROOT / "studies" / "dataset_diff" / "configs" / "tiny.json").read_text())  # small readouts
     cfg = config_from_dict(ModelDiffConfig, {**shipped, "base": str(base), "tuned": str(tuned), "texts": TEXTS, "max_rows": len(TEXTS),
                                              "max_length": 64, "top_k_contexts": 30, "context_window": 4})
     out = root / "runs" / "quotes"

@@ -94,6 +94,28 @@ def test_same_shape_other_base_name_is_a_warning(base_dir, tmp_path):
     assert "warning: the peft adapter was made for 'someone/another-model'" in loaded.describe()
 
 
+def test_workbench_diff_says_and_records_the_load_warning(base_dir, tmp_path):
+    """``workbench diff BASE ADAPTER`` with an adapter made for another base: the warning is on stderr and in results.json."""
+    from peft import LoraConfig
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    _peft_adapter(base_dir, tmp_path / "a", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+                  base_name="someone/another-model")
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"text": "Paris is the capital of France."}\n{"text": "Hello there, general reader."}\n')
+    cfg = tmp_path / "small.json"
+    cfg.write_text(json.dumps({"patchscope_scales": [1.0], "steering_steps": 1, "steering_samples": 1,
+                               "steering_max_new_tokens": 2, "steering_positions": [1], "steering_prompts": ["Hi"]}))
+    result = CliRunner().invoke(app, ["diff", str(base_dir), str(tmp_path / "a"), "--data", str(data), "--runs-dir",
+                                      str(tmp_path / "runs"), "--name", "d", "--config", str(cfg), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.stderr and "someone/another-model" in result.stderr and "warning" not in result.stdout
+    record = json.loads((tmp_path / "runs" / "d" / "results.json").read_text())
+    assert len(record["metrics"]["warnings"]) == 1 and "someone/another-model" in record["metrics"]["warnings"][0]
+
+
 def test_hub_id_adapter(base_dir, tmp_path, monkeypatch):
     """A hub id whose repo holds adapter_config.json is a peft adapter (the hub is faked with the saved folder)."""
     from peft import LoraConfig

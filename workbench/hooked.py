@@ -105,6 +105,40 @@ def _on(out: Tensor, x: Tensor) -> Tensor:
     return out if out.device == x.device else out.to(x.device)
 
 
+def _selected(model: nn.Module, site: Site, fn: ActivationFn) -> ActivationFn:
+    """``fn`` restricted to the slice ``site`` selects (see :func:`add_hook`); ``fn`` itself when it selects nothing."""
+    if site.head is None and site.neuron is None and site.pos is None:
+        return fn
+    if isinstance(site.pos, str):
+        raise ConfigError(f"{site}: a named position cannot be resolved by a hook scope; pass an integer pos, or use "
+                          "probes.patching (which takes the per-prompt positions)")
+    from workbench.architecture import Dims
+
+    dims = Dims.of(model)
+    site.validate(dims.n_layers, dims.n_heads, dims.d_mlp, dims.n_kv_heads)
+
+    def index(x: Tensor) -> tuple:
+        if site.pos is not None and not -x.shape[1] <= site.pos < x.shape[1]:
+            raise ConfigError(f"{site}: position {site.pos} out of range for {x.shape[1]} positions")
+        pos = slice(None) if site.pos is None else site.pos
+        if site.head is not None:
+            return (slice(None), pos, site.head)
+        if site.neuron is not None:
+            return (slice(None), pos, site.neuron)
+        return (slice(None), pos)
+
+    def sliced(x: Tensor) -> Tensor | None:
+        at = index(x)
+        out = fn(x[at])
+        if out is None:
+            return None
+        y = x.clone()
+        y[at] = out.to(device=x.device, dtype=x.dtype)
+        return y
+
+    return sliced
+
+
 def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None = None) -> RemovableHandle:
     """Register ``fn`` on the module carrying ``site``'s activation; return the removable handle.
 
@@ -114,10 +148,17 @@ def add_hook(model: nn.Module, site: Site, fn: ActivationFn, n_heads: int | None
     to leave it unchanged (a read-only hook). Callers use the scopes :func:`hooks` / :func:`record` (or
     :meth:`Intervention.attach`), which guarantee removal; nobody keeps the handle by hand.
 
+    A Site that selects (``head=``, ``neuron=``, an integer ``pos=``) hands ``fn`` only the selected slice —
+    ``Float[Tensor, "batch pos d_head"]`` for one head, ``"batch pos"`` for one neuron, ``"batch ... "`` without the
+    position axis for one position, the selections combined — and ``fn``'s replacement of that slice is written back
+    into a copy of the activation; the rest is untouched.
+
     Raises:
-        ConfigError: unknown layer / module, or ``n_heads`` missing for an ``attn.hook_z`` site.
+        ConfigError: unknown layer / module, ``n_heads`` missing for an ``attn.hook_z`` site, a head or neuron out of
+            range for the model, or a named position (``pos="query_label"``: only the patching probes resolve those).
     """
     module, kind = resolve_module(model, site)
+    fn = _selected(model, site, fn)
     if site.hook in HEAD_HOOKS:
         split = (n_heads, -1) if n_heads is not None and site.hook == "attn.hook_z" else (-1, head_dim(model))
 
@@ -162,7 +203,7 @@ def hooks(model: nn.Module, fns: SiteHooks, n_heads: int | None = None) -> Itera
     ``with hooks(model, {Site(3, "hook_resid_post"): lambda x: 2 * x}): model(ids)``
 
     Raises:
-        ConfigError: as :func:`add_hook` (unknown layer / module).
+        ConfigError: as :func:`add_hook` (unknown layer / module, a head or neuron out of range, a named position).
     """
     items = fns.items() if isinstance(fns, Mapping) else fns
     with ExitStack() as stack:
@@ -231,7 +272,8 @@ def record(model: nn.Module, sites: Sequence[Site], *, select: Callable[[Tensor]
     model(ids)`` then ``rec[Site(5, "hook_resid_post")]`` is ``Float[Tensor, "batch d_model"]``.
 
     Args:
-        sites: where to read, each in its TransformerLens layout (see :func:`add_hook`); the hooks are read-only.
+        sites: where to read, each in its TransformerLens layout (see :func:`add_hook`; a Site with ``head=``,
+            ``neuron=`` or an integer ``pos=`` records only that slice); the hooks are read-only.
         select: applied to each activation before it is kept (e.g. each row's last real token:
             ``lambda a: a[rows, last]``), so only what is needed stays in memory.
         detach: keep tensors out of the autograd graph (``False`` to backpropagate through them).
@@ -240,7 +282,7 @@ def record(model: nn.Module, sites: Sequence[Site], *, select: Callable[[Tensor]
             The ``with`` body then ends at that call: code after it inside the block does not run.
 
     Raises:
-        ConfigError: as :func:`add_hook` (unknown layer / module).
+        ConfigError: as :func:`add_hook` (unknown layer / module, a head or neuron out of range, a named position).
     """
     rec = Recording(sites)
     pending: set[Site] = set(sites)

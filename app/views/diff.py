@@ -1,5 +1,5 @@
 """The app's dataset-level diff page: opens a ``workbench diff`` run folder (its ``results.json`` and the figures
-``studies/model_diff`` wrote as ``figures/*.json``) and shows them; never imports study code and never runs a model.
+``studies/dataset_diff`` wrote as ``figures/*.json``) and shows them; never imports study code and never runs a model.
 
 The page-building functions take the page object (``streamlit`` or a container) as an argument, so this module
 imports no streamlit and its data functions are testable without a running app.
@@ -13,13 +13,15 @@ from typing import Any
 
 from app.views.runs import RunResult, find_results, run_figures
 
-KIND = "model_diff"
+KIND = "dataset_diff"
+OLD_KIND = "model_diff"  # run folders written before the study was renamed (2026-12-06)
 BENCHMARK = "diffing_benchmark"
 
 
 def diff_runs(runs_dir: str | os.PathLike) -> list[RunResult]:
-    """Every readable ``workbench diff`` result under ``runs_dir`` (``run_info.config.study == "model_diff"``), newest first."""
-    return [r for r in find_results(runs_dir) if r.kind == KIND and not r.error]
+    """Every readable ``workbench diff`` result under ``runs_dir`` (``run_info.config.study == "dataset_diff"``, or the
+    study's former name), newest first."""
+    return [r for r in find_results(runs_dir) if r.kind in (KIND, OLD_KIND) and not r.error]
 
 
 def benchmark_runs(runs_dir: str | os.PathLike) -> list[RunResult]:

@@ -15,7 +15,7 @@ the best process CPU times (less sensitive to other processes on a shared machin
 
 Pair: SmolLM2-135M-Instruct as the base; the tuned model is a deep copy with every weight perturbed by
 ``N(0, (0.01 · std(W))²)`` (seeded) — a stand-in with the same cost as any full fine-tune (speed only).
-Corpus: ``studies/model_diff/data/unrelated.jsonl``, every row joined with the next three (≈ 60 tokens), cut
+Corpus: ``studies/dataset_diff/data/unrelated.jsonl``, every row joined with the next three (≈ 60 tokens), cut
 at ``--max-length``.
 
 Run:  python -m studies.benchmarks.diff_speed [--out runs/bench] [--batch 8] [--max-length 64] [--rows 32] [--repeats 2]
@@ -43,7 +43,7 @@ from workbench.data import right_pad
 from workbench.models import load_model
 from workbench.pair import ModelPair
 
-DATA = Path(__file__).resolve().parents[1] / "model_diff" / "data" / "unrelated.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "dataset_diff" / "data" / "unrelated.jsonl"
 
 
 def corpus(n_rows: int) -> list[str]:

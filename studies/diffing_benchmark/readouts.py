@@ -1,5 +1,5 @@
 """The readouts the diffing benchmark scores, each read from one ``workbench diff`` record (``results.json`` of
-:mod:`studies.model_diff`), and the best-of-candidates rule.
+:mod:`studies.dataset_diff`), and the best-of-candidates rule.
 
 A readout registers itself with :func:`readout` (name, kind) and returns its **candidates**: ``[(label, list of
 strings)]`` — ranked token strings for a ``"tokens"`` readout, texts for a ``"generations"`` one. A readout read per

@@ -10,7 +10,7 @@ Protocol (:func:`run`), everything written under ``--out`` and resumable (a fini
    (:func:`workbench.train_job.run_train_job`), with the method's settings from the config; held-out answer loss of
    base and tuned kept as the fit;
 3. ``diffs/<organism>-<method>/``: ``workbench diff`` of base vs that fine-tune over the corpus
-   (:func:`studies.model_diff.study.run`: KL, diff mining, the ADL per position on the fine-tuned model);
+   (:func:`studies.dataset_diff.study.run`: KL, diff mining, the ADL per position on the fine-tuned model);
 4. every readout of every diff scored with the organism's keywords (:mod:`.readouts`, :mod:`.scoring`); the control
    fine-tune's diff (same method) is scored with the same keywords, and each score is reported minus the control's;
 5. ``results.json``, ``figures/`` (the heatmap per method) and ``table.md``.
@@ -45,12 +45,12 @@ class BenchmarkConfig(ShippedConfig):
         methods: fine-tuning method -> ``{"method_config": ..., "train": ...}`` as ``workbench train --config`` takes.
         n_train, n_eval, data_seed: rows per organism and their seed.
         corpus_docs, corpus_min_words, corpus_seed: the generic corpus (documents, their minimum length, sample seed).
-        diff: ``workbench diff`` settings (:class:`studies.model_diff.ModelDiffConfig` fields) for every diff.
+        diff: ``workbench diff`` settings (:class:`studies.dataset_diff.ModelDiffConfig` fields) for every diff.
         top: ranked tokens scored per token readout (hits in the top ``top``, MRR).
 
     Raises:
         ConfigError: no control, an unknown organism or method, a non-positive size, or diff settings that
-            :class:`~studies.model_diff.ModelDiffConfig` refuses — before any model loads.
+            :class:`~studies.dataset_diff.ModelDiffConfig` refuses — before any model loads.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -87,7 +87,7 @@ class BenchmarkConfig(ShippedConfig):
             self.train_config(method, "train.jsonl", "eval.jsonl")
 
     def diff_config(self, corpus: str, tuned: str) -> Any:
-        from studies.model_diff import ModelDiffConfig
+        from studies.dataset_diff import ModelDiffConfig
         from workbench.config import config_from_dict
 
         return config_from_dict(ModelDiffConfig, {**self.diff, "base": self.model, "tuned": tuned, "data": corpus,
@@ -128,7 +128,7 @@ def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = 
     from studies.diffing_benchmark.organisms import get_organism, write_all
     from studies.diffing_benchmark.readouts import score_record
     from studies.diffing_benchmark.scoring import table_rows
-    from studies.model_diff.study import run as run_diff
+    from studies.dataset_diff.study import run as run_diff
     from workbench.train_job import run_train_job
 
     started = time.time()

@@ -250,6 +250,10 @@ def _detect(columns: set[str], mapping: dict[str, str], shape: str | None, sourc
                       "in Python fields={'prompt_field': ...})")
 
 
+#: the roles a chat row may use: those of the OpenAI / Hugging Face chat format that chat templates render.
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
 def _check_messages(value: Any, where: str, col: str) -> list[dict[str, str]]:
     if isinstance(value, str):  # CSV: the list as JSON text
         try:
@@ -266,6 +270,8 @@ def _check_messages(value: Any, where: str, col: str) -> list[dict[str, str]]:
             if not isinstance(msg.get(key), str):
                 what = "missing" if msg.get(key) is None else f"{_kind(msg[key])}, not text"
                 raise ConfigError(f"{where}, field {col}[{j}].{key}: {what}")
+        if msg["role"] not in CHAT_ROLES:
+            raise ConfigError(f"{where}, field {col}[{j}].role: {msg['role']!r} is not a chat role; use one of {list(CHAT_ROLES)}")
         out.append({"role": msg["role"], "content": msg["content"]})
     if not any(m["role"] == "assistant" for m in out):
         raise ConfigError(f"{where}, field {col!r}: the chat has no assistant turn (roles {[m['role'] for m in out]}); "

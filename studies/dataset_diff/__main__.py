@@ -1,9 +1,9 @@
-"""``python -m studies.model_diff --config tiny|default|PATH.json --out runs/model_diff``."""
+"""``python -m studies.dataset_diff --config tiny|default|PATH.json --out runs/dataset_diff``."""
 
 from __future__ import annotations
 
 from studies.common import study_main
-from studies.model_diff.study import ModelDiffConfig, run
+from studies.dataset_diff.study import ModelDiffConfig, run
 
 
 def report(record: dict) -> None:
@@ -18,7 +18,7 @@ def report(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return study_main("model_diff", __doc__, ModelDiffConfig.load, run, report, argv, out_help="results.json, figures/, report.html")
+    return study_main("dataset_diff", __doc__, ModelDiffConfig.load, run, report, argv, out_help="results.json, figures/, report.html")
 
 
 if __name__ == "__main__":

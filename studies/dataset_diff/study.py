@@ -31,7 +31,7 @@ from studies.common import ShippedConfig, save_results
 from workbench.errors import ConfigError
 from workbench.runs import log_progress
 
-STUDY = "model_diff"
+STUDY = "dataset_diff"
 
 
 def _positive(name: str, v: Any) -> None:
@@ -41,7 +41,7 @@ def _positive(name: str, v: Any) -> None:
 
 @dataclass
 class ModelDiffConfig(ShippedConfig, AdlSettings, DiffSettings):
-    """Settings of ``workbench diff`` / ``python -m studies.model_diff`` (``configs/{tiny,default}.json``).
+    """Settings of ``workbench diff`` / ``python -m studies.dataset_diff`` (``configs/{tiny,default}.json``).
 
     Attributes:
         base, tuned: model specs for :func:`workbench.models.tuned.load_pair` (tuned: run folder, adapter, peft
@@ -157,20 +157,23 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
         ModelNotFoundError, MismatchError, CheckpointError: as :func:`workbench.models.tuned.load_pair`.
     """
     from probes.diff import AdlSettings, adl_readouts, diff_corpus
-    from studies.model_diff.figures import figures, write_report
+    from studies.dataset_diff.figures import figures, write_report
 
     started = time.time()
     timing: dict[str, float] = {}
     corpus = check_before_load(cfg) if corpus is None else corpus
     settings = DiffSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DiffSettings)})
     adl_settings = AdlSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(AdlSettings)})
-    tuned_kind = "given"
+    tuned_kind, load_warnings = "given", []
     if pair is None:
         from workbench.models.tuned import load_pair
 
         log(f"[1/4] loading base {cfg.base} and tuned {cfg.tuned}")
         loaded = load_pair(cfg.base, cfg.tuned, device=cfg.device)
         pair, tuned_kind = loaded.pair, loaded.tuned_kind
+        for warning in loaded.warnings:  # e.g. a peft adapter made for another base model: said, and recorded below
+            log(f"      warning: {warning}")
+        load_warnings = list(loaded.warnings)
     timing["load_s"] = time.time() - started
     texts = corpus_text_list(corpus, pair.tokenizer)
     out_dir = Path(out_dir)
@@ -194,6 +197,7 @@ def run(cfg: ModelDiffConfig, out_dir: str | Path, pair: Any = None, log: Callab
     timing["adl_s"] = time.time() - t0
     m["timing_s"] = timing
     m["tuned_kind"] = tuned_kind
+    m["warnings"] = load_warnings
     m["tokens_per_s_stream"] = m["n_tokens"] / max(timing["stream_s"], 1e-9)
 
     log(f"[4/4] writing {out_dir}/results.json, figures/ and report.html")

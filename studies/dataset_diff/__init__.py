@@ -1,6 +1,6 @@
-"""Dataset-level model diff study (``workbench diff``; ``python -m studies.model_diff``)."""
+"""Dataset-level model diff study (``workbench diff``; ``python -m studies.dataset_diff``)."""
 
-from studies.model_diff.study import (
+from studies.dataset_diff.study import (
     ModelDiffConfig,
     check_before_load,
     plan_and_run,

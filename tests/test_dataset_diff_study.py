@@ -1,6 +1,6 @@
-"""The dataset diff as a study and a command (``workbench diff``, ``studies/model_diff``) and in the app's "Dataset diff"
+"""The dataset diff as a study and a command (``workbench diff``, ``studies/dataset_diff``) and in the app's "Dataset diff"
 page, on tiny models; the real-model tiny config (``real``). Statistics against hand computations:
-``tests/test_model_diff_corpus.py``; the ADL readouts: ``tests/test_adl.py``."""
+``tests/test_dataset_diff_corpus.py``; the ADL readouts: ``tests/test_adl.py``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_model_diff_corpus import TEXTS, dirs  # noqa: F401  (the module-scoped tiny models)
+from test_dataset_diff_corpus import TEXTS, dirs  # noqa: F401  (the module-scoped tiny models)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_workbench_diff_writes_results_report_and_figures(dirs, tmp_path):
     assert (run / "results.json").is_file() and (run / "report.html").is_file()
     assert len(list((run / "figures").glob("*.json"))) == 10
     record = json.loads((run / "results.json").read_text())
-    assert record["run_info"]["config"]["study"] == "model_diff" and record["metrics"]["adl"]["layer"] == 0
+    assert record["run_info"]["config"]["study"] == "dataset_diff" and record["metrics"]["adl"]["layer"] == 0
     assert record["metrics"]["n_rows"] == len(TEXTS) and record["metrics"]["kl"]["mean_per_token"] > 0
     assert "<html>" in (run / "report.html").read_text()[:200].lower() or "<!doctype html>" in (run / "report.html").read_text()[:50].lower()
     found = diff_runs(runs)
@@ -50,7 +50,7 @@ def test_workbench_diff_writes_results_report_and_figures(dirs, tmp_path):
 def test_app_diff_page_draws_the_run(dirs, tmp_path):
     """The page object is passed in (no streamlit needed): a stub page records what is drawn."""
     from app.views import diff as view
-    from studies.model_diff import ModelDiffConfig, run
+    from studies.dataset_diff import ModelDiffConfig, run
     from workbench.config import config_from_dict
     from workbench.models.tuned import load_pair
 
@@ -82,17 +82,16 @@ def test_app_diff_page_draws_the_run(dirs, tmp_path):
 
 @pytest.mark.real
 def test_real_model_tiny_config(tmp_path):
-    """``configs/tiny.json`` on SmolLM2 (base = tuned, so every difference is exactly zero), end to end in < 60 s."""
-    from studies.model_diff import ModelDiffConfig, run
+    """``configs/tiny.json`` on SmolLM2 (base = tuned, so every difference is exactly zero), end to end."""
+    from studies.dataset_diff import ModelDiffConfig, run
 
-    started = time.time()
     record = run(ModelDiffConfig.tiny(), tmp_path / "tiny", log=lambda s: None)
     m = record["metrics"]
     assert m["n_rows"] == 4 and m["kl"]["mean_per_token"] == 0.0 and max(m["adl"]["delta_norm_by_position"]) == 0.0
     assert m["adl"]["by_position"][1]["steering"]["chosen_alpha"] is None  # δ = 0: nothing to steer with
     assert m["adl"]["layer"] == 14 and m["logit_lens"]["base"]["top1_agreement"][-1] == 1.0
     assert 1.0 < m["nll"]["base_nats_per_token"] < 8.0  # real text under a real model
-    assert (tmp_path / "tiny" / "report.html").is_file() and time.time() - started < 90
+    assert (tmp_path / "tiny" / "report.html").is_file()
 
 
 def test_the_app_page_opens_a_diff_run(dirs, tmp_path, monkeypatch):
@@ -101,7 +100,7 @@ def test_the_app_page_opens_a_diff_run(dirs, tmp_path, monkeypatch):
 
     from streamlit.testing.v1 import AppTest
 
-    from studies.model_diff import ModelDiffConfig, run
+    from studies.dataset_diff import ModelDiffConfig, run
     from workbench.config import config_from_dict
     from workbench.models.tuned import load_pair
 

@@ -1,4 +1,4 @@
-"""Dataset-level diff (probes/diff, studies/model_diff, ``workbench diff``, the app's diff page): every statistic
+"""Dataset-level diff (probes/diff, studies/dataset_diff, ``workbench diff``, the app's diff page): every statistic
 against an independent hand computation on tiny models, the zero cases, streaming = one batch, bounded memory,
 one forward pass of each model per batch, bad input refused before any model loads, the command end to end,
 and one real-model smoke run (``real``)."""
@@ -268,7 +268,7 @@ def _no_load(cfg):
     ({"texts": ["a"], "tuned": ""}, "tuned"),
 ])
 def test_bad_configs_are_refused(fields, match):
-    from studies.model_diff import ModelDiffConfig
+    from studies.dataset_diff import ModelDiffConfig
     from workbench.config import config_from_dict
 
     with pytest.raises(ConfigError, match=match):
@@ -276,7 +276,7 @@ def test_bad_configs_are_refused(fields, match):
 
 
 def test_bad_input_refused_before_models_load(dirs, tmp_path):
-    from studies.model_diff import ModelDiffConfig, plan_and_run
+    from studies.dataset_diff import ModelDiffConfig, plan_and_run
     from workbench.config import config_from_dict
 
     base = str(dirs[0])

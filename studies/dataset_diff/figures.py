@@ -1,4 +1,4 @@
-"""Figures of ``studies/model_diff``: a results record -> plotly Figures, and the self-contained ``report.html``.
+"""Figures of ``studies/dataset_diff``: a results record -> plotly Figures, and the self-contained ``report.html``.
 
 Conventions of :mod:`workbench.plots`: layer on the y axis, heads on x, units in axis titles. Tables (top-KL
 contexts, token lists, ADL readouts, steered text) are plotly tables, so the app shows them from the same
@@ -184,6 +184,7 @@ def summary(record: dict[str, Any]) -> list[tuple[str, str]]:
                                                     f"{adl['mean_tuned_norm']:.4g}"),
             ("ADL split-half cosine per position", ", ".join("n/a" if c is None else f"{c:.2f}" for c in adl["split_half_cosine"])),
             ("steering α chosen per position (× n̄)", ", ".join(f"{j}: {a}" for j, a in chosen.items())),
+            *[("warning", w) for w in m.get("warnings", [])],
             ("wall time", f"{record['run_info']['wall_time_s']:.0f} s")]
 
 
