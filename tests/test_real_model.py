@@ -95,7 +95,7 @@ def test_quickstart_smoke_on_real_model(real, tmp_path):
     assert len(m["diff"]["head_diff_norm"]) == 30 and len(m["diff"]["kl"]) == 25
     assert record["run_info"]["commit"] and "torch" in record["meta_info"]["versions"]
     html = (run_dir / "report.html").read_text()
-    assert html.count('class="plotly-graph-div"') == 7 and "base" in html
+    assert html.count('class="plotly-graph-div"') == 8 and "base" in html
     info = real[2]
     adapter = load_intervention(run_dir / "adapter", info)
     assert adapter.config.heads == m["selected_heads"] and adapter.offsets.shape == (14, 64)
