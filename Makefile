@@ -72,7 +72,9 @@ test: install browser corpus
 LATEST_VENV ?= .venv-latest
 test-latest: browser corpus
 	$(MAKE) install VENV=$(LATEST_VENV) LOCK=
-	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[models,test]"
+	# torch stays the build TORCH_SPEC installed (an eager upgrade would pull a CUDA build of several GB)
+	$(LATEST_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -e ".[models,test]"
 	$(LATEST_VENV)/bin/pip list --format=freeze > $(LATEST_VENV)/versions.txt
 	OMP_WAIT_POLICY=PASSIVE $(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal tests
 
