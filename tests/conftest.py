@@ -41,7 +41,7 @@ pytest_plugins = ["pytester"]  # tests/test_commands.py runs the skip policy on 
 #: test node id (without parameters) -> regex its skip reason must match (both must hold).
 ALLOWED_SKIPS = {
     # the opt-in `.[qwen]` extra (not installed by `make install`)
-    "tests/test_models.py::test_real_qwen_coder": r"Qwen2\.5-Coder GGUF packages not installed",
+    "tests/test_models_qwen.py::test_real_qwen_coder": r"Qwen2\.5-Coder GGUF packages not installed",
     # the `gpu` tests (tests/test_gpu.py) on a machine without CUDA; they run, and must pass, where CUDA exists
     **{f"tests/test_gpu.py::{name}": r"^no CUDA device$" for name in (
         "test_every_method_is_covered", "test_method_trains_in_bf16_on_cuda", "test_zero_init_is_identity_in_bf16_on_cuda",

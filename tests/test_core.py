@@ -1,4 +1,5 @@
-"""Unit tests of the spine on a tiny random Llama: Sites, hooks, LoFiT, fit(), artifacts, ModelPair."""
+"""Unit tests of the spine on a tiny random Llama: Sites, hooks, LoFiT, fit(), artifacts (ModelPair:
+``tests/test_model_pair.py``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ from workbench.artifacts import atomic_write_json, load_intervention, save_inter
 from workbench.config import config_from_dict
 from workbench.errors import CheckpointError, ConfigError, MismatchError, NonFiniteLossError
 from workbench.hooked import add_hook, hook_count
-from workbench.methods import available_methods, get_method
 from workbench.methods.lofit import LofitConfig, LofitOffsets, LofitScaling, train_lofit
-from workbench.pair import ModelPair
 from workbench.sites import Site
 from workbench.train import TrainConfig, fit
 
@@ -173,13 +172,6 @@ def test_wrong_config_key_is_named():
         TrainConfig(max_steps=0)
     with pytest.raises(ConfigError, match="lr must be a positive finite"):
         TrainConfig(lr=float("nan"))
-
-
-def test_method_registry():
-    assert "lofit" in available_methods()
-    assert get_method("lofit").intervention_cls is LofitOffsets
-    with pytest.raises(ConfigError, match="unknown method 'nope'; available"):
-        get_method("nope")
 
 
 # --- artifacts --------------------------------------------------------------------------------------
@@ -399,51 +391,3 @@ def test_fit_refuses_empty_data(tiny):
     model, info = tiny
     with pytest.raises(ConfigError, match="at least one training example"):
         fit(model, offsets(info), [], _cfg())
-
-
-# --- ModelPair ----------------------------------------------------------------------------------------
-def test_model_pair_refuses_mismatched_shapes():
-    base, info = make_tiny()
-    wide, wide_info = make_tiny(hidden_size=32)
-    with pytest.raises(MismatchError, match="d_model 16 vs 32"):
-        ModelPair(base, wide, None, info, wide_info)
-
-
-class _Vocab:
-    def __init__(self, vocab):
-        self.vocab = vocab
-
-    def get_vocab(self):
-        return self.vocab
-
-
-def test_model_pair_refuses_other_tokenizer():
-    base, info = make_tiny()
-    with pytest.raises(MismatchError, match="different vocabularies"):
-        ModelPair(base, copy.deepcopy(base), _Vocab({"a": 0}), info, info, tuned_tokenizer=_Vocab({"b": 0}))
-
-
-def test_model_pair_accepts_a_finetuned_copy():
-    base, info = make_tiny()
-    tuned = copy.deepcopy(base)
-    with torch.no_grad():
-        tuned.lm_head.weight.add_(0.1)
-    pair = ModelPair(base, tuned, _Vocab({"a": 0}), info, info, tuned_tokenizer=_Vocab({"a": 0}))
-    b, t = pair.logits(IDS)
-    assert torch.equal(b, logits(base)) and torch.equal(t, logits(tuned)) and not torch.equal(b, t)
-
-
-def test_kernels_folder_does_not_shadow_hf_kernels():
-    """Our ``kernels/`` folder imports as ``workbench_kernels``; ``kernels`` stays Hugging Face's package."""
-    import importlib.metadata
-    import importlib.util
-    from pathlib import Path
-
-    import workbench_kernels.logit_lens
-
-    ours = Path(workbench_kernels.logit_lens.__file__).resolve().parent
-    assert ours.name == "kernels" and not (ours / "__init__.py").exists()  # a namespace folder: loses to HF's package
-    hf = importlib.util.find_spec("kernels")
-    if hf is not None:  # transformers >= 5.25 requires it; when present it must be the distribution's own files
-        assert Path(hf.origin).resolve().parent != ours
-        assert importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py").resolve() == Path(hf.origin).resolve()

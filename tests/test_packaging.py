@@ -153,3 +153,19 @@ def test_a_study_tiny_config_from_the_installed_package(installed):
     record = json.loads((runs / "tiny" / "results.json").read_text())
     assert record["run_info"]["config"]["n_train"] == 16 and "base vs tuned" in out.stdout
     assert (runs / "tiny" / "report.html").is_file()
+
+
+def test_kernels_folder_does_not_shadow_hf_kernels():
+    """Our ``kernels/`` folder imports as ``workbench_kernels``; ``kernels`` stays Hugging Face's package."""
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
+
+    import workbench_kernels.logit_lens
+
+    ours = Path(workbench_kernels.logit_lens.__file__).resolve().parent
+    assert ours.name == "kernels" and not (ours / "__init__.py").exists()  # a namespace folder: loses to HF's package
+    hf = importlib.util.find_spec("kernels")
+    if hf is not None:  # transformers >= 5.25 requires it; when present it must be the distribution's own files
+        assert Path(hf.origin).resolve().parent != ours
+        assert importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py").resolve() == Path(hf.origin).resolve()

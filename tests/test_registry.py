@@ -29,3 +29,12 @@ def test_unknown_names_list_the_known_ones():
     reg.register("a", 1)
     with pytest.raises(ConfigError, match=r"unknown widget 'b'; available: \['a'\]"):
         reg.get("b")
+
+
+def test_method_registry():
+    from workbench.methods.lofit import LofitOffsets
+
+    assert "lofit" in available_methods()
+    assert get_method("lofit").intervention_cls is LofitOffsets
+    with pytest.raises(ConfigError, match="unknown method 'nope'; available"):
+        get_method("nope")
