@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from workbench.architecture import (
+    Dims,
     decoder_layers,
     head_dim,
     unwrap,
@@ -112,8 +113,6 @@ def _selected(model: nn.Module, site: Site, fn: ActivationFn) -> ActivationFn:
     if isinstance(site.pos, str):
         raise ConfigError(f"{site}: a named position cannot be resolved by a hook scope; pass an integer pos, or use "
                           "probes.patching (which takes the per-prompt positions)")
-    from workbench.architecture import Dims
-
     dims = Dims.of(model)
     site.validate(dims.n_layers, dims.n_heads, dims.d_mlp, dims.n_kv_heads)
 

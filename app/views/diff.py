@@ -94,12 +94,17 @@ def render(page: Any, runs_dir: str, problem: str | None = None, key: str = "dif
     if lines:
         with page.expander("Top-KL positions in context", expanded=True):
             page.html("<div>" + "<br>".join(lines) + "</div>")  # not markdown: the text shows as it is in the corpus
-    figs, notes = run_figures(result)  # the per-position ADL readouts and the steered samples are among them
+    return drawn + _draw_figures(page, result, f"{key}-{choice}")  # the per-position ADL readouts and steered samples
+
+
+def _draw_figures(page: Any, result: RunResult, key: str) -> int:
+    """Every figure a run folder holds (with its notes); returns how many were drawn."""
+    figs, notes = run_figures(result)
     for note in notes:
         page.warning(note)
     for i, fig in enumerate(figs):
-        page.plotly_chart(fig, key=f"{key}-{choice}-{i}", config={"displaylogo": False})
-    return drawn + len(figs)
+        page.plotly_chart(fig, key=f"{key}-{i}", config={"displaylogo": False})
+    return len(figs)
 
 
 def _render_benchmark(page: Any, benchmarks: list[RunResult], key: str) -> int:
@@ -109,9 +114,4 @@ def _render_benchmark(page: Any, benchmarks: list[RunResult], key: str) -> int:
     result = benchmarks[choice]
     page.caption(f"{result.run_dir}: keyword scores of each readout, raw and minus the control fine-tune")
     page.dataframe(benchmark_rows(result.record), hide_index=True)
-    figs, notes = run_figures(result)
-    for note in notes:
-        page.warning(note)
-    for i, fig in enumerate(figs):
-        page.plotly_chart(fig, key=f"{key}-bench-{choice}-{i}", config={"displaylogo": False})
-    return len(figs)
+    return _draw_figures(page, result, f"{key}-bench-{choice}")

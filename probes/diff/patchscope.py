@@ -110,12 +110,7 @@ def patchscope(model: nn.Module, tokenizer: Any, delta: Float[Tensor, " d_model"
         probs.append(patched_probs(model, ids, pos, layer, vectors))
     probs = torch.stack(probs)  # [prompt, scale + 1, d_vocab]
     k = min(k_each, probs.shape[-1])
-    in_top = torch.zeros(probs.shape[1:], dtype=torch.bool, device=probs.device)
-    in_top.scatter_(-1, probs.topk(k, dim=-1).indices[0], True)
-    for i in range(1, probs.shape[0]):
-        mask = torch.zeros_like(in_top)
-        mask.scatter_(-1, probs.topk(k, dim=-1).indices[i], True)
-        in_top &= mask
+    in_top = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, probs.topk(k, dim=-1).indices, True).all(0)  # every prompt's top-k
     mean = torch.where(in_top, probs.mean(0), torch.zeros((), device=probs.device))  # [scale + 1, d_vocab]
     plain = set(probs[:, -1].topk(min(20, probs.shape[-1]), dim=-1).indices.flatten().tolist())
 

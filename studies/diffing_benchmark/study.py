@@ -18,7 +18,6 @@ Protocol (:func:`run`), everything written under ``--out`` and resumable (a fini
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -159,7 +158,8 @@ def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = 
             fits[name] = {**_fit(run_dir), "kl_unrelated_nats_per_token": record["metrics"]["kl"]["mean_per_token"],
                           "split_half_cosine": record["metrics"]["adl"]["split_half_cosine"]}
             scored[name] = record["metrics"]
-            base_info = record["meta_info"]["models"]["base"]
+            base_info, device = record["meta_info"]["models"]["base"], record["meta_info"]["device"]
+    strip = lambda s: {k: v for k, v in s.items() if k != "best"}  # noqa: E731  (the label is not a score)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     best: dict[str, Any] = {}
     for org in cfg.organisms:
@@ -170,7 +170,6 @@ def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = 
             tuned = score_record(scored[f"{org}-{method}"], keywords, cfg.top)
             control = score_record(scored[f"{CONTROL}-{method}"], keywords, cfg.top)
             for readout, score in tuned.items():
-                strip = lambda s: {k: v for k, v in s.items() if k != "best"}  # noqa: E731
                 results.setdefault(readout, {}).setdefault(method, {})[org] = {"tuned": strip(score), "control": strip(control[readout])}
                 best[f"{readout} | {method} | {org}"] = {"tuned": score["best"], "control": control[readout]["best"]}
     rows = table_rows(results)
@@ -178,13 +177,7 @@ def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = 
                "organisms": {o: {"keywords": manifest["organisms"][o]["keywords"], "sha256": manifest["organisms"][o]["sha256"]}
                              for o in cfg.organisms},
                "wall_s": time.time() - started}
-    device = json.loads((out / "diffs" / name / "results.json").read_text())["meta_info"]["device"]
     record = save_results(out, {**cfg.to_dict(), "study": STUDY}, metrics, {"base": _Info(base_info)}, device, started, figures)
     write_table(out / "table.md", record)
     log(f"      wrote {out / 'results.json'}, {out / 'table.md'} and figures/ in {metrics['wall_s']:.0f} s")
     return record
-
-
-def config_fields() -> list[str]:
-    """The config's field names (the app and tests read them)."""
-    return [f.name for f in dataclasses.fields(BenchmarkConfig)]
