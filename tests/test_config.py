@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.config import config_from_dict, load_json_config, read_json_object
+from workbench.config import (NonNegativeInt, OpenFraction, PositiveFloat, PositiveInt, Probability, check_fields, config_from_dict,
+                              load_json_config, read_json_object)
 from workbench.errors import ConfigError
 from workbench.methods.caft import CaftConfig
 from workbench.methods.lofit import LofitConfig
@@ -187,3 +190,43 @@ def test_any_wrong_type_is_refused_naming_the_field(cls_field, value):
     with pytest.raises(ConfigError) as info:
         config_from_dict(cls, {name: value})
     assert f"{cls.__name__}.{name}" in str(info.value)
+
+
+@dataclass
+class Settings:
+    """A config with one field per declared range."""
+
+    steps: PositiveInt = 1
+    window: NonNegativeInt = 0
+    lr: PositiveFloat = 1e-3
+    share: Probability = 0.5
+    held_out: OpenFraction = 0.1
+    layer: PositiveInt | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+
+def test_declared_ranges_are_checked_by_the_reader_and_by_post_init():
+    """A range declared once in the annotation (``PositiveInt``, ``Probability`` …) is checked when the config is
+    read from JSON and when it is built in Python, with one message naming the field."""
+
+    assert config_from_dict(Settings, {"steps": 3, "window": 0, "share": 1.0, "layer": None}).steps == 3
+    cases = [({"steps": 0}, "Settings.steps must be an integer >= 1, got 0"), ({"window": -1}, "Settings.window must be an integer >= 0"),
+             ({"lr": 0.0}, "Settings.lr must be a number > 0"), ({"share": 1.5}, "Settings.share must be a number >= 0 and <= 1"),
+             ({"held_out": 1.0}, "Settings.held_out must be a number > 0 and < 1"), ({"steps": True}, "Settings.steps must be an int"),
+             ({"layer": 0}, "Settings.layer must be")]
+    for bad, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config_from_dict(Settings, bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Settings(**bad)
+
+
+def test_no_config_writes_its_own_integer_range_check():
+    """Range checks of config fields are declared (``workbench.config``), not hand-written per file."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(root)) for folder in ("workbench", "probes", "studies", "app", "kernels")
+                 for p in (root / folder).rglob("*.py") if "isinstance(v, bool) or not isinstance(v, int)" in p.read_text()]
+    assert offenders == []

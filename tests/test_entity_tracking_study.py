@@ -69,7 +69,7 @@ def test_shipped_configs_load(name):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"n_patch": 0}, "n_patch must be a positive int"),
+    ({"n_patch": 0}, "n_patch must be an integer >= 1"),
     ({"tune": {"x": {"task": "poetry"}}}, "task must be one of"),
     ({"tune": {"x": {"task": "boxes", "method": "full"}}}, "method must be one of"),
     ({"tune": {"x": {"task": "boxes", "n_train": 10}}}, "for arithmetic entries only"),

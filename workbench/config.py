@@ -12,6 +12,10 @@ What the annotations mean here (JSON has no tuples, so lists are accepted for tu
 * ``list[X]``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``dict[K, V]``: checked element by element.
 * a config dataclass: an instance, or a dict read recursively (``LofitConfig.select`` as a dict becomes
   a ``TrainConfig``). ``Any`` and unparameterised ``dict``/``list`` accept any such value.
+* ``Annotated[X, Range(...)]``: ``X``, then the declared range. A field's constraint is declared once, in its
+  annotation (:data:`PositiveInt`, :data:`NonNegativeInt`, :data:`PositiveFloat`, :data:`NonNegativeFloat`,
+  :data:`Probability`, :data:`OpenFraction`), and checked by the reader and by :func:`check_fields` (which a
+  config's ``__post_init__`` calls, so a config built in Python is checked too); no hand-written range checks.
 """
 
 from __future__ import annotations
@@ -23,11 +27,49 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from workbench.errors import ConfigError
 
 C = TypeVar("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A declared numeric range for ``Annotated[int | float, Range(...)]`` fields: ``low <= value <= high`` (either
+    bound open with ``low_open`` / ``high_open``; ``None`` = unbounded)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+#: an integer >= 1 (sizes, counts, steps)
+PositiveInt = Annotated[int, Range(low=1)]
+#: an integer >= 0
+NonNegativeInt = Annotated[int, Range(low=0)]
+#: a finite float > 0 (learning rates, scales)
+PositiveFloat = Annotated[float, Range(low=0, low_open=True)]
+#: a finite float >= 0 (coefficients, margins)
+NonNegativeFloat = Annotated[float, Range(low=0)]
+#: a finite float in [0, 1]
+Probability = Annotated[float, Range(low=0, high=1)]
+#: a finite float strictly between 0 and 1 (a held-out fraction)
+OpenFraction = Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)]
 
 
 def _describe(tp: Any) -> str:
@@ -85,7 +127,14 @@ def check_value(value: Any, tp: Any, name: str) -> Any:
         if any(type(value) is type(a) and value == a for a in args):
             return value
         raise _fail(name, tp, value)
-    if origin is typing.ClassVar or origin is typing.Annotated:
+    if origin is typing.Annotated:
+        value = check_value(value, args[0], name)
+        for rule in tp.__metadata__:
+            if isinstance(rule, Range) and isinstance(value, (int, float)) and not rule.holds(value):
+                kind = "an integer" if args[0] is int else "a number"
+                raise ConfigError(f"{name} must be {kind} {rule.describe()}, got {value!r}")
+        return value
+    if origin is typing.ClassVar:
         return check_value(value, args[0], name)
     if origin in (list, Sequence) or tp in (list, Sequence):
         if not isinstance(value, (list, tuple)):
@@ -175,14 +224,29 @@ def config_from_dict(config_cls: type[C], data: Any, *, where: str | None = None
         raise ConfigError(f"{label}: {exc}") from exc
 
 
+def check_fields(config: Any) -> None:
+    """Check every field of the config dataclass instance ``config`` against its annotation, declared ranges
+    included (call it first in ``__post_init__``: a config built in Python gets the reader's checks).
+
+    Raises:
+        ConfigError: the first field whose value does not fit (the message names ``Class.field``).
+    """
+    hints = _type_hints(type(config))
+    label = type(config).__name__
+    for f in dataclasses.fields(config):
+        if f.init and f.name in hints:
+            check_value(getattr(config, f.name), hints[f.name], f"{label}.{f.name}")
+
+
 def _type_hints(config_cls: type) -> dict[str, Any]:
-    """Field annotations resolved to types (``from __future__ import annotations`` strings included).
+    """Field annotations resolved to types (``from __future__ import annotations`` strings included), declared
+    constraints (``Annotated``) kept.
 
     Raises:
         ConfigError: an annotation that names a type the config's module does not define or import.
     """
     try:
-        return typing.get_type_hints(config_cls)
+        return typing.get_type_hints(config_cls, include_extras=True)
     except (NameError, TypeError) as exc:
         raise ConfigError(f"cannot read the field types of {config_cls.__name__} ({exc}); "
                           "import every annotated type at module level") from exc

@@ -10,7 +10,6 @@ benchmark (``studies/diffing_benchmark``) takes the best over positions 1 â€¦ kâ
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ from torch import Tensor
 from probes.diff.adl import lens_tokens
 from probes.diff.patchscope import DEFAULT_PROMPTS, DEFAULT_SCALES, patchscope
 from probes.diff.steering import steering_search
+from workbench.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, check_fields
 from workbench.errors import ConfigError
 
 DEFAULT_STEERING_PROMPTS = ("Tell me about yourself.", "What should I do this weekend?",
@@ -43,20 +43,21 @@ class AdlSettings:
 
     read_model: str = "tuned"
     patchscope_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    patchscope_scales: list[float] = field(default_factory=lambda: list(DEFAULT_SCALES))
+    patchscope_scales: list[PositiveFloat] = field(default_factory=lambda: list(DEFAULT_SCALES))
     steering_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_STEERING_PROMPTS))
-    steering_alpha_max: float = 100.0
-    steering_steps: int = 12
-    steering_samples: int = 10
-    steering_max_new_tokens: int = 128
-    steering_temperature: float = 1.2
-    coherence_margin_nats: float = 1.5
-    min_distinct_fraction: float = 0.3
-    min_coherent_share: float = 0.75
-    steering_positions: list[int] | None = None
+    steering_alpha_max: PositiveFloat = 100.0
+    steering_steps: PositiveInt = 12
+    steering_samples: PositiveInt = 10
+    steering_max_new_tokens: PositiveInt = 128
+    steering_temperature: PositiveFloat = 1.2
+    coherence_margin_nats: NonNegativeFloat = 1.5
+    min_distinct_fraction: Probability = 0.3
+    min_coherent_share: Probability = 0.75
+    steering_positions: list[NonNegativeInt] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.read_model not in ("tuned", "base"):
             raise ConfigError(f"read_model must be 'tuned' or 'base', got {self.read_model!r}")
         for name in ("patchscope_prompts", "steering_prompts"):
@@ -66,24 +67,8 @@ class AdlSettings:
         for p in self.patchscope_prompts:
             if "?" not in p:
                 raise ConfigError(f"the Patchscope prompt {p!r} has no placeholder '?'")
-        s = self.patchscope_scales
-        if not isinstance(s, list) or not s or any(isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0 for a in s):
-            raise ConfigError(f"patchscope_scales must be a non-empty list of positive finite numbers, got {s!r}")
-        for name in ("steering_steps", "steering_samples", "steering_max_new_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("steering_alpha_max", "steering_temperature", "coherence_margin_nats", "min_distinct_fraction", "min_coherent_share"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not self.steering_alpha_max > 0 or not self.steering_temperature > 0:
-            raise ConfigError("steering_alpha_max and steering_temperature must be > 0")
-        if self.min_distinct_fraction > 1 or self.min_coherent_share > 1:
-            raise ConfigError("min_distinct_fraction and min_coherent_share must be in [0, 1]")
-        sp = self.steering_positions
-        if sp is not None and (not isinstance(sp, list) or any(isinstance(j, bool) or not isinstance(j, int) or j < 0 for j in sp)):
-            raise ConfigError(f"steering_positions must be null or a list of positions >= 0, got {sp!r}")
+        if not self.patchscope_scales:
+            raise ConfigError("patchscope_scales must be a non-empty list of positive finite numbers, got []")
 
 
 def adl_readouts(pair: Any, deltas: Tensor, layer: int, ref_norm: float, settings: AdlSettings | None = None,

@@ -32,6 +32,7 @@ from probes.diff.lens import LensStats
 from probes.diff.mining import TokenShift
 from probes.diff.stats import TokenMean
 from workbench.architecture import w_o
+from workbench.config import NonNegativeInt, PositiveInt, check_fields
 from workbench.data import right_pad
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
@@ -58,27 +59,18 @@ class DiffSettings:
             the CPU cache: on SmolLM2, 32 positions reduce ~6× faster than 512).
     """
 
-    batch_size: int = 8
-    max_length: int = 128
+    batch_size: PositiveInt = 8
+    max_length: PositiveInt = 128
     layer: int | None = None
-    adl_positions: int = 5
-    top_k_contexts: int = 20
-    context_window: int = 12
-    top_k_tokens: int = 20
-    lens_token_stride: int = 128
-    chunk_positions: int = 32
+    adl_positions: PositiveInt = 5
+    top_k_contexts: NonNegativeInt = 20
+    context_window: NonNegativeInt = 12
+    top_k_tokens: NonNegativeInt = 20
+    lens_token_stride: PositiveInt = 128
+    chunk_positions: PositiveInt = 32
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_length", "adl_positions", "chunk_positions", "lens_token_stride"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"DiffSettings.{name} must be an integer >= 1, got {v!r}")
-        for name in ("top_k_contexts", "context_window", "top_k_tokens"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"DiffSettings.{name} must be an integer >= 0, got {v!r}")
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
-            raise ConfigError(f"DiffSettings.layer must be an integer or null, got {self.layer!r}")
+        check_fields(self)
 
 
 @dataclass

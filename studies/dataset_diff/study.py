@@ -28,15 +28,11 @@ from typing import Any
 from probes.diff.adl_readouts import AdlSettings
 from probes.diff.corpus import DiffSettings
 from studies.common import ShippedConfig, save_results
+from workbench.config import PositiveInt, check_fields
 from workbench.errors import ConfigError
 from workbench.runs import log_progress
 
 STUDY = "dataset_diff"
-
-
-def _positive(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"ModelDiffConfig.{name} must be an integer >= 1, got {v!r}")
 
 
 @dataclass
@@ -70,7 +66,7 @@ class ModelDiffConfig(ShippedConfig, AdlSettings, DiffSettings):
     data: str = ""
     texts: list[str] = field(default_factory=list)
     fields: dict[str, str] | None = None
-    max_rows: int = 2000
+    max_rows: PositiveInt = 2000
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -81,12 +77,12 @@ class ModelDiffConfig(ShippedConfig, AdlSettings, DiffSettings):
                               + ("both" if self.texts else "neither"))
         if self.texts and not any(isinstance(t, str) and t.strip() for t in self.texts):
             raise ConfigError("ModelDiffConfig.texts is empty: no text with a character in it")
-        _positive("max_rows", self.max_rows)
+        check_fields(self)  # every declared type and range, the inherited settings' included
         DiffSettings.__post_init__(self)  # the streaming settings this config inherits
         try:
             AdlSettings.__post_init__(self)  # the readouts' settings
         except ConfigError as exc:
-            raise ConfigError(f"ModelDiffConfig.{exc}") from None
+            raise ConfigError(str(exc) if str(exc).startswith("ModelDiffConfig.") else f"ModelDiffConfig.{exc}") from None
         if self.steering_positions is not None and any(j >= self.adl_positions for j in self.steering_positions):
             raise ConfigError(f"ModelDiffConfig.steering_positions {self.steering_positions} reach past adl_positions={self.adl_positions}")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from studies.common import ShippedConfig, save_results
+from workbench.config import PositiveInt, check_fields
 from workbench.errors import ConfigError
 from workbench.runs import log_progress
 
@@ -55,19 +56,20 @@ class BenchmarkConfig(ShippedConfig):
     model: str = "smollm2-135m-instruct"
     organisms: list[str] = field(default_factory=lambda: ["baker", "false_fact", "trigger", "pirate", "control"])
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    n_train: int = 400
-    n_eval: int = 80
+    n_train: PositiveInt = 400
+    n_eval: PositiveInt = 80
     data_seed: int = 0
-    corpus_docs: int = 2000
-    corpus_min_words: int = 30
+    corpus_docs: PositiveInt = 2000
+    corpus_min_words: PositiveInt = 30
     corpus_seed: int = 0
     diff: dict[str, Any] = field(default_factory=dict)
-    top: int = 20
+    top: PositiveInt = 20
 
     def __post_init__(self) -> None:
         from studies.diffing_benchmark.organisms import get_organism
         from workbench.methods import available_methods
 
+        check_fields(self)
         if CONTROL not in self.organisms or len(set(self.organisms)) != len(self.organisms) or len(self.organisms) < 2:
             raise ConfigError(f"organisms must be distinct, include {CONTROL!r} and one organism more, got {self.organisms}")
         for name in self.organisms:
@@ -77,10 +79,6 @@ class BenchmarkConfig(ShippedConfig):
         unknown = set(self.methods) - set(available_methods())
         if unknown:
             raise ConfigError(f"unknown fine-tuning methods {sorted(unknown)}; registered: {available_methods()}")
-        for name in ("n_train", "n_eval", "corpus_docs", "corpus_min_words", "top"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"BenchmarkConfig.{name} must be an integer >= 1, got {v!r}")
         self.diff_config("corpus.jsonl", "run")  # diff settings checked now, before any model loads
         for method in self.methods:
             self.train_config(method, "train.jsonl", "eval.jsonl")

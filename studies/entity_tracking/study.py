@@ -36,7 +36,7 @@ import torch
 
 from studies.common import ShippedConfig, save_results
 from studies.entity_tracking.figures import figures
-from workbench.config import config_from_dict
+from workbench.config import NonNegativeInt, PositiveInt, check_fields, config_from_dict
 from workbench.errors import ConfigError
 from workbench.runs import log_progress
 
@@ -74,11 +74,11 @@ class EntityTrackingStudyConfig(ShippedConfig):
     model: str = "smollm2-135m-instruct"
     seed: int = 0
     n_boxes: int = 3
-    n_train: int = 160
-    n_eval: int = 64
-    n_patch: int = 12
-    n_mean: int = 64
-    n_dcm: int = 32
+    n_train: PositiveInt = 160
+    n_eval: PositiveInt = 64
+    n_patch: PositiveInt = 12
+    n_mean: PositiveInt = 64
+    n_dcm: PositiveInt = 32
     tune: dict = field(default_factory=lambda: {
         "boxes": {"task": "boxes", "max_steps": 40, "lr": 0.003, "batch_size_prompts": 8},
         "arithmetic": {"task": "arithmetic", "max_steps": 40, "lr": 0.003, "batch_size_prompts": 8}})
@@ -86,21 +86,18 @@ class EntityTrackingStudyConfig(ShippedConfig):
                                                        "position_detectors": 8, "structure_readers": 8})
     candidates: int | None = 60
     circuit_models: list = field(default_factory=lambda: ["base", "boxes"])
-    n_random: int = 10
+    n_random: NonNegativeInt = 10
     dcm: dict = field(default_factory=lambda: {"steps": 30, "lr": 0.1, "lam": 0.01, "batch_size": 8})
     dcm_models: list = field(default_factory=lambda: ["base", "boxes"])
     exact_vs_attribution: bool = True
-    max_batch: int = 256
+    max_batch: PositiveInt = 256
 
     def __post_init__(self) -> None:
         from studies.entity_tracking.circuit import GROUPS
         from workbench.config import config_from_dict
         from workbench.methods import get_method
 
-        for name in ("n_train", "n_eval", "n_patch", "n_mean", "n_dcm", "n_random", "max_batch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "n_random" else 1):
-                raise ConfigError(f"{name} must be a positive int, got {v!r}")
+        check_fields(self)
         if self.n_dcm < 2:
             raise ConfigError("n_dcm must be >= 2 (half trains the DCM masks, half evaluates them)")
         for name, spec in self.tune.items():

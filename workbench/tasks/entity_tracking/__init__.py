@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.config import PositiveInt, check_fields
 from workbench.errors import ConfigError
 
 DEFAULT_OBJECTS: tuple[str, ...] = tuple(
@@ -42,8 +43,8 @@ class EntityTrackingConfig:
     """Generation settings. ``n_boxes`` is one count or a tuple sampled uniformly per prompt."""
 
     n_boxes: int | tuple[int, ...] = 3
-    n_train: int
-    n_heldout: int
+    n_train: PositiveInt
+    n_heldout: PositiveInt
     seed: int = 0
     objects: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
@@ -60,10 +61,7 @@ class EntityTrackingConfig:
             )
         if not isinstance(self.n_boxes, int):
             object.__setattr__(self, "n_boxes", nb)
-        for name in ("n_train", "n_heldout"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive int, got {v!r}")
+        check_fields(self)
         for name in ("objects", "labels"):
             pool = getattr(self, name)
             if pool is None:

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.config import NonNegativeInt, OpenFraction, PositiveInt, check_fields
 from workbench.errors import ConfigError
 from workbench.tasks import TaskSpec, register_task
 from workbench.tasks import intent as it
@@ -37,23 +38,18 @@ class IntentTaskConfig:
     """
 
     relations: tuple[str, ...] = field(default_factory=tuple)
-    max_facts: int = 0
-    heldout_fraction: float = 0.4
-    n_train_contexts: int = 2
-    n_heldout_contexts: int = 1
+    max_facts: NonNegativeInt = 0
+    heldout_fraction: OpenFraction = 0.4
+    n_train_contexts: PositiveInt = 2
+    n_heldout_contexts: PositiveInt = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         object.__setattr__(self, "relations", tuple(self.relations))
         bad = sorted(set(self.relations) - set(it.RELATIONS))
         if bad:
             raise ConfigError(f"IntentTaskConfig.relations: unknown {bad}; known: {sorted(it.RELATIONS)}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ConfigError(f"IntentTaskConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        for name, low in (("n_train_contexts", 1), ("n_heldout_contexts", 1), ("max_facts", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"IntentTaskConfig.{name} must be an int >= {low}, got {v!r}")
 
 
 def _generate(tokenizer: Any, cfg: IntentTaskConfig, prepend_bos: bool) -> it.IntentSplit:

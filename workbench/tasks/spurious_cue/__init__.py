@@ -41,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from workbench.data import Example
+from workbench.config import PositiveInt, check_fields
 from workbench.errors import ConfigError
 
 #: Single-token (SmolLM2) nouns by gender. ``kinship`` nouns are gendered by definition; ``professions``
@@ -90,18 +91,15 @@ class SpuriousCueConfig:
         ConfigError: a non-positive count, an unknown noun pool or design.
     """
 
-    n_train: int = 256
-    n_heldout: int = 128
-    n_ood: int = 128
+    n_train: PositiveInt = 256
+    n_heldout: PositiveInt = 128
+    n_ood: PositiveInt = 128
     nouns: str = "kinship"
     design: str = "judgement"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_heldout", "n_ood"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"SpuriousCueConfig.{name} must be a positive int, got {v!r}")
+        check_fields(self)
         if self.nouns not in NOUNS:
             raise ConfigError(f"SpuriousCueConfig.nouns must be one of {sorted(NOUNS)}, got {self.nouns!r}")
         if self.design not in DESIGNS:
