@@ -55,7 +55,7 @@ def _quickstart():
     (TrainConfig, {"loss": None}, r"TrainConfig\.loss must be a str, got None \(NoneType\)"),
     (TrainConfig, {"learning_rate": 1e-3}, r"unknown TrainConfig key\(s\) \['learning_rate'\].*valid keys: \[.*'lr'"),
     (TrainConfig, [1, 2], r"TrainConfig must be a dict \(JSON object\) of its fields, got list"),
-    (TrainConfig, {"max_steps": 0}, r"TrainConfig\.max_steps must be >= 1"),  # ranges stay in __post_init__
+    (TrainConfig, {"max_steps": 0}, r"TrainConfig\.max_steps must be an integer >= 1"),  # a declared range
     (LofitConfig, {"top_k_heads": "10%"}, r"LofitConfig\.top_k_heads must be a float"),
     (LofitConfig, {"heads": [[0, 1], [2, "x"]]}, r"LofitConfig\.heads\[1\]\[1\] must be an int, got 'x'"),
     (LofitConfig, {"heads": "0,1"}, r"LofitConfig\.heads must be a list of list of int, got '0,1'"),

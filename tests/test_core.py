@@ -168,10 +168,12 @@ def test_wrong_config_key_is_named():
         config_from_dict(TrainConfig, {"learning_rate": 1e-3})
     with pytest.raises(ConfigError, match="unknown LofitConfig key"):
         config_from_dict(LofitConfig, {"top_k": 3})
-    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+    with pytest.raises(ConfigError, match="max_steps must be an integer >= 1"):
         TrainConfig(max_steps=0)
-    with pytest.raises(ConfigError, match="lr must be a positive finite"):
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
         TrainConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match="lr must be a number > 0"):
+        TrainConfig(lr=0.0)
 
 
 # --- artifacts --------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ was never interrupted (tested).
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from workbench.checkpoints import drop_checkpoints_after, resume, save_checkpoint
-from workbench.config import config_from_dict
+from workbench.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, check_fields, config_from_dict
 from workbench.data import Example, collate
 from workbench.distributed import DataParallel, accumulate
 from workbench.divergence import DivergenceGuard, current_restart_hint
@@ -63,23 +62,23 @@ class TrainConfig:
             divergence threshold.
     """
 
-    max_steps: int = 50
-    batch_size_prompts: int = 8
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 1.0
-    eval_every_steps: int = 0  # 0 = evaluate only at the end
-    checkpoint_every_steps: int = 10
-    keep_checkpoints: int = 2
+    max_steps: PositiveInt = 50
+    batch_size_prompts: PositiveInt = 8
+    lr: PositiveFloat = 1e-2
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip_norm: NonNegativeFloat = 1.0
+    eval_every_steps: NonNegativeInt = 0  # 0 = evaluate only at the end
+    checkpoint_every_steps: NonNegativeInt = 10
+    keep_checkpoints: PositiveInt = 2
     seed: int = 0
     loss: str = "sft"  # "sft": answer-only cross-entropy; "dpo": Rafailov et al. 2023 (needs rejected_ids)
-    dpo_beta: float = 0.5
+    dpo_beta: PositiveFloat = 0.5
     progress: bool = True
-    divergence_loss_factor: float = 20.0  # ratio to the reference loss; 0 = off
-    divergence_warmup_steps: int = 10
-    divergence_min_loss_nats: float = 1.0
-    divergence_max_param_abs: float = 1e4  # 0 = off (non-finite parameters always stop)
-    gradient_accumulation_steps: int = 1  # micro-batches per process per step (same global batch, same gradient)
+    divergence_loss_factor: NonNegativeFloat = 20.0  # ratio to the reference loss; 0 = off
+    divergence_warmup_steps: PositiveInt = 10
+    divergence_min_loss_nats: NonNegativeFloat = 1.0
+    divergence_max_param_abs: NonNegativeFloat = 1e4  # 0 = off (non-finite parameters always stop)
+    gradient_accumulation_steps: PositiveInt = 1  # micro-batches per process per step (same global batch, same gradient)
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16": accelerate's autocast around the forward passes
 
     #: Optimisation-only fields: a run may resume from a checkpoint written with other values of these.
@@ -89,25 +88,11 @@ class TrainConfig:
         "divergence_min_loss_nats", "divergence_max_param_abs", "gradient_accumulation_steps", "mixed_precision")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.loss not in ("sft", "dpo"):
             raise ConfigError(f"TrainConfig.loss must be 'sft' or 'dpo', got {self.loss!r}")
-        if not self.dpo_beta > 0:
-            raise ConfigError(f"TrainConfig.dpo_beta must be > 0, got {self.dpo_beta}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"TrainConfig.mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size_prompts", "keep_checkpoints", "divergence_warmup_steps", "gradient_accumulation_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every_steps", "checkpoint_every_steps"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"TrainConfig.lr must be a positive finite number, got {self.lr}")
-        if self.grad_clip_norm < 0 or self.weight_decay < 0:
-            raise ConfigError("TrainConfig.grad_clip_norm and weight_decay must be >= 0")
-        for name in ("divergence_loss_factor", "divergence_min_loss_nats", "divergence_max_param_abs"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise ConfigError(f"TrainConfig.{name} must be a finite number >= 0 (0 = off), got {getattr(self, name)}")
         if 0 < self.divergence_loss_factor <= 1:
             raise ConfigError(f"TrainConfig.divergence_loss_factor must be > 1 (or 0 = off), got {self.divergence_loss_factor}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from workbench.config import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
 from workbench.errors import ConfigError
 
 
@@ -15,10 +16,11 @@ class LoraMethodConfig:
         ConfigError: ``r < 1``, ``alpha <= 0`` or no target modules.
     """
 
-    r: int = 8
-    alpha: float = 16.0
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def __post_init__(self) -> None:
-        if int(self.r) < 1 or self.alpha <= 0 or not self.target_modules:
-            raise ConfigError(f"LoraMethodConfig needs r >= 1, alpha > 0 and target modules, got {asdict(self)}")
+        check_fields(self)
+        if not self.target_modules:
+            raise ConfigError(f"LoraMethodConfig needs target modules, got {asdict(self)}")

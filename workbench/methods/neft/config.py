@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from workbench.config import NonNegativeFloat, PositiveFloat, PositiveInt, check_fields
 from workbench.errors import ConfigError
 from workbench.train import TrainConfig, as_train_config
 
@@ -45,26 +46,21 @@ class NeftConfig:
 
     budget_fraction: float = 0.01
     selection: str = "low"
-    init_std: float = 0.0
+    init_std: NonNegativeFloat = 0.0
     neurons: list[list[int]] = field(default_factory=list)
-    select_steps: int = 50
-    select_lr: float = 2e-5
-    select_batch_size: int = 8
+    select_steps: PositiveInt = 50
+    select_lr: PositiveFloat = 2e-5
+    select_batch_size: PositiveInt = 8
     seed: int = 0
     train: TrainConfig | dict | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
         b = self.budget_fraction
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or not 0 < b <= 1:
             raise ConfigError(f"NeftConfig.budget_fraction must be a fraction of all model parameters in (0, 1], got {b!r} (1% is 0.01)")
         if self.selection not in SELECTION_MODES:
             raise ConfigError(f"NeftConfig.selection must be one of {list(SELECTION_MODES)}, got {self.selection!r}")
-        if not (self.init_std >= 0 and math.isfinite(self.init_std)):
-            raise ConfigError(f"NeftConfig.init_std must be >= 0, got {self.init_std}")
-        if int(self.select_steps) < 1 or int(self.select_batch_size) < 1:
-            raise ConfigError("NeftConfig.select_steps and select_batch_size must be >= 1")
-        if not (self.select_lr > 0 and math.isfinite(self.select_lr)):
-            raise ConfigError(f"NeftConfig.select_lr must be a positive finite number, got {self.select_lr}")
         try:
             self.neurons = [[int(layer), int(index)] for layer, index in self.neurons]
         except (TypeError, ValueError) as exc:
