@@ -13,6 +13,7 @@ stdout alone (``tests/test_commands.py``).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.models import OptionInfo
 
 from workbench.errors import WorkbenchError
 
@@ -31,9 +33,30 @@ console = Console(soft_wrap=True)  # results, on stdout; paths are never broken 
 log = Console(stderr=True, soft_wrap=True)  # progress lines and errors, on stderr
 
 
-def _fail(exc: BaseException) -> None:
-    """Print ``error: <message>`` on one line (no wrapping, no markup read from the message); exit code 2."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _options(fn: Callable[..., Any]) -> dict[str, str]:
+    """A command's options: parameter name → its ``--flag`` (the declared one, else typer's ``--the-name``)."""
+    out = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if isinstance(param.default, OptionInfo):
+            declared = [d for d in param.default.param_decls or () if d.startswith("--")]
+            out[name] = declared[0].split("/")[0] if declared else "--" + name.replace("_", "-")
+    return out
+
+
+def _in_command_terms(exc: BaseException, options: dict[str, str]) -> str:
+    """The message with its advice naming the command's own ``options`` for the settings it means
+    (:class:`~workbench.errors.WorkbenchError` ``settings``), or without the advice where the command has none of them."""
+    settings = getattr(exc, "settings", ())
+    if not settings:
+        return str(exc)
+    flags = [options[s] for s in settings if s in options]
+    return f"{exc.reason}; {exc.hint} {'/'.join(flags)}" if flags else exc.reason
+
+
+def _fail(exc: BaseException, options: dict[str, str] | None = None) -> None:
+    """Print ``error: <message>`` on one line (no wrapping, no markup read from the message), its advice in terms
+    of the command's ``options`` (:func:`_in_command_terms`); exit code 2."""
+    text = " ".join(_in_command_terms(exc, options or {}).split()) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, WorkbenchError) and exc.filename is not None and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
     log.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
@@ -43,13 +66,14 @@ def _fail(exc: BaseException) -> None:
 def _error_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with :data:`EXPECTED_ERRORS` turned into ``error: ...`` and exit code 2 (typer reads the
     signature through ``functools.wraps``)."""
+    options = _options(fn)
 
     @functools.wraps(fn)
     def command(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except EXPECTED_ERRORS as exc:
-            _fail(exc)
+            _fail(exc, options)
 
     return command
 
@@ -241,6 +265,10 @@ def diff_command(
     max_length: Optional[int] = typer.Option(None, help="tokens kept per row (default 128)"),
     layer: Optional[int] = typer.Option(None, help="Activation Difference Lens layer (default: int(0.5 * (n_layers - 1)))"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the first available)"),
+    prompt_field: Optional[str] = typer.Option(None, help="column holding the prompt (default 'prompt')"),
+    completion_field: Optional[str] = typer.Option(None, help="column holding the completion (default 'completion')"),
+    messages_field: Optional[str] = typer.Option(None, help="column holding the chat messages (default 'messages')"),
+    text_field: Optional[str] = typer.Option(None, help="column holding plain text (default 'text')"),
 ) -> None:
     """Dataset-level diff of BASE and TUNED over a corpus: KL, diff mining, layer/head differences, logit lens, ADL."""
     from studies.dataset_diff import ModelDiffConfig, plan_and_run
@@ -248,6 +276,10 @@ def diff_command(
 
     fields = read_json_object(config) if config else {}
     fields.update({"base": base, "tuned": tuned, "data": str(data), "texts": []})
+    mapping = {k: v for k, v in {"prompt_field": prompt_field, "completion_field": completion_field, "messages_field": messages_field,
+                                 "text_field": text_field}.items() if v is not None}
+    if mapping and isinstance(fields.get("fields") or {}, dict):  # a non-dict is refused by config_from_dict below
+        fields["fields"] = {**(fields.get("fields") or {}), **mapping}
     for key, value in (("batch_size", batch_size), ("max_rows", max_rows), ("max_length", max_length), ("layer", layer), ("device", device)):
         if value is not None:
             fields[key] = value

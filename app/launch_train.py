@@ -1,7 +1,8 @@
 """``workbench train ... --processes N``: start N data-parallel copies of the job with ``accelerate launch``.
 
-The launcher validates everything first (the job config, the run name and runs folder — before any process
-starts or any model loads), fixes the run folder's name so that every process resumes and writes the same one,
+The launcher validates everything first (the job config, the data files, the model name, the run name and runs
+folder: :func:`workbench.train_job.check_job` and :func:`workbench.runs.plan_run`, before any process starts or any
+model loads), fixes the run folder's name so that every process resumes and writes the same one,
 hands the validated job to the processes as a JSON file, and starts them with accelerate's launcher
 (``python -m accelerate.commands.launch --multi_gpu --num_processes N -m app.cli train ...``: torchrun's
 elastic launcher; on a machine without CUDA each process's ``Accelerator`` is a gloo CPU group). Inside, every
@@ -43,12 +44,16 @@ def launch_processes(processes: int, cfg: Any, runs_dir: Path, name: str | None,
     run folder.
 
     Raises:
-        ConfigError: a bad run name or runs folder (before any process starts).
+        ConfigError: a bad data file, run name or runs folder; ModelNotFoundError / CheckpointError: a model name or
+            folder that cannot load -- all before any process starts (:func:`workbench.train_job.check_job`, the
+            checks the single-process job makes before its model loads).
         WorkbenchError: a process failed (its output is above; the run folder keeps its checkpoints, so the same
             command resumes).
     """
     from workbench.runs import plan_run
+    from workbench.train_job import check_job
 
+    check_job(cfg)  # the data files and the model name: one error here, not one per process after they start
     source = cfg.task if cfg.data is None else Path(cfg.data).stem
     default = time.strftime(f"train-{cfg.method}-{source}-%Y%m%d-%H%M%S")
     run_dir = plan_run(runs_dir, name, default)  # checked here, before anything starts
@@ -60,6 +65,7 @@ def launch_processes(processes: int, cfg: Any, runs_dir: Path, name: str | None,
         log(f"starting {processes} processes: {' '.join(cmd[1:4])} ... (run folder {run_dir})")
         rc = subprocess.run(cmd, env=env).returncode
     if rc != 0:
-        raise WorkbenchError(f"the {processes}-process training run failed (exit code {rc}; its error is printed above). "
-                             f"The run folder {run_dir} keeps its checkpoints: rerun the same command to resume.")
+        kept = (f"The run folder {run_dir} keeps its checkpoints: rerun the same command to resume." if run_dir.is_dir()
+                else "No run folder was created.")
+        raise WorkbenchError(f"the {processes}-process training run failed (exit code {rc}; its error is printed above). {kept}")
     return run_dir

@@ -30,7 +30,7 @@ import time
 import streamlit as st
 
 from app import render, render_patch
-from app.views import diff as diff_view
+from app.views import VIEWS, PageView, ViewContext, page_views
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
 from app.views.load import (
     DEFAULT_BASE,
@@ -221,21 +221,20 @@ def main() -> None:
     analysis, empty_note = prompt_section(loaded)
 
     view = view_selector()
-    marked = marked_heads(loaded) if loaded is not None and view in ("Attention", "Heads & neurons", "Patching") else []
+    marked = marked_heads(loaded) if loaded is not None and "marked_heads" in VIEWS.get(view).needs else []
     show_view(view, loaded, analysis, empty_note, runs_dir, runs_problem, marked)
 
 
-#: The page's views. Only the selected one is built and sent (a selector, not st.tabs, which would build every
-#: tab's content on every run); each is a fragment, so its own controls rerun only it.
-VIEWS = ["Predictions & logit lens", "Residual stream", "Attention", "Heads & neurons", "Patching", "Method", "Run results", "Dataset diff"]
-
-
 def view_selector() -> str:
-    """The view picker; its choice is kept in the URL (``?view=…``), so a link opens the same view."""
+    """The view picker over the registered views (:func:`app.views.page_views`, in their order). Only the selected
+    one is built and sent (a selector, not st.tabs, which would build every tab's content on every run); each is a
+    fragment, so its own controls rerun only it. The choice is kept in the URL (``?view=…``), so a link opens the
+    same view."""
+    names = [v.name for v in page_views()]
     if "view" not in st.session_state:
         wanted = st.query_params.get("view")
-        st.session_state["view"] = wanted if wanted in VIEWS else VIEWS[0]
-    view = st.radio("View", VIEWS, horizontal=True, key="view", label_visibility="collapsed")
+        st.session_state["view"] = wanted if wanted in names else names[0]
+    view = st.radio("View", names, horizontal=True, key="view", label_visibility="collapsed")
     st.query_params["view"] = view
     return view
 
@@ -255,47 +254,43 @@ def marked_heads(loaded: LoadedPair) -> list[list[int]]:
         return []
 
 
+def view_context(spec: PageView, loaded: LoadedPair | None, analysis: PromptAnalysis | None, runs_dir: str,
+                 runs_problem: str | None, marked: list[list[int]]) -> ViewContext:
+    """What the view ``spec`` declared it needs, on this page (:class:`app.views.ViewContext`); an exporting view
+    gets the session's figure sink, emptied (view part -> figures, read when "HTML" is clicked)."""
+    ctx = ViewContext(st)
+    if spec.needs & {"pair", "prompt"}:
+        ctx.loaded, ctx.analysis, ctx.key = loaded, analysis, loaded.key if loaded is not None else ""
+        ctx.counterfactual = st.session_state.get("active_cf") or ""
+    if "marked_heads" in spec.needs:
+        ctx.marked = marked
+    if "runs_folder" in spec.needs:
+        ctx.runs_dir, ctx.runs_problem = runs_dir, runs_problem
+    if spec.exports:
+        ctx.sink = st.session_state.setdefault("export_figures", {})
+        ctx.sink.clear()
+    return ctx
+
+
 @st.fragment
 def show_view(view: str, loaded: LoadedPair | None, analysis: PromptAnalysis | None, empty_note: str, runs_dir: str,
               runs_problem: str | None, marked: list[list[int]]) -> int:
     """Build and send the selected view only (a fragment: its position / layer / head pickers rerun this
-    function alone, not the page)."""
+    function alone, not the page). A view that needs a pair or a prompt the page does not have says what to do."""
     build_started = time.perf_counter()
+    spec = VIEWS.get(view)
     n_figs = 0
-    key = loaded.key if loaded is not None else ""
-    if view == "Method":
-        if loaded is None:
-            st.info(empty_note)
-        else:
-            try:
-                n_figs, _ = render.method_tab(loaded, analysis)
-            except Exception as exc:  # noqa: BLE001 — an intervention this view cannot read: say so in the page
-                st.error(f"Cannot show what the method touched ({type(exc).__name__}: {exc}). The other views still work; "
-                         "if this intervention should be readable, it is a bug: the server's log has the details.")
-    elif view == "Run results":
-        n_figs = render.runs_tab(runs_dir, runs_problem)
-    elif view == "Dataset diff":
-        n_figs = diff_view.render(st, runs_dir, runs_problem)
-    elif analysis is None:
+    if not spec.ready(loaded, analysis):
         st.info(empty_note)
     else:
-        sink = st.session_state.setdefault("export_figures", {})  # view part -> figures, read when "HTML" is clicked
-        sink.clear()
-        if view == "Predictions & logit lens":
-            figs = render.predictions_tab(analysis, key, loaded, sink)
-        elif view == "Residual stream":
-            figs = render.residual_tab(analysis, key, loaded)
-        elif view == "Attention":
-            figs = render.attention_tab(analysis, marked, key)
-        elif view == "Heads & neurons":
-            figs = render.heads_tab(analysis, marked, key)
-        else:
-            figs = render_patch.patching_tab(loaded, analysis, st.session_state.get("active_cf") or "", marked, key)
-        n_figs = len(figs)
-        if not sink:  # the views that do not fill it themselves
-            sink["view"] = figs
-        with st.expander("Export this analysis"):
-            render_patch.export_buttons(analysis, sink, loaded)
+        ctx = view_context(spec, loaded, analysis, runs_dir, runs_problem, marked)
+        drawn = spec.render(ctx)
+        n_figs = drawn if isinstance(drawn, int) else len(drawn)
+        if spec.exports:
+            if not ctx.sink:  # the views that do not fill it themselves
+                ctx.sink["view"] = drawn
+            with st.expander("Export this analysis"):
+                render_patch.export_buttons(analysis, ctx.sink, loaded)
     # The browser test and the latency benchmark wait for this line, then for this many plotly charts.
     st.caption(f"figures on this page: {n_figs} — view {view!r} — built in {time.perf_counter() - build_started:.2f} s"
                + (f" — prompt {analysis.prompt[:40]!r} ({len(analysis.prompt)} characters)" if analysis is not None else ""))

@@ -190,13 +190,31 @@ def tiny_llama_with_smollm2_tokenizer():
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Loading a model fails the test: invalid input is refused before any model loads."""
+    """Loading a model, or starting training processes, fails the test: invalid input is refused before any model
+    loads. Patched where it is used: every module-level binding of our loader (``from workbench.models.load import
+    load_model`` in ``workbench.models.tuned`` and the like), transformers' ``from_pretrained`` beneath every path,
+    and the launcher of ``workbench train --processes N`` (whose processes no patch here reaches)."""
+    import sys
+
+    import transformers
+
+    import app.launch_train
+    import workbench.models.load
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded for invalid input")
 
-    for target in ("workbench.models.load_model", "workbench.models.load.load_model"):
-        monkeypatch.setattr(target, refuse)
+    def refuse_launch(*args, **kwargs):
+        raise AssertionError("training processes were started for invalid input")
+
+    real = workbench.models.load.load_model
+    for name, module in list(sys.modules.items()):
+        ours = module is not None and name.split(".")[0] in ("workbench", "probes", "studies", "app")
+        if ours and vars(module).get("load_model") is real:
+            monkeypatch.setattr(module, "load_model", refuse)
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+        monkeypatch.setattr(auto, "from_pretrained", refuse)
+    monkeypatch.setattr(app.launch_train, "launch_command", refuse_launch)
 
 
 @pytest.fixture

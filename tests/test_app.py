@@ -57,7 +57,8 @@ def test_analysis_agrees_with_model_diff_compare(model_pair):
 
 def test_run_folder_pair_shares_weights_and_only_intervened_heads_change_first(run_pair):
     from app.views.analysis import analyse_prompt
-    from app.views.method import lofit_view, method_view
+    from app.views.lofit import lofit_view
+    from app.views.method import method_view
 
     pair = run_pair.pair
     assert run_pair.tuned_kind == "intervention" and run_pair.method == "lofit" and pair.base is pair.tuned

@@ -17,7 +17,7 @@ import torch
 
 from workbench.errors import ConfigError, WorkbenchError
 from tests.conftest import tiny_llama_with_smollm2_tokenizer
-from test_bad_input import _assert_refused, _invoke, _tree
+from test_bad_input import _assert_refused, _invoke, _tree, unknown_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,8 @@ class Row:
     ``{file}`` a regular file); ``python``: instead of a command line, a call that must raise a WorkbenchError;
     ``expect``: a regular expression the message must match; ``writes``: paths (under ``{tmp}``) the input may
     leave behind (a diverged run keeps its checkpoints, by design); ``loads``: the input is only found out
-    after a model loads (otherwise loading one fails the row, and the error must be the only output line)."""
+    after a model loads (otherwise loading one fails the row, and the error must be the only output line);
+    ``files``: files to write under ``{tmp}`` first (name -> text, ``{...}`` filled in)."""
 
     args: list[str] = dataclasses.field(default_factory=list)
     config: Any = None
@@ -72,6 +73,7 @@ class Row:
     python: Callable[[dict], Any] | None = None
     writes: tuple[str, ...] = ()
     loads: bool = False
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _train(config: Any = None, *extra: str, method: str = "lofit", runs: str = "{runs}", **row: Any) -> Row:
@@ -246,20 +248,29 @@ def tiny_loaded(model_dirs):
 
 @pytest.mark.parametrize("row", list(_table_params()))
 def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, request, monkeypatch):
+    check_row(row, tmp_path, model_dirs, tiny_loaded, request, monkeypatch)
+
+
+def check_row(row: Row, tmp_path: Path, model_dirs: dict, tiny_loaded: dict, request, monkeypatch,
+              extra_paths: dict[str, str] | None = None) -> str:
+    """Run one row and check what every bad input must give (the module docstring), and that every ``--flag``
+    the output names is one its command has; return the message."""
     if not row.loads:
         request.getfixturevalue("no_model")
     paths = {"tmp": str(tmp_path), "runs": str(tmp_path / "runs"), "file": str(tmp_path / "a-file"),
-             **{k: str(v) for k, v in model_dirs.items()}}
+             **{k: str(v) for k, v in model_dirs.items()}, **(extra_paths or {})}
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "null.json").write_text("null")
     def fill(value: Any) -> str:
-        text = json.dumps(value)
+        text = value if isinstance(value, str) else json.dumps(value)
         for key, path in paths.items():
             text = text.replace("{" + key + "}", path)
         return text
 
     if row.config is not None:
         (tmp_path / "cfg.json").write_text(row.config if isinstance(row.config, str) else fill(row.config))
+    for name, text in row.files.items():
+        (tmp_path / name).write_text(fill(text))
     before = _tree(tmp_path)
     if row.python is not None:
         with pytest.raises(WorkbenchError) as info:
@@ -273,6 +284,7 @@ def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, request, m
             monkeypatch.setenv(key, value)
         code, message, exc = _invoke(args, env)
         _assert_refused(code, message, exc, only_line=not row.loads)
+        assert not unknown_flags(args[0], message), f"{unknown_flags(args[0], message)} named in {message!r}"
     import re
 
     assert re.search(row.expect, message, re.IGNORECASE), f"{row.expect!r} not in {message!r}"
@@ -283,3 +295,4 @@ def test_bad_input_table(row: Row, tmp_path, model_dirs, tiny_loaded, request, m
             found = re.search(r"error: [^\r\n]*", message)
             shown = found.group(0) if found else message.strip().splitlines()[0]
             f.write(json.dumps({"input": request.node.callspec.id, "message": shown}) + "\n")
+    return message

@@ -34,7 +34,7 @@ from app.cli import app
 from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "dataset_diff", "diffing_benchmark"]
+STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "dataset_diff", "diffing_benchmark", "dictionaries"]
 COMMANDS = {"quickstart", "train", "fetch", "models", "methods", "tasks", "app", "diff"}
 
 

@@ -193,9 +193,9 @@ def load_intervention(directory: str | os.PathLike, model_info: Any, *, allow_ot
     if meta.get("model_weight_hash") != model_info.weight_hash and not allow_other_model:
         raise MismatchError(
             f"{directory} was trained on {meta.get('model_id')!r} (weights {meta.get('model_weight_hash')}), "
-            f"not on {model_info.id!r} (weights {model_info.weight_hash}); load it onto the model it was "
-            "trained on, or pass allow_other_model=True if you really mean to transfer it"
-        )
+            f"not on {model_info.id!r} (weights {model_info.weight_hash}); load it onto the model it was trained on",
+            hint="to transfer it on purpose, pass", settings=("allow_other_model",),
+            python="load_intervention(..., allow_other_model=True)")
     try:
         saved = Dims.from_dict(meta["dims"])
     except (ConfigError, KeyError, AttributeError) as exc:

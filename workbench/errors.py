@@ -18,7 +18,24 @@ __all__ = [
 
 
 class WorkbenchError(Exception):
-    """Base class of all deliberate workbench errors."""
+    """Base class of all deliberate workbench errors.
+
+    A message whose advice names settings keeps that advice apart, so that every interface names its own way to
+    change them (the CLI its ``--flags``, :func:`app.cli._fail`) and none names an option it does not have:
+    ``WorkbenchError(reason, hint="map other column names with", settings=("text_field",),
+    python="fields={'text_field': ...}")`` reads ``"<reason>; map other column names with fields={...}"``.
+
+    Attributes:
+        reason: the message without its advice.
+        hint: the advice up to the means (``""``: none).
+        settings: the Python names of the settings the advice means (keywords, config fields).
+        python: the means in Python terms.
+    """
+
+    def __init__(self, *args: object, hint: str = "", settings: tuple[str, ...] = (), python: str = "") -> None:
+        super().__init__(*((f"{args[0]}; {hint} {python}".rstrip(), *args[1:]) if hint and args else args))
+        self.reason = str(args[0]) if args else ""
+        self.hint, self.settings, self.python = hint, tuple(settings), python
 
 
 class ModelNotFoundError(WorkbenchError):

@@ -15,7 +15,9 @@ The job's JSON holds ``model``, ``method_config`` (the method's fields), ``train
   ``results.json`` gets ``base`` / ``tuned`` held-out answer loss (nats per answer token), perplexity and exact
   match of the answer tokens (``exact_match_answer``) and of answer + EOS (``exact_match_answer_eos``;
   :mod:`workbench.datafiles.evaluate`), and ``data``: each source's sha256, shape, rows, examples,
-  truncated / dropped counts, and the train/eval overlap.
+  truncated / dropped counts (and the longest row), the train/eval overlap and the training file's repeated rows;
+  ``warnings`` lists what the job also said on the console (repeated rows, eval data that is the training file,
+  truncated rows).
 
 ``task`` and ``data`` together are refused. Output: ``runs/<name>/`` with ``adapter/``, ``results.json``
 (also trainable parameters, losses, seconds per step) and, with ``export``, ``exported/``.
@@ -133,7 +135,7 @@ class TrainJobConfig:
 
 
 def _json_details(details: dict[str, Any]) -> dict[str, Any]:
-    """Method details for results.json: interventions (e.g. CAFT's ablation) become their method and config."""
+    """Method details for results.json: interventions (e.g. an ablation trained under) become their method and config."""
     return {k: {"method": v.method, "config": v.config_dict()} if isinstance(v, Intervention) else v for k, v in details.items()}
 
 
@@ -163,8 +165,9 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
     from workbench.runs import plan_run, run_folder
 
     started = time.time()
+    checked = check_job(cfg)  # the model name and every data file, before the model loads
     if cfg.data is not None:
-        return _run_data_job(cfg, runs_dir, name, log, started)
+        return _run_data_job(cfg, runs_dir, name, log, started, checked)
     task, task_cfg = get_task(cfg.task), cfg.task_settings()  # validated before the model loads
     run_dir = plan_run(runs_dir, name, time.strftime(f"train-{cfg.method}-{cfg.task}-%Y%m%d-%H%M%S"))
     model, tok, info = load_model(cfg.model)
@@ -176,20 +179,19 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
 
 def _save_outputs(run_dir: Path, cfg: TrainJobConfig, result: Any, model: Any, tok: Any, info: Any, metrics: dict[str, Any],
                   check_ids: Any, started: float, log) -> None:
-    """Write a trained job's artifacts into ``run_dir``: ``adapter/`` (and CAFT's ``ablation/``), a standard peft
-    adapter ``peft_adapter/`` for LoRA (``PeftModel.from_pretrained`` loads it), ``exported/`` when ``cfg.export``
-    (its max |Δlogit| on the prompts ``check_ids()`` returns recorded), then ``results.json`` last."""
+    """Write a trained job's artifacts into ``run_dir``: ``adapter/``, what the method's spec saves beyond it
+    (:attr:`~workbench.methods.MethodSpec.save_extras`: e.g. a standard peft adapter, the ablation trained under),
+    ``exported/`` when ``cfg.export`` (its max |Δlogit| on the prompts ``check_ids()`` returns recorded), then
+    ``results.json`` last."""
     from workbench.artifacts import atomic_write_json, results_record, save_intervention
     from workbench.export import export_hf, export_max_logit_diff
+    from workbench.methods import get_method
     from workbench.models import load_model
 
     save_intervention(run_dir / "adapter", result.intervention, info)
-    if isinstance(result.details.get("ablation"), Intervention):  # CAFT: keep the directions trained under
-        save_intervention(run_dir / "ablation", result.details["ablation"], info)
-    if cfg.method == "lora":
-        from workbench.methods.lora.peft_format import save_peft_adapter
-
-        save_peft_adapter(run_dir / "peft_adapter", result.intervention, model, info)
+    save_extras = get_method(cfg.method).save_extras
+    if save_extras is not None:
+        save_extras(run_dir, result, model, info)
     metrics.update({"n_trainable_parameters": result.intervention.n_trainable(), "losses": result.train_result.losses,
                     "seconds_per_step": result.train_result.seconds_per_step, "details": _json_details(result.details)})
     if cfg.export:
@@ -237,36 +239,72 @@ def _train_evaluate_save(run_dir: Path, cfg: TrainJobConfig, model: Any, tok: An
 def _read_data(cfg: TrainJobConfig) -> tuple[Any, Any, dict[str, Any]]:
     """``(train_rows, eval_rows, data_record)``: both sources read and validated (no model needed)."""
     from workbench.datafiles import load_rows
-    from workbench.datafiles.split import hold_out, overlap
+    from workbench.datafiles.split import hold_out, overlap, row_key
 
     rows = load_rows(cfg.data, fields=cfg.data_fields, shape=cfg.data_shape)
+    n_duplicates = len(rows) - len({row_key(r) for r in rows.rows})
+    repeated = f"{cfg.data}: {n_duplicates} of {len(rows)} rows repeat an earlier row (every field equal)"
+    warnings = [f"{repeated}; they are trained on as often as they occur"] if n_duplicates else []
     if cfg.eval_data is not None:
         train_rows, eval_rows = rows, load_rows(cfg.eval_data, fields=cfg.data_fields, shape=cfg.data_shape)
         record = {"eval_source": "file"}
+        if train_rows.sha256 == eval_rows.sha256:
+            same = (f"is the training file itself ({cfg.data})" if Path(cfg.eval_data).resolve() == Path(cfg.data).resolve()
+                    else f"({cfg.eval_data}) has the content of the training file ({cfg.data})")
+            warnings.append(f"the eval data {same}: the held-out metrics are measured on the rows trained on, not on held-out rows")
     else:
         train_rows, eval_rows = hold_out(rows, cfg.eval_fraction, cfg.split_seed)
         record = {"eval_source": "held_out", "eval_fraction": cfg.eval_fraction, "split_seed": cfg.split_seed}
     record.update({"train": train_rows.describe(), "eval": eval_rows.describe(), "overlap": overlap(train_rows, eval_rows),
-                   "max_length": cfg.max_length, "overflow": cfg.overflow})
+                   "duplicate_train_file_rows": n_duplicates, "max_length": cfg.max_length, "overflow": cfg.overflow,
+                   "warnings": warnings})
     return train_rows, eval_rows, record
 
 
-def _run_data_job(cfg: TrainJobConfig, runs_dir: str | Path, name: str | None, log, started: float) -> Path:
+def check_job(cfg: TrainJobConfig) -> tuple[Any, Any, dict[str, Any]] | None:
+    """What :func:`run_train_job` checks before any model loads, without loading one (``workbench train
+    --processes N`` runs it before any process starts): the model name (:func:`workbench.models.load.check_model_name`)
+    and, for a data job, both data sources read and validated. Returns the data job's ``(train_rows, eval_rows,
+    data_record)`` (its ``"warnings"``: a training file with repeated rows, eval data that is the training file);
+    ``None`` for a task job.
+
+    Raises:
+        ConfigError: a bad data file (see :func:`workbench.datafiles.load_rows`).
+        ModelNotFoundError, CheckpointError: a model name or folder :func:`~workbench.models.load_model` would refuse.
+    """
+    from workbench.models.load import check_model_name
+
+    result = _read_data(cfg) if cfg.data is not None else None
+    check_model_name(cfg.model)
+    return result
+
+
+def _run_data_job(cfg: TrainJobConfig, runs_dir: str | Path, name: str | None, log, started: float, checked: Any) -> Path:
     from workbench.datafiles import encode_rows
     from workbench.models import load_model
     from workbench.runs import plan_run, run_folder
 
-    train_rows, eval_rows, record = _read_data(cfg)  # every file checked before the model loads
+    train_rows, eval_rows, record = checked  # every file checked before the model loads (check_job)
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(cfg.data).stem)[:60] or "data"
     run_dir = plan_run(runs_dir, name, time.strftime(f"train-{cfg.method}-{stem}-%Y%m%d-%H%M%S"))
     log(f"data: {len(train_rows)} train rows ({train_rows.shape}) from {cfg.data}, {len(eval_rows)} eval rows "
         f"({record['eval_source']}); overlap: {record['overlap']['identical_rows']} identical rows, "
         f"{record['overlap']['identical_prompts']} identical prompts")
+    for warning in record["warnings"] if is_main_process() else ():
+        log(f"warning: {warning}")
     model, tok, info = load_model(cfg.model)
     kw = {"prepend_bos": info.prepend_bos, "max_length": cfg.max_length, "overflow": cfg.overflow}
     train_enc, eval_enc = encode_rows(train_rows, tok, **kw), encode_rows(eval_rows, tok, **kw)
     record["train"].update(train_enc.describe())
     record["eval"].update(eval_enc.describe())
+    cut = [f"{enc.n_truncated} of {len(rows)} {which} rows (longest {enc.longest_row_tokens} tokens)"
+           for which, enc, rows in (("train", train_enc, train_rows), ("eval", eval_enc, eval_rows)) if enc.n_truncated]
+    if cut:
+        record["warnings"].append(f"{' and '.join(cut)} are longer than max_length {cfg.max_length} tokens and were truncated "
+                                  "(the prompt keeps its tail, the answer its start); raise --max-length, or --overflow refuse to "
+                                  "refuse them")
+        if is_main_process():
+            log(f"warning: {record['warnings'][-1]}")
     with run_folder(run_dir) if is_main_process() else contextlib.nullcontext():
         _train_data_into(run_dir, cfg, train_enc.examples, eval_enc.examples, eval_rows.shape, record, model, tok, info, started, log)
     return run_dir
@@ -289,4 +327,5 @@ def _train_data_into(run_dir: Path, cfg: TrainJobConfig, train_ex: list, eval_ex
                          lambda which: evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, eos_ids=eos_ids,
                                                          desc=f"eval {which}"),
                          summary, lambda base, tuned: {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"],
-                                                       "data": record}, lambda: _check_ids(eval_ex), started, log)
+                                                       "data": {k: v for k, v in record.items() if k != "warnings"},
+                                                       "warnings": record["warnings"]}, lambda: _check_ids(eval_ex), started, log)

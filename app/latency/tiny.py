@@ -70,7 +70,9 @@ def quickstart_like_record(n_layers: int = 2, n_heads: int = 2, n_pos: int = 5) 
                "head_scores": grid(n_layers, n_heads), "n_trainable_parameters": 8,
                "diff": {"kl": [0.1] * n_pos, "resid_diff_norm": grid(n_layers, n_pos), "resid_rel_diff": grid(n_layers, n_pos),
                         "resid_cosine": grid(n_layers, n_pos), "head_diff_norm": grid(n_layers, n_heads), "n_prompts": 4}}
-    config = {"model": "tiny", "n_boxes": 3, "lofit": {"top_k_heads": 1}}
+    from studies.quickstart.study import QuickstartConfig
+
+    config = {**QuickstartConfig.tiny().to_dict(), "model": "tiny", "n_boxes": 3}  # the quickstart's own config layout
     return {"run_info": {"config": config, "finished": "2026-01-01T00:00:00"}, "meta_info": {}, "metrics": metrics}
 
 

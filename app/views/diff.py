@@ -11,6 +11,7 @@ import html
 import os
 from typing import Any
 
+from app.views import PageView, ViewContext, register_view
 from app.views.runs import RunResult, find_results, run_figures
 
 KIND = "dataset_diff"
@@ -115,3 +116,10 @@ def _render_benchmark(page: Any, benchmarks: list[RunResult], key: str) -> int:
     page.caption(f"{result.run_dir}: keyword scores of each readout, raw and minus the control fine-tune")
     page.dataframe(benchmark_rows(result.record), hide_index=True)
     return _draw_figures(page, result, f"{key}-bench-{choice}")
+
+
+def _show(ctx: ViewContext) -> int:
+    return render(ctx.page, ctx.runs_dir, ctx.runs_problem)
+
+
+register_view(PageView("Dataset diff", order=80, needs={"runs_folder"}, render=_show))

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from jaxtyping import Float
 from torch import Tensor
 
+from app.views import PageView, ViewContext, register_view
 from app.views.analysis import tokenize_prompt
 from probes.patching import Side, activation_patch, head_sites, layer_pos_sites
 from workbench import plots
@@ -136,5 +137,14 @@ def patch_rows(r: PatchResult) -> list[dict]:
                 for p in range(e.shape[1])]
     return sorted(rows, key=lambda row: -abs(row["effect (nats)"]))
 
+
+def _show(ctx: ViewContext) -> list:
+    """The *Patching* view (drawn by :func:`app.render_patch.patching_tab`: one click runs it under the pair's lock)."""
+    from app import render_patch
+
+    return render_patch.patching_tab(ctx.loaded, ctx.analysis, ctx.counterfactual, ctx.marked, ctx.key)
+
+
+register_view(PageView("Patching", order=50, needs={"prompt", "marked_heads"}, render=_show, exports=True))
 
 __all__ = ["DIRECTIONS", "SITES", "PatchResult", "patch", "patch_figure", "patch_rows"]

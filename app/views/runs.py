@@ -18,6 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from app.views import PageView, ViewContext, register_view
 
 _MAX_DEPTH = 4
 
@@ -48,7 +49,8 @@ def _kind(record: dict) -> str:
         if isinstance(holder, dict) and isinstance(holder.get("study"), str):
             return holder["study"]
     if isinstance(config, dict):
-        if "lofit" in config and "n_boxes" in config and "diff" in record.get("metrics", {}):
+        metrics = record.get("metrics", {})
+        if "n_boxes" in config and "diff" in metrics and "selected_heads" in metrics:  # written before runs named their study
             return "quickstart"
     return "results"
 
@@ -140,3 +142,13 @@ def run_figures(result: RunResult) -> tuple[list[go.Figure], list[str]]:
         except (OSError, ValueError, TypeError) as exc:
             notes.append(f"{fig_dir.name}/{path.name} could not be read as a plotly figure ({type(exc).__name__}: {exc})")
     return figs, notes
+
+
+def _show(ctx: ViewContext) -> int:
+    """The *Run results* view (drawn by :func:`app.render.runs_tab`): every ``results.json`` under the runs folder."""
+    from app import render
+
+    return render.runs_tab(ctx.runs_dir, ctx.runs_problem)
+
+
+register_view(PageView("Run results", order=70, needs={"runs_folder"}, render=_show))

@@ -56,11 +56,12 @@ def batches(tok, info) -> dict[str, tuple[list[Example], str, dict]]:
 def make_step(model, info, examples, method: str, config: dict, pad_id: int, new: bool):
     """One training step as ``fit`` takes it, with the new (answer positions only) or old (every position) loss."""
     from workbench.config import config_from_dict
+    from workbench.intervention import Intervention
     from workbench.methods import get_method
 
     spec = get_method(method)
-    if method == "lora":  # a LoRA binds to the model it is first attached to: each path trains its own copy
-        model = copy.deepcopy(model)
+    if spec.intervention_cls.bind is not Intervention.bind:  # its parameters live in the model it binds to (e.g. a
+        model = copy.deepcopy(model)  # LoRA injects its adapters into it): each path trains its own copy
     torch.manual_seed(0)  # both paths start from the same parameters (LoRA's A is drawn at random)
     inter = spec.intervention_cls(config_from_dict(spec.config_cls, config), info.to_dict())
     inter.bind(model)

@@ -64,7 +64,7 @@ LABELS = {
     "lofit_step": "LoFiT training step (fwd+bwd+AdamW)",
     "lora_step": "LoRA (peft, r=8, q/k/v/o) training step",
 }
-ROLE = {"bridge_forward": "bridge", "bridge_run_with_cache": "bridge", "lora_step": "lora"}  # else "base"
+ROLE = {"bridge_forward": "bridge", "bridge_run_with_cache": "bridge", "lora_step": "peft"}  # else "base"
 WARMUP, N_LOFIT_HEADS, MARK = 2, 27, "BENCH_JSON "
 CUDA = torch.cuda.is_available()
 
@@ -85,13 +85,13 @@ def lofit_heads(n_layers: int, n_heads: int, k: int = N_LOFIT_HEADS, seed: int =
 
 
 def get_model(state: dict[str, Any], role: str, model_name: str) -> Any:
-    """A model copy per role: "base" (HF), "bridge" (TransformerBridge), "lora" (peft-wrapped HF)."""
+    """A model copy per role: "base" (HF), "bridge" (TransformerBridge), "peft" (peft-wrapped HF, with a LoRA)."""
     if role not in state:
         model, tok, info = load_model(model_name)
         state.setdefault("info", info)
         if role == "bridge":
             model = to_bridge(model, tok, info.path)
-        elif role == "lora":
+        elif role == "peft":
             from peft import LoraConfig, get_peft_model
 
             lcfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])

@@ -81,10 +81,15 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def method_config(name: str, dims: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's setting of a method that picks heads (10 % of them, spread) or neurons (1 % of the parameters,
+    at random), told apart by its config's fields; ``{}`` (the defaults) for any other method."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(get_method(name).config_cls)}
     n_heads = max(1, round(0.1 * dims["n_layers"] * dims["n_heads"]))
-    if name == "lofit":
+    if {"heads", "top_k_heads"} <= fields:
         return {"top_k_heads": n_heads, "heads": lofit_heads(dims["n_layers"], dims["n_heads"], n_heads)}
-    if name == "neft":  # 1 % of the parameters as random neurons: each costs 3 * d_model parameters
+    if "neurons" in fields:  # 1 % of the parameters as random neurons: each costs 3 * d_model parameters
         n_params = 12 * dims["n_layers"] * dims["d_model"] ** 2
         n = max(1, int(0.01 * n_params / (3 * dims["d_model"])))
         g = torch.Generator().manual_seed(0)

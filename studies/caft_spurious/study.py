@@ -23,7 +23,7 @@ Casademunt et al., arXiv 2507.16795, 2025, §5 (toy spurious-cue tasks, baseline
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from workbench.artifacts import atomic_write_json, results_record, save_interven
 from workbench.methods.caft.directions import choose_concept_components, pca_directions, random_directions
 from workbench.methods.caft.intervention import CaftIntervention
 from workbench.methods.caft.trainer import evaluate_with_ablation, train_caft
-from workbench.methods.lofit import LofitConfig
+from workbench.methods import get_method
 from workbench.tasks import spurious_cue as sc
 from workbench.train import TrainConfig
 
@@ -80,9 +80,12 @@ def run(cfg: CheckConfig, out_dir: str | Path) -> dict[str, Any]:
     def finetune(ablation: CaftIntervention | None) -> tuple[Any, dict[str, Any]]:
         """Fine-tune from the base (the inner method keeps the base weights untouched outside ``attach``)."""
         tcfg = TrainConfig(max_steps=cfg.steps, lr=cfg.lr, batch_size_prompts=cfg.batch_size_prompts, seed=cfg.seed, progress=False)
+        # an inner method with a head-selection step (its config has ``top_k_heads`` and ``select``) selects 10 % of
+        # the heads in ``select_steps`` steps; any other runs with its config's defaults
+        inner_cls = get_method(cfg.inner).config_cls
         method_cfg = None
-        if cfg.inner == "lofit":
-            method_cfg = LofitConfig(top_k_heads=0.1, select=TrainConfig(max_steps=cfg.select_steps, lr=5e-3, batch_size_prompts=cfg.batch_size_prompts, seed=cfg.seed, progress=False))
+        if {"top_k_heads", "select"} <= {f.name for f in fields(inner_cls)}:
+            method_cfg = inner_cls(top_k_heads=0.1, select=TrainConfig(max_steps=cfg.select_steps, lr=5e-3, batch_size_prompts=cfg.batch_size_prompts, seed=cfg.seed, progress=False))
         r = train_caft(model, dims, examples, ablation, train_method=cfg.inner, method_config=method_cfg, train_cfg=tcfg, pad_id=pad)
         return r.inner, {"first_loss": r.result.losses[0], "last_loss": r.result.losses[-1], "seconds_per_step": r.result.seconds_per_step}
 

@@ -26,6 +26,7 @@ Same config and seed give the same numbers (everything except ``metrics.timing_s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class EntityTrackingStudyConfig(ShippedConfig):
 def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> tuple[Any, dict]:
     from workbench.data import Example
     from workbench.finetune import finetune
+    from workbench.methods import get_method
     from workbench.tasks import arithmetic as ar
 
     extra: dict[str, Any] = {}
@@ -145,12 +147,14 @@ def _tune(name: str, spec: dict, model, tok, info, train_prompts, cfg, log) -> t
         extra["heldout"] = ar.to_examples(tok, held, info.prepend_bos)
     method = spec.get("method", "lofit")
     n_all = info.n_layers * info.n_heads
-    method_cfg = {**({"top_k_heads": n_all, "head_selection": "random", "init_std": 0.0} if method == "lofit" else {}),
-                  **spec.get("method_config", {})}
+    # a method that selects heads gets all of them (no selection), starting at zero; the entry's method_config wins
+    every_head = {"top_k_heads": n_all, "head_selection": "random", "init_std": 0.0}
+    own = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
+    method_cfg = {**(every_head if set(every_head) <= own else {}), **spec.get("method_config", {})}
     train = {"max_steps": spec["max_steps"], "lr": spec["lr"], "batch_size_prompts": spec["batch_size_prompts"],
              "seed": cfg.seed, "checkpoint_every_steps": 0, "progress": False}
     ft = finetune(method, model, info, examples, method_cfg, train, pad_id=tok.pad_token_id or 0)
-    what = f"LoFiT offsets on all {n_all} heads" if method == "lofit" else f"{method} {method_cfg}"
+    what = f"{method} {method_cfg}"
     log(f"      {name}: {what}, {spec['task']}, loss {ft.train_result.losses[0]:.3f} -> "
         f"{ft.train_result.losses[-1]:.3f} ({ft.wall_time_s:.0f} s)")
     return ft.intervention, {"losses": ft.train_result.losses, "wall_time_s": ft.wall_time_s, **extra}

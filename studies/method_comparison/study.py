@@ -72,7 +72,7 @@ class StudyConfig:
                 raise ConfigError(f"variant {name!r}: unknown key(s) {sorted(extra)}; known: method, config, train, tasks, directions, test_time_only")
             if set(spec.get("tasks", [])) - set(self.tasks):
                 raise ConfigError(f"variant {name!r} names tasks {spec['tasks']} outside this config's tasks {sorted(self.tasks)}")
-            if spec.get("directions", "pca") not in ("pca", "random") or (spec["method"] != "caft" and ("directions" in spec or "test_time_only" in spec)):
+            if spec.get("directions", "pca") not in ("pca", "random") or (not _ablates(spec["method"]) and ("directions" in spec or "test_time_only" in spec)):
                 raise ConfigError(f"variant {name!r}: 'directions' (pca | random) and 'test_time_only' apply to CAFT variants only")
 
     @classmethod
@@ -133,7 +133,7 @@ def run_variant(variant: str, spec: dict[str, Any], task: TaskData, model: Any, 
     config = copy.deepcopy(spec.get("config", {}))
     if "seed" in _fields(spec["method"]):
         config.setdefault("seed", seed)
-    if spec["method"] == "caft":
+    if _ablates(spec["method"]):
         config = {**config, **{k: v for k, v in (caft_dirs or {}).items() if k != "reference"}}
     if spec.get("test_time_only"):
         # The baseline of Casademunt et al. 2025: the *standard* fine-tuned model (the reference variant),
@@ -201,7 +201,7 @@ def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: 
     if task_name != "spurious_cue":
         raise ConfigError(f"CAFT variants need a concept to ablate; task {task_name!r} has none (restrict them with \"tasks\": [\"spurious_cue\"])")
     ref_name = settings["reference_variant"]
-    if ref_name not in cfg.variants or cfg.variants[ref_name]["method"] == "caft":
+    if ref_name not in cfg.variants or _ablates(cfg.variants[ref_name]["method"]):
         raise ConfigError(f"caft_pca.reference_variant {ref_name!r} must name a non-CAFT variant of this config")
     ref = cfg.variants[ref_name]
     model, _, info = load_model(cfg.model)
@@ -233,6 +233,12 @@ def find_caft_directions(cfg: StudyConfig, task_name: str, task: TaskData, tok: 
     rand_fields = save_directions(CaftIntervention.from_directions(rand, dims, source=f"random seed={seed}"),
                                   out_dir / f"{task_name}_seed{seed}_random.safetensors")
     return {"pca": pca_fields, "random": rand_fields, "choice": choice, "reference": reference}
+
+
+def _ablates(method: str | None) -> bool:
+    """Whether a variant's method trains under an ablation of directions this study finds (its config takes a
+    ``directions_file``, as CAFT's does): such variants get the study's directions (``caft_pca``)."""
+    return method is not None and "directions_file" in _fields(method)
 
 
 def _fields(method: str) -> set[str]:
@@ -285,13 +291,13 @@ def run(cfg: StudyConfig, out_dir: str | Path, log=log_progress) -> dict[str, An
             for variant, spec in cfg.variants.items():
                 if (task_name, variant, seed) in done or task_name not in spec.get("tasks", [task_name]):
                     continue
-                if spec["method"] == "caft" and caft_dirs is None:
+                if _ablates(spec["method"]) and caft_dirs is None:
                     caft_dirs = find_caft_directions(cfg, task_name, task, tok, seed, out / "caft_directions", log)
                 t0 = time.perf_counter()
                 model, _, info = load_model(cfg.model)  # every variant starts from the untouched weights
-                dirs = {**caft_dirs[spec.get("directions", "pca")], "reference": caft_dirs["reference"]} if spec["method"] == "caft" else None
+                dirs = {**caft_dirs[spec.get("directions", "pca")], "reference": caft_dirs["reference"]} if _ablates(spec["method"]) else None
                 row = run_variant(variant, spec, task, model, info, seed, dirs)
-                if spec["method"] == "caft" and spec.get("directions", "pca") == "pca":
+                if _ablates(spec["method"]) and spec.get("directions", "pca") == "pca":
                     row["caft_components"] = caft_dirs["choice"]
                 runs.append({"task": task_name, "variant": variant, "method": spec["method"], "seed": seed, **row,
                              "wall_time_s": time.perf_counter() - t0, "spec": specs[(task_name, variant)]})
@@ -309,7 +315,7 @@ def run(cfg: StudyConfig, out_dir: str | Path, log=log_progress) -> dict[str, An
 
 def _spec_key(cfg: StudyConfig, task: str, variant: str) -> str:
     spec = {"model": cfg.model, "task": cfg.tasks[task], "variant": cfg.variants.get(variant, "base")}
-    if cfg.variants.get(variant, {}).get("method") == "caft":
+    if _ablates(cfg.variants.get(variant, {}).get("method")):
         spec["caft_pca"] = cfg.caft_pca
     return json.dumps(spec, sort_keys=True)
 

@@ -41,7 +41,7 @@ class Encoded:
     """What :func:`encode_rows` made: the examples and how many rows were truncated or dropped.
 
     ``row_index[k]`` is the index (into the DataRows) of ``examples[k]``; ``n_tokens`` counts prompt + answer
-    tokens after truncation.
+    tokens after truncation; ``longest_row_tokens`` is the longest row's prompt + answer before it.
     """
 
     examples: list[Example]
@@ -49,11 +49,12 @@ class Encoded:
     n_truncated: int = 0
     n_dropped: int = 0
     n_tokens: int = 0
+    longest_row_tokens: int = 0
 
     def describe(self) -> dict[str, int]:
-        """JSON-ready counts: n_examples, n_truncated, n_dropped, n_tokens."""
+        """JSON-ready counts: n_examples, n_truncated, n_dropped, n_tokens, longest_row_tokens."""
         return {"n_examples": len(self.examples), "n_truncated": self.n_truncated, "n_dropped": self.n_dropped,
-                "n_tokens": self.n_tokens}
+                "n_tokens": self.n_tokens, "longest_row_tokens": self.longest_row_tokens}
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -115,6 +116,7 @@ def encode_rows(rows: DataRows, tokenizer: Any, *, prepend_bos: bool, max_length
     bos = getattr(tokenizer, "bos_token_id", None)
     for i in range(len(rows)):
         prompt, answer, mask = _split(rows, i, tokenizer, prepend_bos, add_eos)
+        out.longest_row_tokens = max(out.longest_row_tokens, len(prompt) + len(answer))
         if len(prompt) + len(answer) > max_length:
             if overflow == "refuse":
                 raise ConfigError(f"{rows.where(i)}: {len(prompt) + len(answer)} tokens (prompt {len(prompt)} + answer {len(answer)}) "

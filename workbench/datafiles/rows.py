@@ -246,8 +246,8 @@ def _detect(columns: set[str], mapping: dict[str, str], shape: str | None, sourc
         if all(col[c] in columns for c in SHAPES[name]):
             return name, {c: col[c] for c in SHAPES[name]}
     raise ConfigError(f"{source}: cannot tell the data shape from the columns {sorted(columns)}: expected 'prompt' + 'completion', "
-                      "'messages' or 'text' (map other names with --prompt-field/--completion-field/--messages-field/--text-field, "
-                      "in Python fields={'prompt_field': ...})")
+                      "'messages' or 'text'", hint="map other column names with", settings=tuple(f"{c}_field" for c in _CANONICAL),
+                      python="fields={'prompt_field': ..., 'text_field': ...}")
 
 
 #: the roles a chat row may use: those of the OpenAI / Hugging Face chat format that chat templates render.

@@ -2,42 +2,63 @@
 
 ``register_method("lofit", LofitConfig, LofitOffsets)`` makes the name known to the CLI, to
 :func:`workbench.artifacts.load_intervention` and to :func:`available_methods`. There is no central enum.
+
+What a method saves beyond its adapter (LoRA's standard peft adapter, CAFT's ablation) is declared on its
+spec (``save_extras`` / ``load_extras``), so the generic train job and the app name no method.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workbench.registry import Registry
 
+#: ``(run_dir, result, model, model_info) -> None``: write what the method keeps beyond ``run_dir/adapter/``
+#: (``result`` is the :class:`~workbench.finetune.FinetuneResult` of training it; ``model`` the trained model).
+SaveExtras = Callable[[Path, Any, Any, Any], None]
+#: ``(run_dir, model_info) -> {name: object}``: what :data:`SaveExtras` (or the method's own trainer) left in a
+#: run folder, loaded for ``model_info``'s model; ``{}`` when the folder holds none.
+LoadExtras = Callable[[Path, Any], dict[str, Any]]
+
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its name, config dataclass, Intervention class and optional trainer.
+    """A registered method: its name, config dataclass, Intervention class and optional trainer and extras.
 
     ``trainer(model, dims, examples, config, *, train_config, pad_id, out_dir, eval_fn) -> (intervention,
     train_result, details)`` runs a method's full recipe (e.g. LoFiT's head selection, then offsets);
     methods without one are built from their config and trained with one ``fit()``.
+
+    ``save_extras`` (:data:`SaveExtras`) writes what the method saves beyond its adapter into a run folder;
+    ``load_extras`` (:data:`LoadExtras`) reads it back (e.g. for the app's views). Either may be ``None``: a
+    method with no extras, or extras that another library loads (a peft adapter folder loads with
+    ``PeftModel.from_pretrained`` and through :func:`workbench.models.tuned.load_pair`).
     """
 
     name: str
     config_cls: type
     intervention_cls: type
     trainer: Any = None
+    save_extras: SaveExtras | None = None
+    load_extras: LoadExtras | None = None
 
 
 #: Every registered method (a second registration of a name must bring the same Intervention class).
 METHODS: Registry[MethodSpec] = Registry("method", __name__, same=lambda a, b: a.intervention_cls is b.intervention_cls)
 
 
-def register_method(name: str, config_cls: type, intervention_cls: type, trainer: Any = None) -> None:
-    """Register a method under ``name`` (optionally with a multi-step ``trainer``).
+def register_method(name: str, config_cls: type, intervention_cls: type, trainer: Any = None, *,
+                    save_extras: SaveExtras | None = None, load_extras: LoadExtras | None = None) -> None:
+    """Register a method under ``name`` (optionally with a multi-step ``trainer`` and its extras' writer and reader).
 
     Raises:
         ConfigError: ``name`` is already registered to a different class.
     """
-    METHODS.register(name, MethodSpec(name, config_cls, intervention_cls, trainer))
+    METHODS.register(name, MethodSpec(name, config_cls, intervention_cls, trainer, save_extras, load_extras))
 
 
 def available_methods() -> list[str]:
@@ -52,3 +73,23 @@ def get_method(name: str) -> MethodSpec:
         ConfigError: unknown name (the message lists the known ones).
     """
     return METHODS.get(name)
+
+
+def run_extras(run_dir: str | os.PathLike | None, model_info: Any, skip: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{method name: {extra name: object}}``: every registered method's extras found in ``run_dir`` (its
+    ``load_extras``), methods with none left out; ``skip`` (e.g. the method of the run's own adapter) is not asked.
+    A missing ``run_dir`` (``None`` or not a folder) has none.
+
+    Raises:
+        as the methods' ``load_extras`` raise (CheckpointError / MismatchError / ConfigError: stored extras that
+        cannot be loaded onto this model).
+    """
+    if run_dir is None or not Path(run_dir).is_dir():
+        return {}
+    found = {}
+    for spec in METHODS.specs():
+        if spec.load_extras is not None and spec.name != skip:
+            extras = spec.load_extras(Path(run_dir), model_info)
+            if extras:
+                found[spec.name] = extras
+    return found

@@ -241,6 +241,10 @@ def ensure_model(name: str = DEFAULT_MODEL) -> Path:
         ConfigError: WORKBENCH_HOME (or the default cache folder) is a regular file, or the cache is missing /
             corrupt and its folder cannot be written (a valid cache in a read-only folder loads).
     """
+    if name not in REGISTRY and Path(str(name)).expanduser().is_dir():  # not "does not exist": it does, and needs no fetch
+        raise ModelNotFoundError(f"{name!r} is a local folder, not a built-in model name (known: {', '.join(sorted(REGISTRY))}); "
+                                 "only built-in models are fetched (converted from their GGUF into the cache), a saved model "
+                                 "folder loads as it is")
     if name not in REGISTRY:
         raise _unknown(name)
     return _ensure(name)[0]

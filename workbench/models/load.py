@@ -230,6 +230,29 @@ def _looks_like_path(name: str) -> bool:
             or os.path.exists(os.path.expanduser(name)))
 
 
+def check_model_name(name_or_path: str | os.PathLike) -> None:
+    """Refuse, without loading anything, a model :func:`load_model` would refuse before loading: not a built-in
+    name, an existing directory or a Hugging Face id; a directory without ``config.json`` or holding its weights
+    only as pickle; a hub id neither cached nor reachable. (A launcher checks this before it starts processes.)
+
+    Raises:
+        ModelNotFoundError, CheckpointError: with :func:`load_model`'s message.
+    """
+    name = os.fspath(name_or_path)
+    local = Path(name).expanduser()
+    if name in REGISTRY:
+        return
+    if local.is_dir():
+        refuse_pickle_only(_dir_files(local), f"directory {str(local)!r}")
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"Directory {str(local)!r} does not hold a loadable causal LM and tokenizer (no config.json; "
+                                     "save both with save_pretrained)")
+    elif "/" not in name or _looks_like_path(name):
+        raise _unknown(name)
+    elif not hub_reachable() and _hub_files(name, offline=True) is None:
+        raise _unknown(name, FileNotFoundError("not in the local HF cache"), offline=True)
+
+
 #: Attention implementations :func:`load_model` accepts (transformers' names).
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 

@@ -26,15 +26,17 @@ from workbench.methods.caft.trainer import (
     caft_trainer,
     evaluate_with_ablation,
     load_directions,
+    load_extras,
     save_directions,
+    save_extras,
     train_caft,
 )
 
-register_method("caft", CaftConfig, CaftIntervention, trainer=caft_trainer)
+register_method("caft", CaftConfig, CaftIntervention, trainer=caft_trainer, save_extras=save_extras, load_extras=load_extras)
 
 __all__ = [
     "CaftConfig", "CaftIntervention", "CaftRun", "ComponentChoice", "PcaResult", "choose_concept_components",
     "component_scores", "difference_of_means", "evaluate_with_ablation", "orthonormalize", "pca_directions",
     "probe_direction", "random_directions", "residuals", "train_caft", "caft_trainer", "load_directions",
-    "save_directions",
+    "load_extras", "save_directions", "save_extras",
 ]

@@ -179,3 +179,44 @@ def caft_trainer(model: nn.Module, dims: dict[str, Any], examples: Sequence[Exam
     run = train_caft(model, dims, examples, ablation, train_method=cfg.inner, method_config=cfg.inner_config,
                      train_cfg=train_config, pad_id=pad_id, out_dir=out_dir, eval_fn=eval_fn)
     return run.inner, run.result, {**run.details, "inner": cfg.inner, "ablation": ablation, "evaluate_with": run.inner}
+
+
+# --- what a CAFT run keeps beyond its adapter (declared on the method's spec) -------------------------------------
+def save_extras(run_dir: str | Path, result: Any, model: nn.Module, model_info: Any) -> None:
+    """The spec's ``save_extras``: a run trained with :func:`caft_trainer` keeps the ablation it trained under
+    (``details["ablation"]``) as an adapter folder ``run_dir/ablation/`` (its own ``adapter/`` holds the inner
+    intervention, which the CAFT model is evaluated with)."""
+    from workbench.artifacts import save_intervention
+
+    ablation = result.details.get("ablation")
+    if isinstance(ablation, Intervention):
+        save_intervention(Path(run_dir) / "ablation", ablation, model_info)
+
+
+def load_extras(run_dir: str | Path, model_info: Any) -> dict[str, CaftIntervention]:
+    """The spec's ``load_extras``: ``{"ablation": CaftIntervention}`` stored in a run folder -- an adapter folder of
+    this method inside it (``ablation/`` from :func:`save_extras`), else an ``ablation.safetensors`` (buffers
+    ``q_{layer}`` [d_model, k]) written by :func:`train_caft` -- or ``{}`` when it holds none.
+
+    Raises:
+        CheckpointError / MismatchError / ConfigError: a stored ablation that cannot be loaded onto this
+            model (see :func:`workbench.artifacts.load_intervention`).
+    """
+    from workbench.artifacts import load_intervention, read_json
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return {}
+    for meta_path in sorted(run_dir.glob("*/adapter.json")) + sorted(run_dir.glob("*/*/adapter.json")):
+        if read_json(meta_path).get("method") == CaftIntervention.method:
+            return {"ablation": load_intervention(meta_path.parent, model_info)}
+    found = [path for pattern in ("ablation.safetensors", "*/ablation.safetensors", "*/*/ablation.safetensors")
+             for path in sorted(run_dir.glob(pattern))]
+    if not found:
+        return {}
+    state = load_tensors(found[0])
+    layers = sorted(int(k.removeprefix("q_")) for k in state if k.startswith("q_") and k[2:].isdigit())
+    config = CaftConfig(layers=layers, n_directions=[int(state[f"q_{l}"].shape[1]) for l in layers], source=f"{found[0].relative_to(run_dir)}")
+    ablation = CaftIntervention(config, model_info.to_dict())
+    ablation.load_state_dict(state, strict=True)
+    return {"ablation": ablation}

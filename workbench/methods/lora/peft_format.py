@@ -18,7 +18,7 @@ from workbench.artifacts import atomic_save_tensors, atomic_write_json
 from workbench.errors import ConfigError
 from workbench.methods.lora.intervention import ADAPTER, LoraIntervention
 
-__all__ = ["save_peft_adapter"]
+__all__ = ["save_extras", "save_peft_adapter"]
 
 #: peft's prefix for the wrapped model's parameter names (``PeftModel.base_model.model``).
 _PREFIX = "base_model.model."
@@ -73,3 +73,10 @@ def save_peft_adapter(directory: str | os.PathLike, intervention: LoraInterventi
                                   "workbench_model_weight_hash": str(getattr(model_info, "weight_hash", ""))})
     atomic_write_json(directory / "adapter_config.json", config)
     return directory
+
+
+def save_extras(run_dir: str | os.PathLike, result: Any, model: nn.Module, model_info: Any) -> None:
+    """The spec's ``save_extras``: a trained LoRA also goes into ``run_dir/peft_adapter/`` as a standard peft adapter
+    (:func:`save_peft_adapter`); ``PeftModel.from_pretrained`` and :func:`workbench.models.tuned.load_pair` load it
+    back, so the spec needs no ``load_extras``."""
+    save_peft_adapter(Path(run_dir) / "peft_adapter", result.intervention, model, model_info)

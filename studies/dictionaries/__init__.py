@@ -1,0 +1,1 @@
+"""Sparse dictionaries (crosscoders, difference SAEs) and edge attribution on real fine-tunes (``python -m studies.dictionaries``)."""
