@@ -1,9 +1,8 @@
-"""Precision (issue 14): every registered method trains a bf16 model with fp32 parameters of its own, and the
-fp32 path is bit-for-bit what it was (the casts at the hooks are no-ops there)."""
+"""Precision (issues 14, 26): every registered method trains a bf16 model with fp32 parameters of its own, a bf16 run
+follows the fp32 run of the same seed within tolerances derived from bf16's precision, and in fp32 the casts at the
+hooks are no-ops (the fp32 training itself is checked against a loop written by hand in tests/test_fp32_reference.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -44,24 +43,69 @@ def _tiny(dtype):
     return model.to(dtype), info
 
 
+#: bf16 against fp32 (derivation in the test's docstring): per-step loss, relative; final logits with the
+#: intervention, absolute (nats, |logits| ≤ 1 on the tiny model); the learned change of the logits, relative L2.
+LOSS_REL, LOGITS_ABS, EFFECT_REL = 2e-2, 0.1, 0.25
+STEPS = 6
+
+
+def _run(name, tiny_examples, tmp_path, dtype=torch.float32, mixed_precision="no"):
+    """Train ``name`` for STEPS steps (seed 0) on a tiny model in ``dtype``; return the result, the model, its base
+    logits on IDS and its logits with the trained intervention."""
+    model, info = _tiny(dtype)
+    cfg, lr = _config(name, info, tmp_path)
+    with torch.no_grad():
+        base = model(input_ids=IDS).logits
+    result = finetune(name, model, info, tiny_examples, cfg, {"max_steps": STEPS, "lr": lr, "batch_size_prompts": 16, "seed": 0,
+                                                              "progress": False, "mixed_precision": mixed_precision})
+    with torch.no_grad(), (result.details.get("evaluate_with") or result.intervention).attach(model):
+        tuned = model(input_ids=IDS).logits
+    return result, model, base, tuned
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_bf16_model_trains_with_fp32_parameters(name, tiny_examples, tmp_path):
+def test_bf16_runs_follow_the_fp32_run(name, tiny_examples, tmp_path):
+    """A bf16 model (fp32 parameters of the method's own) and an fp32 model under bf16 autocast train like the fp32
+    run of the same seed, within tolerances derived from bf16's precision.
+
+    bf16 keeps 8 significant bits: unit roundoff u = 2⁻⁸ ≈ 3.9e-3 (2-3 significant digits). On the tiny model
+    (activations and logits ≲ 1) a logit passes ~10 rounded operations (2 blocks of norm, attention, MLP, then the
+    head), so it moves by ≲ 10u ≈ 0.04 at worst; the answer cross-entropy (computed in fp32, ≈ 4.1 nats) moves by at
+    most twice that, 0.08 nats, i.e. 2e-2 relative: LOSS_REL = 2e-2 on every step. The parameters are fp32 in both
+    runs and AdamW normalises the gradient, so bf16 noise changes each update by O(u) relatively and 6 steps keep
+    the paths together — except where a discrete choice is made from bf16 numbers (NeFT's neuron ranking, LoFiT's
+    head ranking), which may pick differently. Final logits with the intervention: LOGITS_ABS = 0.1 (≈ 25u at
+    |logit| ≤ 1: the forward's 10u plus the paths' drift). The learned change (tuned − base logits, each run on its
+    own model) agrees within EFFECT_REL = 0.25 relative L2.
+
+    Measured (2-core CPU; max over the 6 steps; bf16 weights / bf16 autocast), per-step loss relative difference:
+    caft 4.5e-5 / 4.3e-5, full 4.1e-4 / 5.0e-4, lofit 4.0e-5 / 3.7e-5, lora 3.4e-4 / 4.3e-4, neft 6.9e-3 / 6.2e-5;
+    final logits: ≤ 3.8e-2 (neft, bf16 weights), others ≤ 3.0e-2; learned change: ≤ 0.078 (neft), others ≤ 0.026.
+    """
+    ref, _, ref_base, ref_tuned = _run(name, tiny_examples, tmp_path)
+    for mode, dtype, mp in (("bf16 weights", torch.bfloat16, "no"), ("bf16 autocast", torch.float32, "bf16")):
+        result, _model, base, tuned = _run(name, tiny_examples, tmp_path, dtype, mp)
+        losses = result.train_result.losses
+        assert len(losses) == len(ref.train_result.losses) == STEPS
+        assert losses == pytest.approx(ref.train_result.losses, rel=LOSS_REL), (mode, losses, ref.train_result.losses)
+        assert losses[-1] < losses[0], mode
+        assert float((tuned.float() - ref_tuned).abs().max()) <= LOGITS_ABS, mode
+        effect, ref_effect = tuned.float() - base.float(), ref_tuned - ref_base
+        assert float((effect - ref_effect).norm() / ref_effect.norm()) <= EFFECT_REL, mode
+        params = list(result.intervention.parameters())
+        assert params and all(p.dtype == torch.float32 and bool(torch.isfinite(p).all()) for p in params), (mode, {p.dtype for p in params})
+        assert tuned.dtype == dtype and torch.isfinite(tuned).all(), mode
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_training_leaves_a_bf16_model_bf16_and_untouched(name, tiny_examples, tmp_path):
     model, info = _tiny(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg, lr = _config(name, info, tmp_path)
-    result = finetune(name, model, info, tiny_examples, cfg,
-                      {"max_steps": 6, "lr": lr, "batch_size_prompts": 16, "progress": False})
-    losses = result.train_result.losses
-    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    params = list(result.intervention.parameters())
-    assert params and all(p.dtype == torch.float32 for p in params), {p.dtype for p in params}
-    assert all(bool(torch.isfinite(p).all()) for p in params)
+    finetune(name, model, info, tiny_examples, cfg, {"max_steps": 2, "lr": lr, "batch_size_prompts": 16, "progress": False})
     for k, v in model.state_dict().items():  # the model's own weights stay bf16 and untouched
         if "lora_" not in k:  # peft renames a wrapped layer's weight to ``base_layer.weight``
             assert v.dtype == torch.bfloat16 and torch.equal(v, before[k.replace(".base_layer", "")]), k
-    with torch.no_grad(), result.intervention.attach(model):
-        out = model(input_ids=IDS).logits
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
 def test_small_updates_survive_in_fp32_but_not_in_bf16():
@@ -184,28 +228,3 @@ def test_load_model_dtype_on_a_cached_hub_id(saved, dtype, monkeypatch, tmp_path
     monkeypatch.setattr(load_mod, "_HUB", {})
     model, _, info = load_mod.load_model("wbtest/tiny-dtype", device="cpu", dtype=dtype)
     assert info.id == "wbtest/tiny-dtype" and {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
-
-
-#: Recorded on 2026-11-27 with the code BEFORE the precision change (``git archive HEAD`` at 8707747, fp32, tiny
-#: model, the script below): per-step losses and the sum of the attached model's logits on ``IDS``. The code after
-#: the change gave bit-identical numbers (checked then with ``cmp`` on the JSON); this pins it.
-FP32_BEFORE = {
-    "lofit": ([4.150754928588867, 4.127405166625977, 4.082018852233887, 4.06381893157959], -4.8549115517380415),
-    "lora": ([4.1513237953186035, 4.150601387023926, 4.069762706756592, 4.0723466873168945], -19.304208697260947),
-    "full": ([4.1513237953186035, 4.069360733032227, 3.637826681137085, 3.361734390258789], -356.1804641187191),
-    "neft": ([4.1513237953186035, 4.091992378234863, 3.9854421615600586, 3.9678800106048584], -19.786250907071917),
-}
-
-
-@pytest.mark.parametrize("name", sorted(FP32_BEFORE))
-def test_fp32_training_unchanged_by_the_precision_work(name, tiny_examples):
-    cfg, lr = {"lofit": ({"top_k_heads": 2}, 5e-2), "lora": ({"r": 4, "alpha": 8.0}, 2e-2), "full": ({}, 1e-2),
-               "neft": ({"budget_fraction": 0.05}, 5e-2)}[name]
-    torch.manual_seed(0)
-    model, info = make_tiny(0)
-    result = finetune(name, model, info, tiny_examples, cfg, {"max_steps": 4, "lr": lr, "batch_size_prompts": 16, "progress": False})
-    with torch.no_grad(), result.intervention.attach(model):
-        total = float(model(input_ids=IDS).logits.double().sum())
-    losses, logit_sum = FP32_BEFORE[name]
-    assert result.train_result.losses == pytest.approx(losses, rel=1e-6, abs=1e-6)
-    assert total == pytest.approx(logit_sum, rel=1e-6, abs=1e-5)

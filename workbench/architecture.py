@@ -7,13 +7,16 @@ dimensions (:class:`Dims`) read from the Hugging Face config. Supported families
 Mistral (decoder layers at ``model.layers`` with ``self_attn.o_proj`` and ``mlp.{gate,up,down}_proj``,
 final norm at ``model.norm``, unembedding at ``lm_head``).
 
-All lookups accept a plain Hugging Face model or one booted into a TransformerBridge (whose components
-wrap the originals; :func:`unwrap` reaches them).
+All lookups accept a plain Hugging Face model, one booted into a TransformerBridge (whose components wrap the
+originals) or a peft ``PeftModel``; :func:`unwrap` reaches the Hugging Face modules. A projection may be a wrapper
+rather than an ``nn.Linear`` (peft injects ``lora.Linear`` / IA3 / ... layers in place of the targets): :func:`w_o`,
+:func:`head_writes` and :func:`proj_offset` then call the module, so whatever the wrapper adds is honoured.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +32,26 @@ CORE_DIMS = ("n_layers", "n_heads", "d_head", "d_model", "d_mlp")
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """Return the original Hugging Face module inside a TransformerBridge component (if any)."""
-    while isinstance(getattr(module, "original_component", None), nn.Module):
-        module = module.original_component
-    return module
+    """Return the original Hugging Face module inside a TransformerBridge component, or the Hugging Face model inside a
+    peft ``PeftModel`` / tuner model (with the adapter layers injected; prompt-learning models are left as they are)."""
+    while True:
+        if isinstance(getattr(module, "original_component", None), nn.Module):
+            module = module.original_component
+        elif (inner := _peft_inner(module)) is not None:
+            module = inner
+        else:
+            return module
+
+
+def _peft_inner(module: nn.Module) -> nn.Module | None:
+    """The Hugging Face model a peft ``PeftModel`` (``.base_model.model``) or tuner (``.model``) wraps, else ``None``."""
+    peft = sys.modules.get("peft")  # peft not imported: nothing can be a PeftModel
+    tuner = getattr(getattr(getattr(peft, "tuners", None), "tuners_utils", None), "BaseTuner", None)
+    if tuner is None:
+        return None
+    if isinstance(module, peft.PeftModel) and isinstance(module.base_model, tuner):
+        return module.base_model.model
+    return module.model if isinstance(module, tuner) else None
 
 
 def text_config(model: nn.Module) -> Any:
@@ -208,8 +227,9 @@ def readout(model: nn.Module, resid: Float[Tensor, "*rows d_model"]) -> Float[Te
     return softcap(unembedding(model)(final_norm(model)(resid)), logit_softcap(model))
 
 
-def o_proj(model: nn.Module, layer: int) -> nn.Linear:
-    """The attention output projection of ``layer`` (``self_attn.o_proj``; the module whose input is ``attn.hook_z``).
+def o_proj(model: nn.Module, layer: int) -> nn.Module:
+    """The attention output projection of ``layer`` (``self_attn.o_proj``; the module whose input is ``attn.hook_z``):
+    an ``nn.Linear``, or a wrapper around one (a peft ``lora.Linear`` ...; see :func:`plain_linear`).
 
     Raises:
         ConfigError: the layer does not exist or has no ``self_attn.o_proj``.
@@ -222,13 +242,21 @@ def o_proj(model: nn.Module, layer: int) -> nn.Linear:
 
 
 def w_o(model: nn.Module, layer: int, head: int | None = None) -> Float[Tensor, "d_model n_heads_x_d_head"]:
-    """``W_O`` of ``layer`` (``o_proj.weight``, ``[d_model, n_heads * d_head]``), or with ``head`` that head's
-    ``[d_model, d_head]`` column block. Not detached: it is the parameter (or a view of it).
+    """``W_O`` of ``layer`` (``[d_model, n_heads * d_head]``), or with ``head`` that head's ``[d_model, d_head]`` column
+    block. Not detached. A plain ``nn.Linear`` gives its ``weight`` (the parameter or a view of it); a wrapper (a peft
+    LoRA layer: ``W + scaling · B A``) gives the effective weight it applies in its current state, computed as
+    ``proj.forward(I) − proj.forward(0)`` (exact for any affine wrapper; adapters disabled → the base weight).
 
     Raises:
         ConfigError: as :func:`o_proj`, or a head index out of range.
     """
-    w = o_proj(model, layer).weight
+    proj = o_proj(model, layer)
+    if plain_linear(proj) is not None:
+        w = proj.weight
+    else:
+        d_in = Dims.of(model).n_heads * head_dim(model)
+        like = _input_like(proj)
+        w = (proj.forward(torch.eye(d_in, dtype=like.dtype, device=like.device)) - proj_offset(proj, d_in)).T
     if head is None:
         return w
     d = head_dim(model)
@@ -238,9 +266,63 @@ def w_o(model: nn.Module, layer: int, head: int | None = None) -> Float[Tensor, 
     return w[:, head * d:(head + 1) * d]
 
 
+def plain_linear(module: nn.Module) -> nn.Linear | None:
+    """``module`` when it is exactly an ``nn.Linear`` (``weight`` and ``bias`` are all it applies), else ``None``: a
+    wrapper (peft ``lora.Linear``, a quantised or otherwise subclassed linear) must be called, not read."""
+    return module if type(module) is nn.Linear else None
+
+
+def _input_like(proj: nn.Module) -> Tensor:
+    """A tensor with the dtype and device a projection's input has: its (base) ``weight`` (peft wrappers expose the
+    base layer's), else its first parameter."""
+    w = getattr(proj, "weight", None)
+    return w if isinstance(w, Tensor) else next(proj.parameters())
+
+
+def proj_offset(proj: nn.Module, d_in: int, like: Tensor | None = None) -> Float[Tensor, " d_out"]:
+    """The constant term of a projection with ``d_in`` inputs: ``bias`` (or zeros) of a plain ``nn.Linear``,
+    ``proj.forward(0)`` of a wrapper (the zero input in ``like``'s dtype and device; default: the projection's weight's).
+    Not detached."""
+    lin = plain_linear(proj)
+    if lin is not None:
+        return lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.weight.shape[0])
+    like = _input_like(proj) if like is None else like
+    return proj.forward(torch.zeros(1, d_in, dtype=like.dtype, device=like.device))[0]
+
+
+def head_writes(proj: nn.Module, z: Float[Tensor, "*rows n_heads_x_d_head"], n_heads: int
+                ) -> Float[Tensor, "n_heads *rows d_out"]:
+    """What each head writes through the output projection ``proj`` (``o_proj``), its constant term left out, so that
+    ``head_writes(proj, z, n).sum(0) + proj_offset(proj, d_in) == proj(z)``.
+
+    A plain ``nn.Linear``: ``z_h @ W_O[:, h-slice]ᵀ``. Any other module (a peft LoRA / DoRA / IA3 wrapper ...):
+    ``proj.forward`` of ``z`` with every other head zeroed, minus :func:`proj_offset` — the effective ``W_O`` the
+    wrapper applies in its current state (adapters on or off, merged or not), exact for any affine wrapper; for a
+    wrapper that is not affine the sum above fails (callers check it). ``forward`` runs no hooks of ``proj`` itself, so
+    this may be called from a hook on ``proj``. Costs ``n_heads`` projections of ``z``.
+
+    Raises:
+        ConfigError: the last axis of ``z`` is not a multiple of ``n_heads``; a wrapper in training mode with active
+            dropout (each call would drop differently: call ``model.eval()``).
+    """
+    if z.shape[-1] % n_heads:
+        raise ConfigError(f"o_proj input of width {z.shape[-1]} does not split into {n_heads} heads")
+    zh = z.unflatten(-1, (n_heads, z.shape[-1] // n_heads))
+    lin = plain_linear(proj)
+    if lin is not None:
+        w = lin.weight.view(lin.weight.shape[0], n_heads, -1)
+        return torch.einsum("...hd,mhd->h...m", zh, w)
+    if proj.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in proj.modules()):
+        raise ConfigError(f"{type(proj).__name__} is in training mode with dropout; per-head outputs need a deterministic "
+                          "projection: call model.eval() first")
+    eye = torch.eye(n_heads, dtype=z.dtype, device=z.device).view(n_heads, *[1] * (z.dim() - 1), n_heads, 1)
+    masked = (zh.unsqueeze(0) * eye).flatten(-2)  # [n_heads, *rows, d_in]: head h's block kept, the others zero
+    return proj.forward(masked) - proj_offset(proj, z.shape[-1], z)
+
+
 def mlp_projections(model: nn.Module, layer: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-    """``(gate_proj, up_proj, down_proj)`` of ``layer``'s gated MLP (the Hugging Face ``nn.Linear`` modules,
-    unwrapped from TransformerBridge components): weights ``[d_mlp, d_model]``, ``[d_mlp, d_model]``,
+    """``(gate_proj, up_proj, down_proj)`` of ``layer``'s gated MLP (the Hugging Face ``nn.Linear`` modules, or the
+    wrappers peft injected in their place; unwrapped from TransformerBridge components): weights ``[d_mlp, d_model]``, ``[d_mlp, d_model]``,
     ``[d_model, d_mlp]``.
 
     Raises:

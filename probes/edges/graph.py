@@ -16,6 +16,10 @@ An edge ``u->v`` exists when ``u`` writes before ``v`` reads: ``embed`` feeds ev
 feed ``m{l}`` and everything after, ``m{l}`` feeds layer ``l + 1`` onwards. Senders are ordered by when the forward
 pass computes them, so each receiver's senders are a prefix of :attr:`Graph.senders` (:attr:`Graph.n_upstream`).
 
+Projections may be ``nn.Linear`` or wrappers of one (peft LoRA and other adapters on ``q/k/v/o_proj`` and the MLP):
+head outputs and per-head receiver slices then call the wrapper (:func:`workbench.architecture.head_writes`), so the
+graph is that of the tuned model. A ``PeftModel`` is accepted as it is (:func:`workbench.architecture.unwrap`).
+
 Supported: decoders whose layers are ``x + attn(input_layernorm(x))`` then ``x + mlp(post_attention_layernorm(x))``
 with a final norm (Llama, Qwen2/3, Mistral, Gemma 1). Other norm placements (Gemma 2/3's extra norms, Olmo 2's
 post-norms) are refused with one :class:`~workbench.errors.ConfigError`; :mod:`probes.edges.run` also checks on
@@ -62,7 +66,8 @@ def check_architecture(model: nn.Module, receivers: str = "layer") -> None:
     Raises:
         ConfigError: no decoder layers / final norm, a layer without ``input_layernorm`` and ``post_attention_layernorm``
             or with other norms beside them (Gemma 2/3's ``pre_feedforward_layernorm`` ...), a missing ``self_attn.o_proj``
-            or ``mlp``, ``q_proj`` / ``k_proj`` / ``v_proj`` missing for per-head receivers, or an unknown ``receivers``.
+            or ``mlp`` (any module: a peft wrapper is fine), ``q_proj`` / ``k_proj`` / ``v_proj`` missing for per-head
+            receivers, or an unknown ``receivers``.
     """
     if receivers not in RECEIVER_KINDS:
         raise ConfigError(f"receivers must be one of {RECEIVER_KINDS}, got {receivers!r}")
@@ -79,9 +84,8 @@ def check_architecture(model: nn.Module, receivers: str = "layer") -> None:
                 "placements (Gemma 2/3, Olmo 2) are not supported")
         parts = ["o_proj"] + (["q_proj", "k_proj", "v_proj"] if receivers == "head" else [])
         if not isinstance(attn, nn.Module) or not isinstance(getattr(layer, "mlp", None), nn.Module) or any(
-                not isinstance(getattr(unwrap(attn), p, None), nn.Linear) for p in parts):
-            raise ConfigError(f"layer {i}: edge attribution patching needs self_attn.{{{', '.join(parts)}}} (nn.Linear) "
-                              "and mlp")
+                not isinstance(getattr(unwrap(attn), p, None), nn.Module) for p in parts):
+            raise ConfigError(f"layer {i}: edge attribution patching needs self_attn.{{{', '.join(parts)}}} and mlp")
 
 
 @dataclass(frozen=True)

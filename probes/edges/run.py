@@ -5,15 +5,18 @@
 
 * hand every sender's output to ``on_senders(first, outputs)`` as the forward pass computes it — ``embed`` at layer 0's
   ``input_layernorm`` input, a layer's heads at its ``o_proj`` input (``hook_z`` times each head's ``W_O`` slice,
-  ``[n_heads, batch, pos, d_model]``), its MLP at the MLP output;
+  ``[n_heads, batch, pos, d_model]``; :func:`workbench.architecture.head_writes`, which calls an ``o_proj`` that is a
+  wrapper such as a peft ``lora.Linear`` on each head's part of ``hook_z``, so the effective ``W_O`` is used), its MLP at
+  the MLP output (whatever adapters its projections carry);
 * replace each receiver's input by ``receiver_input(r, x)`` where ``x`` is the residual stream the receiver reads:
   forward pre-hooks on the receiver's input norm (``input_layernorm``, ``post_attention_layernorm``, the final norm)
   change only what that norm reads, never the residual stream. Per-head receivers (``receivers="head"``) recompute
   each head's slice of the ``q_proj`` / ``k_proj`` / ``v_proj`` output from ``norm(receiver_input(r, x))`` (the norm's
-  ``forward``, which runs no hooks); slices whose input is ``x`` itself are kept as computed.
+  ``forward``, which runs no hooks) — by the projection's weight slice for a plain ``nn.Linear``, by calling the
+  projection for a wrapper (peft LoRA ...); slices whose input is ``x`` itself are kept as computed.
 
 :func:`sender_run` records every sender's output on one input and checks that the logits' input (the final norm's
-input) equals the sum of all sender outputs plus the constant ``o_proj`` biases — the decomposition the graph
+input) equals the sum of all sender outputs plus the constant ``o_proj`` terms (biases) — the decomposition the graph
 assumes (Elhage et al. 2021 "A Mathematical Framework for Transformer Circuits", residual stream as a sum).
 """
 
@@ -29,7 +32,16 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from probes.edges.graph import Graph
-from workbench.architecture import decoder_layers, final_norm, head_dim, unwrap
+from workbench.architecture import (
+    decoder_layers,
+    final_norm,
+    head_dim,
+    head_writes,
+    o_proj,
+    plain_linear,
+    proj_offset,
+    unwrap,
+)
 from workbench.errors import ConfigError
 from workbench.hooked import module_hooks
 
@@ -90,8 +102,7 @@ def edge_hooks(model: nn.Module, graph: Graph, on_senders: SenderFn | None = Non
     def heads_out(layer: int) -> Callable[..., Any]:
         def fn(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             z, _ = _arg(args, kwargs)
-            w = mod.weight.view(mod.weight.shape[0], n_heads, d_head)
-            on_senders(graph.head_sender(layer, 0), torch.einsum("nphd,mhd->hnpm", z.unflatten(-1, (n_heads, d_head)), w))
+            on_senders(graph.head_sender(layer, 0), head_writes(mod, z, n_heads))
         return fn
 
     def mlp_out(layer: int) -> Callable[..., Any]:
@@ -109,11 +120,18 @@ def edge_hooks(model: nn.Module, graph: Graph, on_senders: SenderFn | None = Non
             ins = [receiver_input(index[(layer, kind, g)], x) for g in range(n)]
             if all(t is x for t in ins):
                 return None
-            parts = []
+            lin, parts = plain_linear(mod), []
+            changed = [g for g, t in enumerate(ins) if t is not x]
+            if lin is None:  # a wrapper (peft LoRA ...): call it on every changed input at once, keep each head's rows
+                full = dict(zip(changed, mod.forward(torch.stack([norm.forward(ins[g]) for g in changed]))))
             for g, t in enumerate(ins):
                 rows = slice(g * d_head, (g + 1) * d_head)
-                bias = None if mod.bias is None else mod.bias[rows]
-                parts.append(out[..., rows] if t is x else F.linear(norm.forward(t), mod.weight[rows], bias))
+                if t is x:
+                    parts.append(out[..., rows])
+                elif lin is None:
+                    parts.append(full[g][..., rows])
+                else:
+                    parts.append(F.linear(norm.forward(t), lin.weight[rows], None if lin.bias is None else lin.bias[rows]))
             return torch.cat(parts, -1)
         return fn
 
@@ -159,14 +177,11 @@ class SenderRun:
         self.outputs, self.logits, self.resid = outputs, logits, resid
 
 
-def _bias_total(model: nn.Module) -> Tensor | float:
-    """Σ over layers of the ``o_proj`` biases (constants no head sender carries); 0 when there are none."""
-    total: Tensor | float = 0.0
-    for block in decoder_layers(model):
-        bias = unwrap(unwrap(block).self_attn).o_proj.bias
-        if bias is not None:
-            total = total + bias.detach().float()
-    return total
+def _bias_total(model: nn.Module, graph: Graph, like: Tensor) -> Tensor:
+    """Σ over layers of the ``o_proj`` constant terms (biases; ``o_proj(0)`` for a wrapper), which no head sender
+    carries: ``[d_model]`` fp32, zeros when there are none."""
+    d_in = graph.n_heads * head_dim(model)
+    return sum(proj_offset(o_proj(model, i), d_in, like).detach().float() for i in range(graph.n_layers))
 
 
 def sender_collector(graph: Graph, out: dict[str, Tensor]) -> SenderFn:
@@ -203,7 +218,7 @@ def sender_run(model: nn.Module, graph: Graph, embeds: Float[Tensor, "batch pos 
     stream = torch.stack([resid[i] for i in range(graph.n_layers + 1)])
     if check:
         x = stream[-1].float()
-        total = out["senders"].float().sum(0) + _bias_total(model)
+        total = out["senders"].float().sum(0) + _bias_total(model, graph, stream[-1])
         err = float((x - total).abs().max())
         tol = (1e-3 if x.dtype == torch.float32 and out["senders"].dtype == torch.float32 else 3e-2) * (1.0 + float(x.abs().max()))
         if not err <= tol:

@@ -92,6 +92,37 @@ def _steered(m: dict[str, Any]) -> Candidates:
             for p in _later(m["adl"]) if p.get("steering") and p["steering"]["chosen_samples"]]
 
 
+def _latents(m: dict[str, Any], kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, latent row)`` of every top latent of every dictionary of ``kind`` in the record's dictionary readouts
+    (crosscoders: tuned-only after Latent Scaling; difference SAEs: by activation mass), none without them."""
+    dicts = (m.get("dictionaries") or {}).get("dictionaries", {})
+    return [(f"{name} latent {row['latent']}", row) for name, d in dicts.items() if d["kind"] == kind for row in d["top_latents"]]
+
+
+def _contexts(row: dict[str, Any]) -> list[str]:
+    return [c.replace("⟦", "").replace("⟧", "") for c in row["contexts"]]
+
+
+@readout("crosscoder tuned-only latents (after Latent Scaling): decoder tokens", "tokens")
+def _crosscoder_tokens(m: dict[str, Any]) -> Candidates:
+    return [(label, row["top_tokens"]) for label, row in _latents(m, "crosscoder")]
+
+
+@readout("crosscoder tuned-only latents (after Latent Scaling): max-activating contexts", "generations")
+def _crosscoder_contexts(m: dict[str, Any]) -> Candidates:
+    return [(label, _contexts(row)) for label, row in _latents(m, "crosscoder") if row["contexts"]]
+
+
+@readout("difference-SAE latents: decoder tokens", "tokens")
+def _diff_sae_tokens(m: dict[str, Any]) -> Candidates:
+    return [(label, row["top_tokens"]) for label, row in _latents(m, "diff_sae")]
+
+
+@readout("difference-SAE latents: max-activating contexts", "generations")
+def _diff_sae_contexts(m: dict[str, Any]) -> Candidates:
+    return [(label, _contexts(row)) for label, row in _latents(m, "diff_sae") if row["contexts"]]
+
+
 def best_score(kind: str, candidates: Candidates, keywords: Sequence[str], top: int = 20) -> tuple[dict[str, Any], str | None]:
     """``(score, label)`` of the best candidate: most keyword hits then highest MRR for tokens, highest share of texts
     with a keyword for generations; an empty candidate list scores zero (``n`` = 0) with label ``None``."""

@@ -11,6 +11,10 @@ Protocol (:func:`run`), everything written under ``--out`` and resumable (a fini
    base and tuned kept as the fit;
 3. ``diffs/<organism>-<method>/``: ``workbench diff`` of base vs that fine-tune over the corpus
    (:func:`studies.dataset_diff.study.run`: KL, diff mining, the ADL per position on the fine-tuned model);
+3b. with ``dictionaries`` set: ``dictionaries/<organism>-<method>/``: an activation store over the first
+   ``dictionaries.corpus_docs`` documents of the generic corpus and the configured sparse dictionaries
+   (:func:`studies.dictionaries.pair_run.run_pair`: crosscoder tuned-only latents after Latent Scaling, difference-SAE
+   latents, each with its decoder tokens and max-activating contexts), read as readouts of their own;
 4. every readout of every diff scored with the organism's keywords (:mod:`.readouts`, :mod:`.scoring`); the control
    fine-tune's diff (same method) is scored with the same keywords, and each score is reported minus the control's;
 5. ``results.json``, ``figures/`` (the heatmap per method) and ``table.md``.
@@ -47,6 +51,8 @@ class BenchmarkConfig(ShippedConfig):
         corpus_docs, corpus_min_words, corpus_seed: the generic corpus (documents, their minimum length, sample seed).
         diff: ``workbench diff`` settings (:class:`studies.dataset_diff.ModelDiffConfig` fields) for every diff.
         top: ranked tokens scored per token readout (hits in the top ``top``, MRR).
+        dictionaries: ``null`` (no dictionary readouts) or ``{"corpus_docs": n, **PairRunSettings fields}``
+            (:class:`studies.dictionaries.pair_run.PairRunSettings`; ``store.layers`` is the ADL layer of the diff).
 
     Raises:
         ConfigError: no control, an unknown organism or method, a non-positive size, or diff settings that
@@ -64,6 +70,7 @@ class BenchmarkConfig(ShippedConfig):
     corpus_seed: int = 0
     diff: dict[str, Any] = field(default_factory=dict)
     top: PositiveInt = 20
+    dictionaries: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from studies.diffing_benchmark.organisms import get_organism
@@ -80,6 +87,8 @@ class BenchmarkConfig(ShippedConfig):
         if unknown:
             raise ConfigError(f"unknown fine-tuning methods {sorted(unknown)}; registered: {available_methods()}")
         self.diff_config("corpus.jsonl", "run")  # diff settings checked now, before any model loads
+        if self.dictionaries is not None:
+            self.dictionary_settings(0)
         for method in self.methods:
             self.train_config(method, "train.jsonl", "eval.jsonl")
 
@@ -89,6 +98,22 @@ class BenchmarkConfig(ShippedConfig):
 
         return config_from_dict(ModelDiffConfig, {**self.diff, "base": self.model, "tuned": tuned, "data": corpus,
                                                   "max_rows": self.corpus_docs})
+
+    def dictionary_settings(self, layer: int) -> tuple[int, Any]:
+        """``(corpus_docs, PairRunSettings)`` of the dictionary readouts at ``layer``.
+
+        Raises:
+            ConfigError: no ``corpus_docs`` or more than ``corpus_docs`` of the benchmark, or settings PairRunSettings refuses.
+        """
+        from studies.dictionaries.pair_run import PairRunSettings
+        from workbench.config import config_from_dict
+
+        spec = dict(self.dictionaries or {})
+        n = spec.pop("corpus_docs", None)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.corpus_docs:
+            raise ConfigError(f"BenchmarkConfig.dictionaries.corpus_docs must be between 1 and corpus_docs={self.corpus_docs}, got {n!r}")
+        spec["store"] = {**spec.get("store", {}), "layers": [layer]}
+        return n, config_from_dict(PairRunSettings, spec, where="BenchmarkConfig.dictionaries")
 
     def train_config(self, method: str, train: str, eval_data: str) -> Any:
         from workbench.config import config_from_dict
@@ -112,6 +137,20 @@ def _fit(run_dir: Path) -> dict[str, Any]:
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
     return {"base_answer_loss": m["base"]["answer_loss"], "tuned_answer_loss": m["tuned"]["answer_loss"],
             "train_wall_s": m.get("train_wall_s"), "n_trainable_parameters": m.get("n_trainable_parameters")}
+
+
+def _dictionaries(cfg: BenchmarkConfig, out: Path, name: str, run_dir: Path, layer: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The dictionary readouts' record of fine-tune ``name`` (made once, then read from ``dictionaries.json``)."""
+    folder = out / "dictionaries" / name
+    if not (folder / "dictionaries.json").is_file():
+        from studies.dictionaries.pair_run import run_pair
+        from workbench.models.tuned import load_pair
+
+        n, settings = cfg.dictionary_settings(layer)
+        texts = [json.loads(line)["text"] for line in (out / "corpus.jsonl").read_text().splitlines()[:n]]
+        log(f"[3/3] sparse dictionaries of {name} over {n} generic documents")
+        run_pair(load_pair(cfg.model, str(run_dir)).pair, texts, folder, settings, log=log)
+    return json.loads((folder / "dictionaries.json").read_text())
 
 
 def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = log_progress) -> dict[str, Any]:
@@ -152,6 +191,8 @@ def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = 
                 log(f"[3/3] diffing {name} over the generic corpus")
                 run_diff(cfg.diff_config(str(corpus), str(run_dir)), diff_dir, log=log)
             record = json.loads((diff_dir / "results.json").read_text())
+            if cfg.dictionaries is not None:
+                record["metrics"]["dictionaries"] = _dictionaries(cfg, out, name, run_dir, record["metrics"]["adl"]["layer"], log)
             timing[name] = {"train_s": t1 - t0, "diff_s": time.time() - t1, **record["metrics"].get("timing_s", {})}
             fits[name] = {**_fit(run_dir), "kl_unrelated_nats_per_token": record["metrics"]["kl"]["mean_per_token"],
                           "split_half_cosine": record["metrics"]["adl"]["split_half_cosine"]}
