@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typer.models import OptionInfo
 
 from workbench.errors import WorkbenchError
@@ -96,35 +95,17 @@ def quickstart(
     name: Optional[str] = typer.Option(None, help="run folder name (default: quickstart-<time>); an existing one resumes"),
     config: Optional[Path] = typer.Option(None, help="JSON file with QuickstartConfig fields"),
 ) -> None:
-    """The main job: LoFiT on entity tracking, then a base-vs-tuned comparison report."""
-    from studies.quickstart import QuickstartConfig, run_quickstart
-
+    """The main job: LoFiT on entity tracking (the train job), then a base-vs-tuned comparison report
+    (``python -m studies.quickstart --out <runs-dir>/<name>`` runs the same study)."""
+    from studies.quickstart import QuickstartConfig, print_summary, run_quickstart
+    from workbench.artifacts import read_json
     from workbench.config import config_from_dict, read_json_object
 
     fields = read_json_object(config) if config else {}
     fields.setdefault("model", model)
     cfg = config_from_dict(QuickstartConfig, fields)
     run_dir = run_quickstart(cfg, runs_dir, name, log=log.print)
-    m = json.loads((run_dir / "results.json").read_text())
-    metrics, run_info = m["metrics"], m["run_info"]
-    table = Table(title="base vs tuned (held-out entity tracking)")
-    for col in ("metric", "base", "tuned"):
-        table.add_column(col)
-    for key in ("accuracy", "accuracy_among_objects", "logit_difference"):
-        table.add_row(key, f"{metrics['base'][key]:.3f}", f"{metrics['tuned'][key]:.3f}")
-    console.print(table)
-    by_group = Table(title="held-out accuracy (top-1) where the tune works and where it fails")
-    for col in ("prompts", "n", "base", "tuned"):
-        by_group.add_column(col)
-    for key, label in (("by_query_position", "queried box: {}"), ("by_n_boxes", "{} boxes")):
-        for row in metrics["accuracy_breakdown"][key]:
-            acc = [row[f"{role}_accuracy"] for role in ("base", "tuned")]
-            by_group.add_row(label.format(row.get("query_position", row.get("n_boxes"))), str(row["n_prompts"]),
-                             *("-" if a is None else f"{a:.3f}" for a in acc))
-    console.print(by_group)
-    console.print(f"LoFiT heads: {len(metrics['selected_heads'])}, trainable parameters: {metrics['n_trainable_parameters']}, "
-                  f"merge max |Δlogit|: {metrics['merge_max_abs_logit_diff']:.2e}, wall time {run_info['wall_time_s']:.0f} s")
-    console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.html'}")
+    print_summary(read_json(run_dir / "results.json"), out=lambda line: console.print(line, markup=False, highlight=False), run_dir=run_dir)
 
 
 @app.command()
@@ -154,7 +135,8 @@ def train(
     """Fine-tune one method on a task or on your data file, and save adapter, results (and optionally the merged model)."""
     from workbench.config import config_from_dict, read_json_object
     from workbench.errors import ConfigError
-    from workbench.train_job import TrainJobConfig, is_main_process, run_train_job
+    from workbench.distributed import is_main_process
+    from workbench.train_job import TrainJobConfig, run_train_job
 
     if task is not None and data is not None:
         raise ConfigError(f"--task {task!r} and --data {data!r} together: train on a registered task or on your data file, not both")

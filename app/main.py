@@ -32,16 +32,10 @@ import streamlit as st
 from app import render, render_patch
 from app.views import VIEWS, PageView, ViewContext, page_views
 from app.views.analysis import MAX_PROMPT_TOKENS, PromptAnalysis, analyse_prompt
-from app.views.load import (
-    DEFAULT_BASE,
-    LoadedPair,
-    available_devices,
-    load_pair,
-    run_folders,
-    runs_folder_problem,
-)
+from app.views.load import DEFAULT_BASE, SharedPair, load_shared_pair, run_folders, runs_folder_problem
 from app.views.method import method_views
 from workbench.errors import WorkbenchError
+from workbench.models.tuned import available_devices
 
 OTHER = "other: model directory or Hugging Face id…"
 WAITING = "Queued: waiting for another session's analysis… (the pair analyses one prompt at a time; yours starts when it is done)"
@@ -57,8 +51,8 @@ def _args() -> argparse.Namespace:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the base and tuned models (once, shared by every session)…")
-def get_pair(base: str, tuned: str, device: str) -> LoadedPair:
-    loaded = load_pair(base, tuned, device)
+def get_pair(base: str, tuned: str, device: str) -> SharedPair:
+    loaded = load_shared_pair(base, tuned, device)
     with loaded.lock:  # boot both bridges and register their hooks now, not on the first prompt
         analyse_prompt(loaded.pair, "Hello")
     return loaded
@@ -70,7 +64,7 @@ class PairBusy(Exception):
 
 
 @st.cache_resource(max_entries=8, show_spinner="Running both models on the prompt…")
-def get_analysis(pair_key: str, prompt: str, _loaded: LoadedPair) -> PromptAnalysis:
+def get_analysis(pair_key: str, prompt: str, _loaded: SharedPair) -> PromptAnalysis:
     if not _loaded.lock.acquire(blocking=False):
         raise PairBusy
     try:
@@ -79,7 +73,7 @@ def get_analysis(pair_key: str, prompt: str, _loaded: LoadedPair) -> PromptAnaly
         _loaded.lock.release()
 
 
-def analyse(loaded: LoadedPair, prompt: str) -> tuple[PromptAnalysis | None, str | None]:
+def analyse(loaded: SharedPair, prompt: str) -> tuple[PromptAnalysis | None, str | None]:
     """``(analysis, None)`` or ``(None, message with what to do next)``. While another session's analysis
     holds the pair's lock, the page says so and waits (a cached prompt never waits)."""
     notice, waited = None, 0.0
@@ -125,7 +119,7 @@ def sidebar(args: argparse.Namespace) -> tuple[str, str, str, str, str | None]:
     return base, tuned or "", device, runs_dir, runs_problem
 
 
-def load(base: str, tuned: str, device: str, runs_problem: str | None) -> tuple[LoadedPair | None, str | None]:
+def load(base: str, tuned: str, device: str, runs_problem: str | None) -> tuple[SharedPair | None, str | None]:
     """``(pair, None)`` or ``(None, message with what to do next)``."""
     if not tuned.strip() and runs_problem:
         return None, (f"{runs_problem[:1].upper() + runs_problem[1:]}; so there is no run folder to use as the tuned model "
@@ -139,7 +133,7 @@ def load(base: str, tuned: str, device: str, runs_problem: str | None) -> tuple[
                       "pair should load, it is a bug: the server's log has the details.")
 
 
-def token_count(loaded: LoadedPair | None, text: str) -> str:
+def token_count(loaded: SharedPair | None, text: str) -> str:
     """``"29 tokens"`` for ``text`` with the pair's tokenizer (BOS counted when the model prepends one), or why not."""
     if loaded is None:
         return "token count once the pair loads"
@@ -150,7 +144,7 @@ def token_count(loaded: LoadedPair | None, text: str) -> str:
 
 
 @st.fragment
-def prompt_box(loaded: LoadedPair | None) -> None:
+def prompt_box(loaded: SharedPair | None) -> None:
     """The prompt and its counterfactual (for clean ↔ corrupt patching) with their token counts, updated whenever a box
     is committed (Ctrl+Enter or leaving it: a rerun of this fragment alone), and the Analyse button (a rerun of the page)."""
     shared = st.query_params.get("prompt")  # a link with ?prompt=… (or a reload) analyses that prompt
@@ -170,7 +164,7 @@ def prompt_box(loaded: LoadedPair | None) -> None:
         st.rerun()
 
 
-def prompt_section(loaded: LoadedPair | None) -> tuple[PromptAnalysis | None, str]:
+def prompt_section(loaded: SharedPair | None) -> tuple[PromptAnalysis | None, str]:
     """The prompt box (always there, so a typed prompt survives a model that failed to load) and its
     analysis. A refused prompt keeps the previous prompt's results on the page, under the error. Returns the
     analysis to draw and, when there is none, what the empty views should say."""
@@ -240,13 +234,13 @@ def view_selector() -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _marked_heads(pair_key: str, _loaded: LoadedPair) -> list[list[int]]:
+def _marked_heads(pair_key: str, _loaded: SharedPair) -> list[list[int]]:
     if _loaded.intervention is None:  # a tuned model: no heads to mark (and no weight-change view to compute)
         return []
     return [h for v in method_views(_loaded) for h in v.marked_heads]
 
 
-def marked_heads(loaded: LoadedPair) -> list[list[int]]:
+def marked_heads(loaded: SharedPair) -> list[list[int]]:
     """The heads the method intervenes on (boxed in the attention and heads views), once per pair."""
     try:
         return _marked_heads(loaded.key, loaded)
@@ -254,7 +248,7 @@ def marked_heads(loaded: LoadedPair) -> list[list[int]]:
         return []
 
 
-def view_context(spec: PageView, loaded: LoadedPair | None, analysis: PromptAnalysis | None, runs_dir: str,
+def view_context(spec: PageView, loaded: SharedPair | None, analysis: PromptAnalysis | None, runs_dir: str,
                  runs_problem: str | None, marked: list[list[int]]) -> ViewContext:
     """What the view ``spec`` declared it needs, on this page (:class:`app.views.ViewContext`); an exporting view
     gets the session's figure sink, emptied (view part -> figures, read when "HTML" is clicked)."""
@@ -273,7 +267,7 @@ def view_context(spec: PageView, loaded: LoadedPair | None, analysis: PromptAnal
 
 
 @st.fragment
-def show_view(view: str, loaded: LoadedPair | None, analysis: PromptAnalysis | None, empty_note: str, runs_dir: str,
+def show_view(view: str, loaded: SharedPair | None, analysis: PromptAnalysis | None, empty_note: str, runs_dir: str,
               runs_problem: str | None, marked: list[list[int]]) -> int:
     """Build and send the selected view only (a fragment: its position / layer / head pickers rerun this
     function alone, not the page). A view that needs a pair or a prompt the page does not have says what to do."""

@@ -2,7 +2,7 @@
 
 The logit lens (nostalgebraist 2020, "interpreting GPT: the logit lens") reads each row ``x`` (one layer's
 ``hook_resid_post`` at one position) as ``softmax(softcap(W_U · norm(x)))``. The reference
-(:func:`probes.lens_chunked.full_logit_lens`) materialises ``[rows, d_vocab]`` probabilities; this kernel never
+(:func:`probes.logit_lens.full_logit_lens`) materialises ``[rows, d_vocab]`` probabilities; this kernel never
 holds more than ``rows_per_chunk × vocab_per_chunk`` logits and never writes a softmax at all: each chunk's
 logits give their top-k and their log-sum-exp, and a probability is ``exp(logit − logsumexp)`` of the few logits
 kept (the running max / log-sum-exp trick of online softmax, Milakov & Gimelshein 2018, "Online normalizer

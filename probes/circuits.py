@@ -1,4 +1,4 @@
-"""Circuits over attention heads: mean-ablation faithfulness, CMAP across a model pair, and DCM.
+"""Circuits over attention heads: mean-ablation faithfulness, and CMAP across a model pair.
 
 * :func:`faithfulness` — mean-ablate (position-wise means) every head outside the circuit, and a circuit head
   at every position except its own; faithfulness = circuit score ÷ full-model score, beside size-matched random
@@ -6,11 +6,9 @@
 * :func:`cmap` — cross-model activation patching: run the base model with a head group's outputs replaced by
   the tuned model's on the same input; the share of the base→tuned gap each group recovers (Prakash et al.
   2024 §5, Fig. 4).
-* :func:`dcm` / :func:`dcm_many` — desiderata-based component masking, re-exported from :mod:`probes.dcm`:
-  a learnable mask ``m ∈ [0, 1]`` per head, patched value ``m · z_orig + (1 − m) · z_counterfactual``, loss
-  ``−target logit + λ Σ (1 − m)``, Adam; rounded at evaluation. Heads with ``m → 0`` carry the desideratum
-  (Davies et al. 2023 "Discovering variable binding circuitry with desiderata"; Prakash et al. 2024 §4);
-  ``dcm_many`` trains many masks in one batched run.
+
+DCM (desiderata-based component masking), the third circuit method of Prakash et al. 2024 (§4), is
+:mod:`probes.dcm`.
 """
 
 from __future__ import annotations
@@ -23,28 +21,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from probes.dcm import DCMConfig, DCMResult, DCMTask, _heads_only, _mixed, dcm, dcm_many
-from probes.patching import (
-    Metric,
-    PatchLayer,
-    Positions,
-    Side,
-    _baseline,
-    _check_ids,
-    as_side,
-    check_metric,
-    check_same_dims,
-    run_patched,
-    variant_masks,
-)
-from probes.prefix_patching import first_patched_position
+from probes.patch_sites import Positions, Side, as_id_pair, as_side, check_head_sites, check_metric, check_same_dims, variant_masks
+from probes.patching import Metric, PatchLayer, _baseline, run_patched
+from probes.shared_prefix import first_patched_position
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.sites import Site
 
-#: ``_mixed`` (DCM's eager single-task run) stays importable here for the tests that use it.
-__all__ = ["CMAPResult", "DCMConfig", "DCMResult", "DCMTask", "FaithfulnessResult", "_heads_only", "_mixed", "cmap", "dcm",
-           "dcm_many", "faithfulness", "random_circuit"]
+__all__ = ["CMAPResult", "FaithfulnessResult", "cmap", "faithfulness", "random_circuit"]
 
 
 def random_circuit(circuit: Sequence[Site], dims: Dims, rng: random.Random) -> list[Site]:
@@ -88,11 +72,11 @@ def faithfulness(model: nn.Module | Side, circuit: Sequence[Site], input_ids: In
             or ``model_logits`` of another batch size.
     """
     side = as_side(model)
-    input_ids, _ = _check_ids(input_ids, None, side, ("input_ids", ""))
+    input_ids, _ = as_id_pair(input_ids, None, side, ("input_ids", ""))
     check_metric(metric)
     if not circuit:
         raise ConfigError("the circuit is empty")
-    _heads_only(circuit, "circuit sites")
+    check_head_sites(circuit, "circuit sites")
     dims = Dims.of(side.model)
     b, seq = input_ids.shape
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(dims.n_layers)]
@@ -155,7 +139,7 @@ def cmap(base: nn.Module | Side, tuned: nn.Module | Side, groups: Mapping[str, S
     if not groups or any(not g for g in groups.values()):
         raise ConfigError("cmap needs non-empty named groups of sites")
     b_side, t_side = as_side(base), as_side(tuned)
-    input_ids, _ = _check_ids(input_ids, None, b_side, ("input_ids", ""))
+    input_ids, _ = as_id_pair(input_ids, None, b_side, ("input_ids", ""))
     check_metric(metric)
     check_same_dims(b_side.model, t_side.model)
     b, seq = input_ids.shape

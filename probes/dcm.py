@@ -30,8 +30,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from probes.patch_sites import Positions, Side, _check_ids, as_side, site_mask
-from probes.prefix_patching import cache_argument, first_patched_position, prefix_cache
+from probes.patch_sites import Positions, Side, as_id_pair, as_side, check_head_sites, site_mask
+from probes.shared_prefix import cache_argument, first_patched_position, prefix_cache
 from workbench.architecture import Dims
 from workbench.data import as_token_ids
 from workbench.errors import ConfigError
@@ -39,14 +39,6 @@ from workbench.hooked import hooks
 from workbench.sites import Site
 
 __all__ = ["DCMConfig", "DCMResult", "DCMTask", "dcm", "dcm_many"]
-
-
-def _heads_only(sites: Sequence[Site], what: str) -> None:
-    if isinstance(sites, Site) or not isinstance(sites, Sequence):
-        raise ConfigError(f"{what} must be a list of Sites, got {type(sites).__name__}")
-    bad = [str(s) for s in sites if not isinstance(s, Site) or s.hook != "attn.hook_z" or s.head is None]
-    if bad:
-        raise ConfigError(f"{what} must be attn.hook_z sites with a head, got {bad[:4]}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,9 +150,9 @@ class _Prepared:
 
 
 def _prepare(side: Side, task: DCMTask, dims: Dims, share_prefix: bool) -> _Prepared:
-    orig, cf = _check_ids(task.orig_ids, task.cf_ids, side, ("orig_ids", "cf_ids"))
+    orig, cf = as_id_pair(task.orig_ids, task.cf_ids, side, ("orig_ids", "cf_ids"))
     target, cands = as_token_ids(task.target_ids, "target_ids", ndim=1), as_token_ids(task.candidates, "candidates")
-    _heads_only(task.heads, "DCM heads")
+    check_head_sites(task.heads, "DCM heads")
     n, seq = orig.shape
     if target.shape != (n,) or cands.shape[0] != n or not bool((cands == target[:, None]).any(-1).all()):
         raise ConfigError("target_ids must be [batch] and each target one of its row's candidates")

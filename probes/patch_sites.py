@@ -1,6 +1,7 @@
 """What a patch touches: the model :class:`Side` to run, equal-length inputs, and boolean masks over Site activations.
 
-Split out of :mod:`probes.patching` (which re-exports all of it). A Site's ``pos`` is ``None`` (all positions), an
+The patching engines (:mod:`probes.patching`, :mod:`probes.path_patching`, :mod:`probes.patching_remote`,
+:mod:`probes.dcm`, :mod:`probes.edges`) import these from here. A Site's ``pos`` is ``None`` (all positions), an
 int (negative counts from the end) or the name of a per-prompt position given in
 ``positions={"query_label": LongTensor[batch]}``; :func:`site_mask` turns it into the elements of the activation it
 names, :func:`variant_masks` stacks those per patch variant.
@@ -94,9 +95,14 @@ def as_ids(model: nn.Module | Side, ids: Any, name: str = "input_ids") -> Int[Te
     return as_token_ids(ids, name, vocab_size=vocab_size_of(as_side(model).model))
 
 
-def _check_ids(target: Any, source: Any, model: nn.Module | Side | None = None,
+def as_id_pair(target: Any, source: Any, model: nn.Module | Side | None = None,
                names: tuple[str, str] = ("target_ids", "source_ids")) -> tuple[Tensor, Tensor | None]:
-    """Both id arguments normalised by :func:`as_ids`; ConfigError unless their shapes agree."""
+    """Both id arguments (``source`` may be ``None``) normalised by :func:`as_ids`, checked against ``model``'s
+    vocabulary when given; ``names`` name them in messages.
+
+    Raises:
+        ConfigError: ids that are not ``[batch, pos]`` token ids, or target and source shapes that differ.
+    """
     vocab = vocab_size_of(as_side(model).model) if model is not None else None
     target = as_token_ids(target, names[0], vocab_size=vocab)
     source = None if source is None else as_token_ids(source, names[1], vocab_size=vocab)
@@ -111,6 +117,16 @@ def check_metric(metric: Any) -> None:
     if not callable(metric):
         raise ConfigError(f"metric must be a function of final-position logits [batch, d_vocab] -> [batch] "
                           f"(e.g. probes.metrics.logit_diff(...)), got {type(metric).__name__}")
+
+
+def check_head_sites(sites: Sequence[Site], what: str) -> None:
+    """Raises ConfigError (naming ``what``) unless ``sites`` is a list of ``attn.hook_z`` Sites with a head each
+    (the components a head circuit is made of)."""
+    if isinstance(sites, Site) or not isinstance(sites, Sequence):
+        raise ConfigError(f"{what} must be a list of Sites, got {type(sites).__name__}")
+    bad = [str(s) for s in sites if not isinstance(s, Site) or s.hook != "attn.hook_z" or s.head is None]
+    if bad:
+        raise ConfigError(f"{what} must be attn.hook_z sites with a head, got {bad[:4]}")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -151,7 +167,13 @@ def site_mask(site: Site, batch: int, seq_len: int, dims: Dims, positions: Posit
     return mask
 
 
-def _as_sets(sites: Sequence[SiteSet]) -> list[tuple[Site, ...]]:
+def as_site_sets(sites: Sequence[SiteSet]) -> list[tuple[Site, ...]]:
+    """One tuple of Sites per patch variant: a lone Site is one variant, a Site in the list a one-site variant, a list
+    of Sites one variant patching them together.
+
+    Raises:
+        ConfigError: not a non-empty list of Sites or of non-empty Site lists.
+    """
     if isinstance(sites, Site):  # one site: one variant
         sites = [sites]
     try:
@@ -166,7 +188,7 @@ def _as_sets(sites: Sequence[SiteSet]) -> list[tuple[Site, ...]]:
 def variant_masks(variants: Sequence[SiteSet], batch: int, seq_len: int, dims: Dims,
                   positions: Positions | None = None) -> dict[str, Bool[Tensor, "variant batch pos *head"]]:
     """Masks per hook name for a list of variants (each a Site or a set of Sites patched together)."""
-    sets = _as_sets(variants)
+    sets = as_site_sets(variants)
     masks: dict[str, Tensor] = {}
     for v, sset in enumerate(sets):
         for site in sset:
@@ -177,7 +199,9 @@ def variant_masks(variants: Sequence[SiteSet], batch: int, seq_len: int, dims: D
     return masks
 
 
-def _parse(hook_name: str) -> Site:
+def site_from_hook_name(hook_name: str) -> Site:
+    """The whole-activation Site a TransformerLens hook name names: ``"blocks.3.attn.hook_z"`` → ``Site(3, "attn.hook_z")``
+    (the inverse of :attr:`Site.hook_name`)."""
     _, layer, hook = hook_name.split(".", 2)
     return Site(int(layer), hook)
 

@@ -13,19 +13,22 @@ specialisation that builds masks from :class:`~workbench.sites.Site` objects:
 * :func:`attribution_patch` — the first-order estimate ``∂metric/∂a · (a_source − a_target)`` from one forward
   and backward pass (Nanda 2023, "Attribution patching"; Syed et al. 2023 "Attribution patching outperforms
   automated circuit discovery" eq. 1).
-* :func:`path_patch` — the effect of a sender on receivers with everything else frozen (Wang et al. 2023 "IOI"
-  §3.1 / appendix B; Prakash et al. 2024 §3): step 1 runs ``target`` with the sender set to its ``source``
-  value and every other attention head frozen at its ``target`` value (MLPs recompute, as in IOI) and records
-  the receivers' query / key / value inputs; step 2 runs ``target`` with only those receiver inputs patched.
-  With ``receivers="logits"`` step 1's logits are the answer (the sender's effect through the residual stream).
+* :func:`probes.path_patching.path_patch` (its own module, on this engine) — the effect of a sender on receivers
+  with everything else frozen (Wang et al. 2023 "IOI" §3.1 / appendix B; Prakash et al. 2024 §3): step 1 runs
+  ``target`` with the sender set to its ``source`` value and every other attention head frozen at its ``target``
+  value (MLPs recompute, as in IOI) and records the receivers' query / key / value inputs; step 2 runs ``target``
+  with only those receiver inputs patched. With ``receivers="logits"`` step 1's logits are the answer (the
+  sender's effect through the residual stream).
 
 Every function returns the **effect** ``metric(patched) − metric(unpatched target)`` per variant and prompt,
 ``Float[Tensor, "variant batch"]``, in the metric's units (nats for a logit difference).
 
-Sides, inputs and masks live in :mod:`probes.patch_sites` (re-exported here). Token ids may be tensors or ``list[list[int]]`` (:func:`as_ids`). Positions: a Site's ``pos`` is ``None`` (all positions), an int (negative counts from the end) or the name
+Sides, inputs, masks and site lists (:func:`~probes.patch_sites.head_sites`, ...) live in :mod:`probes.patch_sites`.
+Token ids may be tensors or ``list[list[int]]`` (:func:`~probes.patch_sites.as_ids`). Positions: a Site's ``pos`` is
+``None`` (all positions), an int (negative counts from the end) or the name
 of a per-prompt position given in ``positions={"query_label": LongTensor[batch]}`` — nothing is hard-coded.
 Prompts must have equal token length (position-wise patching and means need it; padding would shift
-positions): :func:`equal_length_ids` tokenizes and refuses unequal lengths.
+positions): :func:`~probes.patch_sites.equal_length_ids` tokenizes and refuses unequal lengths.
 """
 
 from __future__ import annotations
@@ -43,32 +46,27 @@ from probes.patch_sites import (
     Positions,
     Side,
     SiteSet,
-    _as_sets,
-    _check_ids,
-    _parse,
+    as_id_pair,
     as_ids,
     as_side,
+    as_site_sets,
     check_metric,
     check_same_dims,
-    equal_length_ids,
-    head_sites,
-    layer_pos_sites,
-    site_mask,
+    site_from_hook_name,
     variant_masks,
 )
-from probes.patching_nnsight import (
+from probes.patching_remote import (
     activation_patch_nnsight,
     attribution_patch_nnsight,
     wants_nnsight,
 )
-from probes.prefix_patching import (
+from probes.shared_prefix import (
     cache_argument,
     common_prefix_patch,
     first_differing_position,
     first_patched_layers,
     layer_groups,
     prefix_cache,
-    prefix_runner,
     shares_layers,
     suffix,
     takes_cache,
@@ -79,12 +77,12 @@ from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.hooked import hooks
 
+from workbench_kernels import forward_from_layer
+
 Metric = Callable[[Float[Tensor, "batch d_vocab"]], Float[Tensor, " batch"]]
 
-#: The public API; sides, inputs and masks come from :mod:`probes.patch_sites`, ``Dims`` from the library.
-__all__ = ["HeadScores", "Metric", "PatchLayer", "Positions", "Side", "SiteSet", "activation_patch", "as_head_scores",
-           "as_ids", "as_side", "attribution_patch", "cache", "check_same_dims", "equal_length_ids", "head_sites", "layer_pos_sites",
-           "mean_activations", "path_patch", "run_patched", "site_mask", "variant_masks"]
+__all__ = ["HeadScores", "Metric", "PatchLayer", "activation_patch", "as_head_scores", "attribution_patch", "cache",
+           "mean_activations", "run_patched"]
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -109,7 +107,7 @@ class PatchLayer:
 
 def _hooks(model: nn.Module, names: Sequence[str], fn_for: Callable[[str], Callable[[Tensor], Tensor | None]]):
     """The hook scope with ``fn_for(name)`` at each TransformerLens hook name."""
-    return hooks(model, [(_parse(name), fn_for(name)) for name in names])
+    return hooks(model, [(site_from_hook_name(name), fn_for(name)) for name in names])
 
 
 def _final_logits(model: nn.Module, ids: Tensor, **kw: Any) -> Float[Tensor, "batch d_vocab"]:
@@ -124,7 +122,7 @@ def run_patched(model: nn.Module | Side, input_ids: Int[Tensor, "batch pos"], la
     With ``share_prefix`` (default), what every variant shares is computed once: positions before the first position
     where the variants' patches differ (the target's run there, with the patch they all apply, if any, reused through its
     key/value cache) and, per variant, the decoder layers below its first patched layer (variants grouped by that layer run from the target's residual stream
-    there). See :mod:`probes.prefix_patching`; same results as ``share_prefix=False`` to fp tolerance.
+    there). See :mod:`probes.shared_prefix`; same results as ``share_prefix=False`` to fp tolerance.
 
     Returns:
         final-position logits ``[variant, batch, d_vocab]`` and, for each hook name in ``record``, its (patched)
@@ -205,7 +203,7 @@ def _run(model: nn.Module | Side, input_ids: Tensor, layers: Sequence[PatchLayer
                         logits = _final_logits(side.model, ids, **kw)
                     else:
                         state = hidden[first].repeat(len(idx), 1, 1)
-                        logits = prefix_runner.run_from_layer(side.model, state, first, cache=kw.get(arg), cache_argument=arg or "cache")
+                        logits = forward_from_layer.run_from_layer(side.model, state, first, cache=kw.get(arg), cache_argument=arg or "cache")
                         logits = logits[:, -1].float()
                     parts.append(logits.unflatten(0, (len(idx), b)))
     order = torch.cat([members for _, members in groups])  # variant order of the concatenated parts
@@ -247,7 +245,7 @@ def _masks_and_source(model, sites, target_ids, source_ids, source_model, positi
     side = as_side(model)
     check_metric(metric)
     src_side = as_side(source_model) if source_model is not None else side
-    target_ids, source_ids = _check_ids(target_ids, source_ids, side)
+    target_ids, source_ids = as_id_pair(target_ids, source_ids, side)
     if src_side is not side:
         check_same_dims(side.model, src_side.model)
     masks = variant_masks(sites, *target_ids.shape, Dims.of(side.model), positions)
@@ -265,7 +263,7 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         sites: one variant per entry, a Site or a list of Sites patched together (a head group for CMAP).
         target_ids, source_ids: equal-shape ``[batch, pos]`` token ids, a tensor or ``list[list[int]]``.
         metric: final-position logits ``[batch, d_vocab]`` → per-prompt values ``[batch]``.
-        backend: ``"hooks"`` or ``"nnsight"`` (:mod:`probes.patching_nnsight`; also taken for an nnsight model).
+        backend: ``"hooks"`` or ``"nnsight"`` (:mod:`probes.patching_remote`; also taken for an nnsight model).
         share_prefix: reuse the target's key/value cache below the first patched position (see :func:`run_patched`).
 
     Returns:
@@ -279,7 +277,7 @@ def activation_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_i
         return activation_patch_nnsight(model, sites, target_ids, source_ids, metric, source_model=source_model,
                                         positions=positions, max_batch=max_batch)
     side, masks, source, target_ids = _masks_and_source(model, sites, target_ids, source_ids, source_model, positions, metric)
-    logits, _, clean = _run(side, target_ids, [PatchLayer(masks, source)], len(_as_sets(sites)), (), max_batch, False,
+    logits, _, clean = _run(side, target_ids, [PatchLayer(masks, source)], len(as_site_sets(sites)), (), max_batch, False,
                             share_prefix)
     return _effects(logits, metric, _baseline(side, target_ids, metric) if clean is None else metric(clean))
 
@@ -313,16 +311,12 @@ def attribution_patch(model: nn.Module | Side, sites: Sequence[SiteSet], target_
         embeds = m.get_input_embeddings()(target_ids.to(device)).detach().requires_grad_(True)
         logits = m(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1].float()
         metric(logits).sum().backward()
-    out = torch.zeros(len(_as_sets(sites)), target_ids.shape[0])
+    out = torch.zeros(len(as_site_sets(sites)), target_ids.shape[0])
     for name, mask in masks.items():
         a = acts[name]
         prod = (a.grad * (source[name].to(a.device) - a.detach())).sum(-1).cpu()  # [batch, pos, *head]
         out += (prod.unsqueeze(0) * mask).flatten(2).sum(-1)
     return out
-
-
-# path_patch lives in probes/path_patching.py (it imports this module's engine inside its functions: no cycle)
-from probes.path_patching import path_patch  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -342,7 +336,7 @@ class HeadScores:
 
 
 def as_head_scores(effects: Float[Tensor, "variant batch"], dims: Dims, label: str = "Δ metric") -> HeadScores:
-    """Reshape per-head effects from :func:`head_sites` order (all layers) into a ``[n_layers, n_heads]`` grid."""
+    """Reshape per-head effects from :func:`~probes.patch_sites.head_sites` order (all layers) into a ``[n_layers, n_heads]`` grid."""
     if effects.shape[0] != dims.n_layers * dims.n_heads:
         raise ConfigError(f"expected {dims.n_layers * dims.n_heads} head effects, got {effects.shape[0]}")
     return HeadScores(effects.mean(1).reshape(dims.n_layers, dims.n_heads), label)

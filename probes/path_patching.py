@@ -18,8 +18,7 @@ What does not depend on the sender is computed once and reused:
   results as the whole-prompt run to floating-point tolerance (tests: against hand-written hooks, and
   ``share_prefix=False``).
 
-:func:`path_patch` runs on the engine of :mod:`probes.patching`, imported inside the functions:
-:mod:`probes.patching` re-exports ``path_patch`` from here, so a module-level import back would be a cycle.
+:func:`path_patch` runs on the engine of :mod:`probes.patching` (:func:`~probes.patching.run_patched`).
 """
 
 from __future__ import annotations
@@ -36,14 +35,15 @@ from probes.patch_sites import (
     Positions,
     Side,
     SiteSet,
-    _as_sets,
-    _check_ids,
-    _parse,
+    as_id_pair,
     as_side,
+    as_site_sets,
     check_metric,
+    site_from_hook_name,
     variant_masks,
 )
-from probes.prefix_patching import (
+from probes.patching import cache, run_patched
+from probes.shared_prefix import (
     cache_argument,
     first_patched_position,
     prefix_cache,
@@ -100,10 +100,8 @@ def path_patch_runs(model: nn.Module | Side, target_ids: Int[Tensor, "batch pos"
     Raises:
         ConfigError: mismatched id shapes or token ids out of the vocabulary.
     """
-    from probes.patching import cache, run_patched
-
     side = as_side(model)
-    target_ids, source_ids = _check_ids(target_ids, source_ids, side)
+    target_ids, source_ids = as_id_pair(target_ids, source_ids, side)
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(Dims.of(side.model).n_layers)]
     logits, rec = run_patched(side, target_ids, [], 1, record=names, max_batch=max(1, target_ids.shape[0]))
     return PathPatchRuns(side, target_ids, source_ids, {n: t[0] for n, t in rec.items()}, cache(side, source_ids, names),
@@ -128,7 +126,7 @@ def _run(runs: PathPatchRuns, start: int, fns: dict[str, Callable[[Tensor], Tens
     b = ids.shape[0]
     device = next(side.model.parameters()).device
     kw = {cache_argument(side.model): tiled_cache(runs.prefix(start), n, b)} if start else {}
-    with side.context(), hooks(side.model, [(_parse(name), fn) for name, fn in fns.items()]):
+    with side.context(), hooks(side.model, [(site_from_hook_name(name), fn) for name, fn in fns.items()]):
         out = side.model(input_ids=ids[:, start:].to(device).repeat(n, 1), logits_to_keep=1, **kw)
     return out.logits[:, -1].float()
 
@@ -159,10 +157,10 @@ def path_patch(model: nn.Module | Side, senders: Sequence[SiteSet], receivers: s
             or as :func:`probes.patching.activation_patch`.
     """
     side = as_side(model)
-    target_ids, source_ids = _check_ids(target_ids, source_ids, side)
+    target_ids, source_ids = as_id_pair(target_ids, source_ids, side)
     check_metric(metric)
     dims = Dims.of(side.model)
-    sets = _as_sets(senders)
+    sets = as_site_sets(senders)
     b, seq = target_ids.shape
     receivers = _check_receivers(receivers)
     to_logits = isinstance(receivers, str)

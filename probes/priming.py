@@ -1,9 +1,10 @@
-"""Knowledge priming probes: keyword probabilities and the priming score.
+"""Knowledge priming probes: the priming score.
 
 Source: Sun et al. (Google DeepMind), "How new data permeates LLM knowledge and how to dilute it",
 arXiv 2504.09522, 2025 — §2 (priming and memorization scores), §3 (the keyword's probability before
-learning predicts priming). Learning a text (and ignore-top-k, §5.2) is training and lives in
-:mod:`workbench.text_learning`.
+learning predicts priming). A keyword's log-probability after a prefix is
+:func:`workbench.tasks.priming.logprob.keyword_logprob` (the library's priming task reports it too). Learning a
+text (and ignore-top-k, §5.2) is training and lives in :mod:`workbench.text_learning`.
 
 Units: log-probabilities are natural logs (nats) summed over the keyword's tokens; the priming score is
 reported as ``log10`` of the mean ratio ``P_after / P_before`` over the theme's probe prefixes.
@@ -18,7 +19,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import ConfigError
-from workbench.tasks.priming.logprob import keyword_logprob  # noqa: F401  (re-exported: the library's priming task reports it too)
 
 
 def log10_mean_ratio(logp_before: Float[Tensor, " n"], logp_after: Float[Tensor, " n"]) -> float:

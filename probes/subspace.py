@@ -11,8 +11,8 @@ Everything here reads the model at the **last prompt token** of right-padded bat
 :class:`~workbench.intervention.Intervention`, e.g. the LoRA adapter of the tuned model) is attached
 around every forward pass, so one frozen base model serves as both the tuned and the untuned model.
 
-* :func:`layer_search` (in :mod:`probes.layer_search`, re-exported here) — patch ``hook_attn_out`` (the attention block's write into the residual stream)
-  at a window of layers from source into target; binary searches give the smallest upper bound and then
+* :func:`probes.layer_search.layer_search` (its own module) — patch ``hook_attn_out`` (the attention block's write into
+  the residual stream) at a window of layers from source into target; binary searches give the smallest upper bound and then
   the largest lower bound that keep the source answer's probability above a threshold, in
   ``O(log n_layers)`` forward passes.
 * :class:`RankOneSubspace` — a trainable unit vector ``u`` at ``blocks.{layer}.hook_resid_post``:
@@ -34,17 +34,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from probes.layer_search import (  # noqa: F401  (re-exported: the layer search is part of this probe)
-    LayerSearchResult, Seqs, attached, check_layer, check_pairs, chunks, last_token_acts, layer_search, patched_answer_prob,
-)
+from probes.layer_search import Seqs, attached, check_layer, check_pairs, chunks, last_token_acts
 from workbench.data import final_position_logits as last_logits, right_pad as pad_batch
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.intervention import Intervention
 from workbench.sites import Site
 from workbench.train import batch_indices
 
-__all__ = ["LayerSearchResult", "layer_search", "patched_answer_prob", "last_token_acts", "check_layer", "SubspaceConfig",
-           "RankOneSubspace", "DasResult", "fit_das", "interchange_accuracy", "random_direction", "projections",
+__all__ = ["SubspaceConfig", "RankOneSubspace", "DasResult", "fit_das", "interchange_accuracy", "random_direction", "projections",
            "steering_values", "steer_rates", "separation"]
 
 # --- (b) the rank-1 DAS subspace ------------------------------------------------------------------

@@ -42,11 +42,13 @@ pytest_plugins = ["pytester"]  # tests/test_commands.py runs the skip policy on 
 ALLOWED_SKIPS = {
     # the opt-in `.[qwen]` extra (not installed by `make install`)
     "tests/test_models_qwen.py::test_real_qwen_coder": r"Qwen2\.5-Coder GGUF packages not installed",
-    # the `gpu` tests (tests/test_gpu.py) on a machine without CUDA; they run, and must pass, where CUDA exists
+    # the `gpu` tests (tests/test_gpu.py) on a machine without CUDA; they run, and must pass, where CUDA exists (the
+    # module's other tests need no GPU and run everywhere; tests/test_gpu.py checks this list against its marks)
     **{f"tests/test_gpu.py::{name}": r"^no CUDA device$" for name in (
-        "test_every_method_is_covered", "test_method_trains_in_bf16_on_cuda", "test_zero_init_is_identity_in_bf16_on_cuda",
+        "test_method_trains_in_bf16_on_cuda", "test_zero_init_is_identity_in_bf16_on_cuda",
         "test_sdpa_and_eager_agree_on_cuda", "test_patching_hooks_equal_nnsight_on_cuda", "test_app_analysis_on_cuda")},
-    # the Triton kernels' equality tests (tests/test_kernels_triton.py) on a machine without CUDA
+    # the Triton kernels' equality tests (tests/test_kernels_triton.py) on a machine without CUDA; with CUDA and no
+    # Triton they skip with another reason ("Triton missing ..."), deliberately not listed: a failure under WORKBENCH_CI=1
     **{f"tests/test_kernels_triton.py::{name}": r"^no CUDA device$" for name in (
         "test_triton_lens_equals_the_eager_lens_on_cuda",)},
 }
@@ -95,25 +97,8 @@ def pytest_make_collect_report(collector):
     _police_skip(outcome.get_result())  # a module-level skip / importorskip
 
 
-def tiny_info(model, id_: str) -> "ModelInfo":
-    """A real ModelInfo for a tiny Llama built by :func:`make_tiny`."""
-    from workbench.models import ModelInfo, weights_hash
-
-    c = model.config
-    return ModelInfo(id=id_, weight_hash=weights_hash(model), n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
-                     n_kv_heads=c.num_key_value_heads, d_head=c.hidden_size // c.num_attention_heads, d_model=c.hidden_size,
-                     d_mlp=c.intermediate_size, d_vocab=c.vocab_size, architecture="LlamaForCausalLM", prepend_bos=False, path="")
-
-
-def make_tiny(seed: int = 0, hidden_size: int = 16):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=hidden_size, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      attn_implementation="eager", pad_token_id=0, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).eval()
-    return model, tiny_info(model, f"tiny-llama-{seed}")
+# the tiny-model factory is the library's (the app's latency bench builds its tiny models with it too)
+from workbench.models.tiny import make_tiny, tiny_info, tiny_llama  # noqa: E402,F401  (tests import them from here)
 
 
 # --- the real default model, loaded once per test process ---------------------------------------------------------
@@ -179,13 +164,8 @@ def tiny_llama_with_smollm2_tokenizer():
     """``(model, tokenizer)``: a tiny random Llama (2 layers, d_model 16, seed 0) over SmolLM2's real tokenizer
     from the model cache, for tests that save a model folder any command can read. Skips, with the reason,
     when the model package is missing (a failure under WORKBENCH_CI=1)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = smollm2_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=256, attn_implementation="eager", pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval(), tok
+    return tiny_llama(len(tok), max_position_embeddings=256), tok
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ PROMPT = "The apple is in Box F, the key is in Box C. Box C contains the"
 # --- view logic (no streamlit) ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_pair(tiny_dirs):
-    from app.views.load import load_pair
+    from workbench.models.tuned import load_pair
 
     base, tuned, *_ = tiny_dirs
     return load_pair(str(base), str(tuned), "cpu")
@@ -24,7 +24,7 @@ def model_pair(tiny_dirs):
 
 @pytest.fixture(scope="module")
 def run_pair(tiny_dirs):
-    from app.views.load import load_pair
+    from workbench.models.tuned import load_pair
 
     base, _, run, *_ = tiny_dirs
     return load_pair(str(base), str(run), "cpu")
@@ -87,9 +87,23 @@ def test_prompt_limits(model_pair):
     assert tokenize_prompt(model_pair.pair, "Hello", max_tokens=4).shape[0] == 1
 
 
+def test_the_app_adds_its_key_and_lock_to_the_library_pair(tiny_dirs):
+    """The library's LoadedPair carries no app state; the app's SharedPair adds the cache key and the lock."""
+    import dataclasses
+
+    from app.views.load import SharedPair, load_shared_pair
+    from workbench.models.tuned import LoadedPair
+
+    assert not {"key", "lock"} & {f.name for f in dataclasses.fields(LoadedPair)}
+    base, tuned, *_ = tiny_dirs
+    a, b = (load_shared_pair(str(base), str(tuned), "cpu") for _ in range(2))
+    assert isinstance(a, SharedPair) and isinstance(a, LoadedPair) and a.tuned_kind == "model"
+    assert len(a.key) == 16 and a.key == b.key and a.lock is not b.lock and a.lock.acquire(blocking=False)
+
+
 def test_load_errors_are_workbench_errors(tiny_dirs, tmp_path):
-    from app.views.load import load_pair
     from workbench.errors import ConfigError, MismatchError, ModelNotFoundError
+    from workbench.models.tuned import load_pair
 
     base, _, run, other, _ = tiny_dirs
     with pytest.raises(MismatchError, match="cannot be compared"):
@@ -146,7 +160,7 @@ def test_method_views_for_models_and_other_interventions(model_pair, run_pair):
 def test_neft_view(tiny_dirs):
     import workbench.methods.neft as neft
     from app.views.analysis import analyse_prompt
-    from app.views.load import LoadedPair
+    from workbench.models.tuned import LoadedPair
     from app.views.method import method_view
     from workbench.models import load_model
     from workbench.pair import ModelPair
@@ -213,10 +227,11 @@ def test_run_results_discovery(tiny_dirs, tmp_path):
 def test_caft_view_from_an_adapter_and_from_a_run_folder(tiny_dirs, tmp_path):
     import workbench.methods.caft as caft
     from app.views.analysis import analyse_prompt
-    from app.views.load import load_pair
     from app.views.method import method_views
-    from workbench.artifacts import atomic_save_tensors, save_intervention
+    from workbench.artifacts import atomic_save_tensors
+    from workbench.methods import save_intervention
     from workbench.models import load_model
+    from workbench.models.tuned import load_pair
 
     base, _, run, *_ = tiny_dirs
     _, _, info = load_model(base, device="cpu")
@@ -246,12 +261,11 @@ def test_lora_run_folder_binds_before_the_bridge(tiny_dirs, tmp_path):
     """A method whose parameters live inside the model (peft LoRA) is inserted before the TransformerBridge
     rewires the model; the generic view lists its tensors."""
     from app.views.analysis import analyse_prompt
-    from app.views.load import load_pair
     from app.views.method import method_view
-    from workbench.artifacts import save_intervention
     from workbench.config import config_from_dict
-    from workbench.methods import get_method
+    from workbench.methods import get_method, save_intervention
     from workbench.models import load_model
+    from workbench.models.tuned import load_pair
 
     model, _, info = load_model(tiny_dirs[0], device="cpu")
     spec = get_method("lora")

@@ -107,9 +107,9 @@ def test_page_on_the_real_model_with_a_lofit_run_folder(smollm2, monkeypatch, tm
     """Every view on SmolLM2-135M-Instruct with LoFiT offsets from a run folder (random offsets on three
     heads, so that no training is needed): the page renders, and the numbers obey the intervention."""
     from app.views.analysis import analyse_prompt
-    from app.views.load import load_pair
-    from workbench.artifacts import save_intervention
+    from workbench.methods import save_intervention
     from workbench.methods.lofit import LofitConfig, LofitOffsets
+    from workbench.models.tuned import load_pair
 
     info = smollm2[2]
     heads = [[3, 1], [10, 4], [25, 8]]
@@ -197,8 +197,8 @@ def test_page_says_when_it_waits_for_another_sessions_analysis(monkeypatch, tiny
 
     base, tuned, _, _, runs = tiny_dirs
     loaded = []
-    real = load_view.load_pair
-    monkeypatch.setattr(load_view, "load_pair", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    real = load_view.load_shared_pair
+    monkeypatch.setattr(load_view, "load_shared_pair", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
     st.cache_resource.clear()  # load the pair through the wrapper, to reach its lock
     at = _app(monkeypatch, base, tuned, runs)
     assert not at.exception and len(loaded) == 1

@@ -23,7 +23,7 @@ CORRUPT = "The apple is in Box F, the key is in Box C. Box F contains the"
 def tiny(tmp_path_factory):
     from app.latency.tiny import save_tiny, save_tiny_run, write_quickstart_like_results
     from app.views.analysis import analyse_prompt
-    from app.views.load import load_pair
+    from workbench.models.tuned import load_pair
 
     root = tmp_path_factory.mktemp("research")
     base = save_tiny(root / "base")

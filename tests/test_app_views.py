@@ -113,8 +113,8 @@ def test_queued_session_is_told_while_the_lock_is_held(monkeypatch, tiny_run):
     from app.views import load as load_view
 
     loaded = []
-    real = load_view.load_pair
-    monkeypatch.setattr(load_view, "load_pair", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    real = load_view.load_shared_pair
+    monkeypatch.setattr(load_view, "load_shared_pair", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
     at = _open_app(monkeypatch, tiny_run)
     assert len(loaded) == 1
     seen = []
@@ -134,7 +134,7 @@ def test_queued_session_is_told_while_the_lock_is_held(monkeypatch, tiny_run):
     assert any(c.value.startswith("Waited") for c in at.caption)
 
 
-# --- the chunked logit lens (probes.lens_chunked) ----------------------------------------------------------
+# --- the chunked logit lens (probes.logit_lens) ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tiny_run):
     from workbench.models import load_model
@@ -145,7 +145,7 @@ def tiny_model(tiny_run):
 
 @pytest.mark.parametrize("rows_per_chunk", [1, 7, 10_000])
 def test_chunked_lens_equals_the_full_lens(tiny_model, rows_per_chunk):
-    from probes.lens_chunked import chunked_logit_lens, full_logit_lens
+    from probes.logit_lens import chunked_logit_lens, full_logit_lens
 
     model, info = tiny_model
     g = torch.Generator().manual_seed(0)
@@ -169,7 +169,7 @@ def test_chunked_lens_never_holds_layers_by_positions_by_vocabulary(tiny_model):
     """Peak memory: the largest vocabulary-sized tensor is one chunk's ``[rows_per_chunk, d_vocab]`` scores
     (the unembedding's outputs, watched by a hook; the softmax of a chunk has the same size), never
     ``[n_layers, pos, d_vocab]``; and the process's peak allocation stays far below the full lens's."""
-    from probes.lens_chunked import chunked_logit_lens, full_logit_lens
+    from probes.logit_lens import chunked_logit_lens, full_logit_lens
     from workbench.architecture import unembedding
 
     model, info = tiny_model

@@ -83,7 +83,8 @@ def _train(config: Any = None, *extra: str, method: str = "lofit", runs: str = "
 
 def _api_patch_lists(ctx):
     from probes import metrics as pm
-    from probes.patching import activation_patch, head_sites
+    from probes.patch_sites import head_sites
+    from probes.patching import activation_patch
     from workbench.architecture import Dims
 
     model = ctx["model"]
@@ -93,7 +94,8 @@ def _api_patch_lists(ctx):
 
 def _api_patch_shapes(ctx):
     from probes import metrics as pm
-    from probes.patching import activation_patch, head_sites
+    from probes.patch_sites import head_sites
+    from probes.patching import activation_patch
     from workbench.architecture import Dims
 
     model = ctx["model"]
@@ -118,7 +120,7 @@ def _api_finetune_unknown(ctx):
 
 def _app_load(base: str, tuned: str, device: str = "cpu"):
     def call(ctx):
-        from app.views.load import load_pair
+        from workbench.models.tuned import load_pair
 
         return load_pair(base.format(**ctx["paths"]), tuned.format(**ctx["paths"]), device)
 

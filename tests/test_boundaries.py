@@ -166,7 +166,8 @@ def test_pickle_only_hub_snapshot_is_refused_unopened(offline_hub, tiny_dir, tmp
 
 
 def test_our_adapter_as_pickle_is_refused_unopened(tiny, tmp_path, marker):
-    from workbench.artifacts import load_intervention, load_tensors, save_intervention
+    from workbench.artifacts import load_tensors
+    from workbench.methods import load_intervention, save_intervention
     from workbench.methods.lofit import LofitConfig, LofitOffsets
 
     _, info = tiny
@@ -183,7 +184,7 @@ def test_our_adapter_as_pickle_is_refused_unopened(tiny, tmp_path, marker):
 
 
 def test_app_refuses_a_pickled_tuned_side(tiny_dir, tmp_path, marker):
-    from app.views.load import load_pair
+    from workbench.models.tuned import load_pair
 
     model_dir = _pickle_model_dir(tiny_dir, tmp_path / "m", "pytorch_model.bin", marker)
     peft_dir = tmp_path / "peft"
@@ -280,15 +281,18 @@ def _call(name):
     from probes import (
         circuits,
         contribution,
+        dcm,
         layer_search,
         metrics,
+        patch_sites,
         patching,
+        path_patching,
     )
     from probes.diff import prompts as model_diff
     from workbench import data
     from workbench.finetune import finetune
 
-    ap, pp = patching.activation_patch, patching.path_patch
+    ap, pp = patching.activation_patch, path_patching.path_patch
     return {
         "patch: unequal target/source": lambda c: ap(c["model"], SITES, IDS, [[1, 2]], c["metric"]),
         "patch: one flat prompt": lambda c: ap(c["model"], SITES, [1, 2, 3], [4, 5, 6], c["metric"]),
@@ -303,8 +307,8 @@ def _call(name):
         "mean_activations: ragged": lambda c: patching.mean_activations(c["model"], [[1, 2], [3]], ["blocks.0.hook_resid_pre"]),
         "faithfulness: one Site": lambda c: circuits.faithfulness(c["model"], Site(0, "attn.hook_z", head=0), IDS, c["metric"], {}),
         "cmap: empty ids": lambda c: circuits.cmap(c["model"], c["tuned"], {"g": SITES[:1]}, [[]], c["metric"]),
-        "dcm: float targets": lambda c: circuits.dcm(c["model"], SITES[:1], IDS, SRC, [1.0, 2.0], [[1, 2], [2, 1]],
-                                                     circuits.DCMConfig(steps=1)),
+        "dcm: float targets": lambda c: dcm.dcm(c["model"], SITES[:1], IDS, SRC, [1.0, 2.0], [[1, 2], [2, 1]],
+                                                dcm.DCMConfig(steps=1)),
         "compare: float ids": lambda c: model_diff.compare(c["pair"], [[1.5, 2.5]]),
         "tuco: ragged": lambda c: contribution.tuco(c["model"], c["tuned"], [[1, 2], [3]]),
         "alpha_forward: bad mask": lambda c: contribution.alpha_forward(c["model"], c["tuned"], IDS, 0.5, attention_mask=[1, 1]),
@@ -315,7 +319,7 @@ def _call(name):
         "right_pad: flat list": lambda c: data.right_pad([1, 2, 3], 0),
         "final_position_logits: shapes": lambda c: data.final_position_logits(c["model"], [[1, 2]], [[1]]),
         "pair.tokenize: a str": lambda c: c["pair"].tokenize("w1 w2"),
-        "equal_length_ids: a str": lambda c: patching.equal_length_ids(c["pair"].tokenizer, "w1 w2", False),
+        "equal_length_ids: a str": lambda c: patch_sites.equal_length_ids(c["pair"].tokenizer, "w1 w2", False),
         "pair.logits: ids beyond vocab": lambda c: c["pair"].logits([[1, 999]]),
         "pair.bridge: bad role": lambda c: c["pair"].bridge("other"),
         "finetune: tuples": lambda c: finetune("lofit", c["model"], c["info"], [(1, 2)]),
@@ -373,15 +377,15 @@ def test_bad_input_is_one_clear_config_error(ctx, name):
 
 
 def test_lists_of_token_ids_are_accepted_like_tensors(ctx):
-    from probes import contribution, patching
+    from probes import contribution, patching, path_patching
 
     m, metric = ctx["model"], ctx["metric"]
     t_ids, t_src = torch.tensor(IDS), torch.tensor(SRC)
     for fn in (patching.activation_patch, patching.attribution_patch):
         assert torch.allclose(fn(m, SITES, IDS, SRC, metric), fn(m, SITES, t_ids, t_src, metric), atol=1e-6)
     senders = [Site(0, "attn.hook_z", head=h) for h in range(2)]
-    assert torch.allclose(patching.path_patch(m, senders, "logits", IDS, SRC, metric),
-                          patching.path_patch(m, senders, "logits", t_ids, t_src, metric), atol=1e-6)
+    assert torch.allclose(path_patching.path_patch(m, senders, "logits", IDS, SRC, metric),
+                          path_patching.path_patch(m, senders, "logits", t_ids, t_src, metric), atol=1e-6)
     assert torch.equal(patching.run_patched(m, IDS, [], 1)[0], patching.run_patched(m, t_ids, [], 1)[0])
     assert torch.allclose(contribution.tuco(m, ctx["tuned"], IDS), contribution.tuco(m, ctx["tuned"], t_ids))
     base, tuned = ctx["pair"].logits(IDS)

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from workbench.artifacts import load_intervention, save_intervention
 from workbench.errors import CheckpointError, ConfigError
 from workbench.hooked import add_hook, hook_count
-from workbench.methods import get_method
+from workbench.methods import get_method, load_intervention, save_intervention
 from workbench.methods.caft import (CaftConfig, CaftIntervention, choose_concept_components, difference_of_means,
                                     evaluate_with_ablation, pca_directions, probe_direction, random_directions,
                                     residuals, save_directions, train_caft)
@@ -388,7 +387,7 @@ def test_spurious_cue_metric_and_config_errors(smol_tok):
             return SimpleNamespace(logits=logits[: len(input_ids), None, :])
 
     assert evaluate(Fixed(), split.ood, batch_size=4) == {"accuracy": 0.75, "logit_diff": 0.5}
-    for bad, match in ((dict(n_train=0), "positive int"), (dict(nouns="names"), "nouns must be one of"),
+    for bad, match in ((dict(n_train=0), "integer >= 1"), (dict(nouns="names"), "nouns must be one of"),
                        (dict(design="cloze"), "design must be one of")):
         with pytest.raises(ConfigError, match=match):
             SpuriousCueConfig(**bad)

@@ -14,7 +14,8 @@ Covered elsewhere (not repeated here):
   app         error: test_paths.py::test_app_runs_dir_is_a_file; the running app: test_app_browser.py
   studies     tiny configs end to end: test_packaging.py (quickstart, ``python -m``), test_real_model.py (quickstart),
               test_method_comparison.py, test_tuco_study.py, test_priming.py, test_context_knob_study.py,
-              test_entity_tracking_study.py (all ``real``); caft_spurious ships no tiny config.
+              test_entity_tracking_study.py (all ``real``); own_finetune on a tiny model and the shape of every study
+              folder: test_study_shapes.py.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from app.cli import app
 from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "dataset_diff", "diffing_benchmark", "dictionaries"]
+STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "dataset_diff", "diffing_benchmark", "dictionaries",
+           "own_finetune"]
 COMMANDS = {"quickstart", "train", "fetch", "models", "methods", "tasks", "app", "diff"}
 
 
@@ -195,8 +197,7 @@ def test_every_study_entry_point_helps_and_refuses_an_unknown_config(tmp_path):
     assert on_disk == sorted(STUDIES)
     calls = []
     for study in STUDIES:
-        out = ["--runs-dir", str(tmp_path / "runs")] if study == "quickstart" else ["--out", str(tmp_path / study)]
-        calls += [[f"studies.{study}", ["--help"]], [f"studies.{study}", ["--config", "nosuch", *out]]]
+        calls += [[f"studies.{study}", ["--help"]], [f"studies.{study}", ["--config", "nosuch", "--out", str(tmp_path / study)]]]
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(calls)], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in json.loads(proc.stdout.strip().splitlines()[-1]):

@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny
-from workbench.artifacts import atomic_write_json, load_intervention, save_intervention
+from workbench.artifacts import atomic_write_json
 from workbench.config import config_from_dict
 from workbench.errors import CheckpointError, ConfigError, MismatchError, NonFiniteLossError
 from workbench.hooked import add_hook, hook_count
+from workbench.methods import load_intervention, save_intervention
 from workbench.methods.lofit import LofitConfig, LofitOffsets, LofitScaling, train_lofit
 from workbench.sites import Site
 from workbench.train import TrainConfig, fit

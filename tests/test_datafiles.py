@@ -101,16 +101,6 @@ def test_corpus_texts_renders_every_shape(tmp_path, tok):
     assert chats == [tok.apply_chat_template(r["messages"], tokenize=False) for r in CHAT]
 
 
-def test_workbench_data_reexports_the_file_reader():
-    import workbench.data as data
-    import workbench.datafiles as datafiles
-
-    assert data.load_rows is datafiles.load_rows and data.corpus_texts is datafiles.corpus_texts
-    assert data.to_examples is datafiles.to_examples
-    with pytest.raises(AttributeError):
-        data.no_such_name  # noqa: B018
-
-
 # --- formats and column mapping ----------------------------------------------------------------------------------------
 def test_every_file_format_reads_the_same_rows(tmp_path):
     import pandas as pd

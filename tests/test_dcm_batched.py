@@ -1,6 +1,6 @@
 """DCM trained for many tasks in one batched, prefix-shared run equals the one-task-at-a-time loop it replaced.
 
-The reference below is the training loop :func:`probes.circuits.dcm` ran before the batching (one Adam per task,
+The reference below is the training loop :func:`probes.dcm.dcm` ran before the batching (one Adam per task,
 whole prompts each step, through :func:`probes.dcm._mixed`); the batched run must give the same masks, losses,
 selections and accuracies up to floating-point reduction order.
 """
@@ -12,8 +12,9 @@ import torch
 from conftest import make_tiny
 
 from probes.dcm import DCMConfig, DCMTask, _mixed, dcm, dcm_many
-from probes.patching import Side, cache
-from studies.entity_tracking.benchmark import _old_dcm
+from probes.patch_sites import Side
+from probes.patching import cache
+from studies.benchmarks.circuits_and_dcm import _old_dcm
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.sites import Site

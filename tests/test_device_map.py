@@ -100,7 +100,8 @@ def test_interventions_on_a_split_model(models, name, tiny_examples):
 
 def test_activation_and_attribution_patching_on_a_split_model(models):
     from probes import metrics as pm
-    from probes.patching import activation_patch, attribution_patch, head_sites
+    from probes.patch_sites import head_sites
+    from probes.patching import activation_patch, attribution_patch
     from workbench.architecture import Dims
 
     whole, split, _, _ = models

@@ -214,7 +214,7 @@ def test_per_head_receivers_sum_to_the_layer_receiver(data):
 
 # ----------------------------------------------------------------------------- architectures
 def test_other_llama_like_families_decompose_and_gemma3_is_refused():
-    from test_kernels_prefix_runner import _tiny
+    from test_kernels_forward_from_layer import _tiny
 
     g = torch.Generator().manual_seed(5)
     clean, corrupt = torch.randint(4, 64, (2, 6), generator=g), torch.randint(4, 64, (2, 6), generator=g)

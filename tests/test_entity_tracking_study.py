@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from studies.entity_tracking.__main__ import report
-from studies.entity_tracking.study import EntityTrackingStudyConfig, figures, run
+from studies.entity_tracking.figures import figures
+from studies.entity_tracking.study import EntityTrackingStudyConfig, run
 from tests.conftest import execute_notebook
 from tests.test_notebooks import check_default_section
 from workbench.errors import ConfigError
@@ -126,7 +127,8 @@ def test_attribution_tracks_exact_patching_on_the_real_model(real):
     """Per-head patching at the last token of SmolLM2 (layers 20-29): the attribution estimate correlates with
     exact activation patching."""
     from probes import metrics as pm
-    from probes.patching import activation_patch, attribution_patch, head_sites
+    from probes.patch_sites import head_sites
+    from probes.patching import activation_patch, attribution_patch
     from workbench.architecture import Dims
     from workbench.tasks.entity_tracking import counterfactuals as ecf
     from workbench.tasks import entity_tracking as et

@@ -11,10 +11,10 @@ import torch
 
 from workbench.architecture import (Dims, decoder_layers, final_norm, logit_softcap, mlp_projections, o_proj, readout,
                                     unembedding, w_o)
-from workbench.artifacts import load_intervention, save_intervention
 from workbench.errors import ConfigError
 from workbench.hooked import hook_count, hooks, module_hooks, record
 from workbench.intervention import check_dims
+from workbench.methods import load_intervention, save_intervention
 from workbench.methods.lofit import LofitConfig, LofitOffsets
 from workbench.sites import Site
 

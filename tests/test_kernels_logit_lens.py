@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from workbench_kernels.logit_lens import lens_topk
-from probes import lens_chunked
-from probes.lens_chunked import chunked_logit_lens, full_logit_lens
+from probes import logit_lens as probes_lens
+from probes.logit_lens import chunked_logit_lens, full_logit_lens
 from tests.conftest import make_tiny
 from workbench.architecture import final_norm, unembedding
 
@@ -95,7 +95,7 @@ def test_probes_api_is_the_reference():
 
 
 def test_probes_uses_the_kernel():
-    assert lens_chunked.lens_topk is lens_topk
+    assert probes_lens.lens_topk is lens_topk
 
 
 @pytest.mark.real

@@ -1,7 +1,9 @@
 """Triton kernels (kernels/triton_*.py) and the GPU benchmark script.
 
 On CUDA (with triton) each kernel is checked against its eager reference, values and gradients; without CUDA
-those tests skip with the reason "no CUDA device" (allow-listed in tests/conftest.py ALLOWED_SKIPS). Everywhere:
+those tests skip with the reason "no CUDA device" (allow-listed in tests/conftest.py ALLOWED_SKIPS); with CUDA but
+without triton they skip with TRITON_MISSING, which is not allow-listed (a GPU machine lacking triton fails CI's
+skip policy instead of passing as if it had no GPU). Everywhere:
 the CPU falls back to torch, and ``studies/benchmarks/gpu_kernels.py`` imports nothing the offline GPU machine
 lacks (transformer_lens, nnsight, streamlit) and exits 0 with a clear message without CUDA.
 """
@@ -22,8 +24,20 @@ from workbench_kernels.paths import path_taken
 from workbench_kernels.logit_lens import lens_topk
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the Triton kernels' equality tests run only with CUDA and triton (the GPU machine has triton 3.6).
-cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and triton_lens.available()), reason="no CUDA device")
+#: the Triton kernels' equality tests run only with CUDA and triton (the GPU machine has triton 3.6); the two skip
+#: conditions exclude each other, so a machine without CUDA always gives the allow-listed reason.
+TRITON_MISSING = "Triton missing: CUDA is available but triton is not importable"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+needs_triton = pytest.mark.skipif(torch.cuda.is_available() and not triton_lens.available(), reason=TRITON_MISSING)
+
+
+def test_only_a_missing_cuda_device_is_an_allowed_skip():
+    """CI's skip policy (tests/conftest.py) lets the Triton tests skip for want of CUDA, never for want of triton."""
+    from conftest import _allowed
+
+    node = "tests/test_kernels_triton.py::test_triton_lens_equals_the_eager_lens_on_cuda"
+    assert _allowed(node, "no CUDA device")
+    assert not _allowed(node, TRITON_MISSING)
 
 
 def test_the_gpu_benchmark_imports_only_what_the_gpu_machine_has():
@@ -67,7 +81,8 @@ def test_cpu_rows_fall_back_to_torch_and_without_cuda_the_triton_paths_say_so():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("n_rows", "d_vocab"), [(1, 300), (300, 5000)])
 @pytest.mark.gpu
-@cuda_only
+@needs_cuda
+@needs_triton
 def test_triton_lens_equals_the_eager_lens_on_cuda(cap, dtype, n_rows, d_vocab):
     g = torch.Generator("cuda").manual_seed(0)
     d = 64

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from workbench.artifacts import load_intervention, save_intervention
 from workbench.export import export_hf, export_max_logit_diff
 from workbench.hooked import hook_count
-from workbench.methods import available_methods, get_method
+from workbench.methods import available_methods, get_method, load_intervention, save_intervention
 from workbench.train import TrainConfig, fit
 
 IDS = torch.tensor([[5, 9, 3, 7, 11, 2], [4, 4, 8, 1, 60, 33]])

@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 
-from workbench.artifacts import load_intervention, save_intervention
 from workbench.errors import CheckpointError, ConfigError, MismatchError
 from workbench.hooked import hook_count
-from workbench.methods import get_method
+from workbench.methods import get_method, load_intervention, save_intervention
 from workbench.methods.neft import (
     NeftConfig,
     NeftIntervention,

@@ -92,9 +92,9 @@ def test_the_installed_copy_runs_the_fast_paths_from_its_own_kernels(installed):
     wheel's ``workbench_kernels``, beside Hugging Face's ``kernels`` package (when installed)."""
     script = textwrap.dedent("""
         import importlib.util, json, torch
-        import workbench_kernels.logit_lens, workbench_kernels.prefix_runner
+        import workbench_kernels.logit_lens, workbench_kernels.forward_from_layer
         from transformers import LlamaConfig, LlamaForCausalLM
-        from probes.lens_chunked import chunked_logit_lens
+        from probes.logit_lens import chunked_logit_lens
         from probes.metrics import logit_diff
         from probes.patching import activation_patch
         from probes.patch_sites import head_sites
@@ -109,8 +109,8 @@ def test_the_installed_copy_runs_the_fast_paths_from_its_own_kernels(installed):
         activation_patch(model, head_sites(Dims.of(model), pos=-1), clean, corrupt, logit_diff(torch.tensor([1, 2]), torch.tensor([[3], [4]])))
         chunked_logit_lens(model, torch.randn(2, 5, 32), k=3)
         hf = importlib.util.find_spec("kernels")
-        print(json.dumps({"prefix": path_taken("prefix_patching"), "lens": path_taken("logit_lens"),
-                          "ours": [workbench_kernels.logit_lens.__file__, workbench_kernels.prefix_runner.__file__],
+        print(json.dumps({"prefix": path_taken("shared_prefix"), "lens": path_taken("logit_lens"),
+                          "ours": [workbench_kernels.logit_lens.__file__, workbench_kernels.forward_from_layer.__file__],
                           "hf": None if hf is None else hf.origin}))
     """)
     out = json.loads(_run(installed, str(installed["python"]), "-c", script).stdout.strip().splitlines()[-1])
@@ -149,7 +149,7 @@ def test_a_study_tiny_config_from_the_installed_package(installed):
     """``python -m studies.quickstart --config tiny`` reads its config from the installed package and trains
     LoFiT on the real SmolLM2 (a few steps)."""
     runs = installed["elsewhere"] / "runs"
-    out = _run(installed, str(installed["python"]), "-m", "studies.quickstart", "--config", "tiny", "--runs-dir", str(runs), "--name", "tiny")
+    out = _run(installed, str(installed["python"]), "-m", "studies.quickstart", "--config", "tiny", "--out", str(runs / "tiny"))
     record = json.loads((runs / "tiny" / "results.json").read_text())
     assert record["run_info"]["config"]["n_train"] == 16 and "base vs tuned" in out.stdout
     assert (runs / "tiny" / "report.html").is_file()

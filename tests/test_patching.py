@@ -8,9 +8,11 @@ import torch
 
 from conftest import make_tiny
 from probes import metrics
-from probes.circuits import DCMConfig, cmap, dcm, faithfulness, random_circuit, _mixed
-from probes.patching import (Side, activation_patch, attribution_patch, cache, equal_length_ids, head_sites,
-                             layer_pos_sites, mean_activations, path_patch, as_head_scores)
+from probes.circuits import cmap, faithfulness, random_circuit
+from probes.dcm import DCMConfig, _mixed, dcm
+from probes.patch_sites import Side, equal_length_ids, head_sites, layer_pos_sites
+from probes.patching import activation_patch, as_head_scores, attribution_patch, cache, mean_activations
+from probes.path_patching import path_patch
 from workbench.architecture import Dims
 from workbench.errors import ConfigError, MismatchError
 from workbench.sites import Site
@@ -116,7 +118,7 @@ def test_batched_patching_does_not_depend_on_chunk_size(setup):
 def test_all_heads_sweep_forward_passes_grow_with_layers_not_heads(n_layers):
     """Every head of every layer patched: with ``max_batch = n_heads × batch`` the sweep takes one patched forward
     per layer (plus one to cache the source, one unpatched baseline and one for the target's shared prefix, see
-    probes/prefix_patching.py), not one per (layer, head)."""
+    probes/shared_prefix.py), not one per (layer, head)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)

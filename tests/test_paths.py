@@ -267,23 +267,23 @@ def test_check_output_dir_accepts_new_and_existing(tmp_path):
 def test_real_failed_run_keeps_checkpoints_and_rerun_resumes(tmp_path, monkeypatch):
     """A train job that fails after training keeps its checkpoints and records ``failed.json``; the rerun with
     the same ``--name`` resumes from the checkpoint, succeeds and clears ``failed.json``."""
-    import workbench.artifacts
     import workbench.finetune
+    import workbench.methods
     from workbench.artifacts import read_json
 
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"method_config": {"r": 2, "alpha": 4}, "train": {"max_steps": 2, "batch_size_prompts": 4, "checkpoint_every_steps": 1},
                                "task_config": {"n_boxes": 3, "n_train": 8, "n_heldout": 8, "seed": 0}}))
     args = ["train", "lora", "--config", str(job), "--runs-dir", str(tmp_path / "runs"), "--name", "job"]
-    real_save = workbench.artifacts.save_intervention
-    monkeypatch.setattr(workbench.artifacts, "save_intervention", lambda *a, **k: (_ for _ in ()).throw(ConfigError("disk said no")))
+    real_save = workbench.methods.save_intervention
+    monkeypatch.setattr(workbench.methods, "save_intervention", lambda *a, **k: (_ for _ in ()).throw(ConfigError("disk said no")))
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "disk said no" in result.output, result.output
     run = tmp_path / "runs" / "job"
     assert read_json(run / FAILED_FILE)["message"] == "disk said no"
     assert (run / "train" / "checkpoints" / "step-000002").is_dir()
 
-    monkeypatch.setattr(workbench.artifacts, "save_intervention", real_save)
+    monkeypatch.setattr(workbench.methods, "save_intervention", real_save)
     resumed, real_finetune = [], workbench.finetune.finetune
     monkeypatch.setattr(workbench.finetune, "finetune", lambda *a, **k: resumed.append(r := real_finetune(*a, **k)) or r)
     result = CliRunner().invoke(app, args)

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from probes.priming import keyword_logprob, log10_mean_ratio
+from probes.priming import log10_mean_ratio
 from workbench.text_learning import IgnoreTopK, LearnConfig, fresh_copy, largest_mask, learn_text
 from studies.priming.study import PrimingStudyConfig, spearman
 from tests.conftest import execute_notebook, make_tiny
 from tests.test_notebooks import check_default_section
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.tasks import priming as pt
+from workbench.tasks.priming.logprob import keyword_logprob
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "studies" / "priming"
 

@@ -74,8 +74,8 @@ def test_bridge_and_nnsight_match_transformers_and_see_our_hooks(real):
 
 def test_quickstart_smoke_on_real_model(real, tmp_path):
     """The main job end to end with a tiny budget: LoFiT trains, artifacts and report are written."""
-    from workbench.artifacts import load_intervention
     from studies.quickstart import QuickstartConfig, run_quickstart
+    from workbench.methods import load_intervention
     from workbench.train import TrainConfig
 
     cfg = QuickstartConfig(n_train=24, n_heldout=12, n_compare=4, lofit=LofitConfig(
@@ -85,8 +85,8 @@ def test_quickstart_smoke_on_real_model(real, tmp_path):
     record = json.loads((run_dir / "results.json").read_text())
     m = record["metrics"]
     assert 0 <= m["base_accuracy"] <= 1 and 0 <= m["tuned_accuracy"] <= 1
-    assert len(m["selected_heads"]) == 14 and m["n_trainable_parameters"] == 14 * 64
-    assert m["offset_losses"][-1] < m["offset_losses"][0]
+    assert len(m["details"]["heads"]) == 14 and m["n_trainable_parameters"] == 14 * 64
+    assert m["losses"][-1] < m["losses"][0]
     # learning shows even at this budget: measured (2-core CPU) accuracy 0.25 -> 0.50 (12 held-out prompts),
     # logit difference -0.57 -> -0.03 nats; the margins leave two prompts and half the logit gain as slack
     assert m["tuned_accuracy"] > m["base_accuracy"]
@@ -98,5 +98,5 @@ def test_quickstart_smoke_on_real_model(real, tmp_path):
     assert html.count('class="plotly-graph-div"') == 8 and "base" in html
     info = real[2]
     adapter = load_intervention(run_dir / "adapter", info)
-    assert adapter.config.heads == m["selected_heads"] and adapter.offsets.shape == (14, 64)
-    assert sorted(p.name for p in (run_dir / "lofit" / "offset" / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    assert adapter.config.heads == m["details"]["heads"] and adapter.offsets.shape == (14, 64)
+    assert sorted(p.name for p in (run_dir / "train" / "offset" / "checkpoints").iterdir()) == ["step-000003", "step-000006"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.conftest import make_tiny
 from workbench.data import Example, collate
-from workbench.train import answer_logprob, answer_loss, dpo_loss
+from workbench.losses import answer_logprob, answer_loss, dpo_loss
 
 # prompts and answers of different lengths; every answer multi-token and different per example
 EXAMPLES = [

@@ -203,7 +203,7 @@ def test_method_views_come_from_the_registry(tiny):
 
 # --- method extras: declared on the spec, called by the generic job ---------------------------------------------------
 def test_the_train_job_saves_what_the_spec_declares(monkeypatch, tmp_path, tiny):
-    """``_save_outputs`` calls the spec's ``save_extras`` (any method's) and nothing else beyond the adapter."""
+    """``TrainJob.save`` calls the spec's ``save_extras`` (any method's) and nothing else beyond the adapter."""
     from dataclasses import dataclass
 
     from workbench import train_job
@@ -229,7 +229,7 @@ def test_the_train_job_saves_what_the_spec_declares(monkeypatch, tmp_path, tiny)
     for method in ("extras-probe", "lofit"):
         cfg = train_job.TrainJobConfig(method=method)
         run = tmp_path / method
-        train_job._save_outputs(run, cfg, result, model, None, info, {}, lambda: None, 0.0, lambda *_: None)
+        train_job.TrainJob(cfg, run, model, None, info, data=None, started=0.0, log=lambda *_: None, result=result).save()
         assert (run / "adapter" / "adapter.json").is_file() and (run / "results.json").is_file()
         assert sorted(p.name for p in run.iterdir()) == ["adapter", "results.json"]
     assert len(calls) == 1 and calls[0][0] == tmp_path / "extras-probe" and calls[0][1] is result and calls[0][2] is model

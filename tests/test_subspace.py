@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from probes.layer_search import last_token_acts, layer_search, patched_answer_prob
 from probes.subspace import (
-    RankOneSubspace, SubspaceConfig, fit_das, interchange_accuracy, last_token_acts, layer_search, patched_answer_prob,
-    projections, random_direction, separation, steer_rates, steering_values,
+    RankOneSubspace, SubspaceConfig, fit_das, interchange_accuracy, projections, random_direction, separation, steer_rates,
+    steering_values,
 )
 from workbench.data import final_position_logits as last_logits, right_pad as pad_batch
 from workbench.errors import ConfigError

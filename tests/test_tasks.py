@@ -128,7 +128,7 @@ def test_task_examples_match_the_module_functions(tok):
 
 
 def test_priming_task_reports_the_probe_keyword_logprob(tok, model):
-    from probes.priming import keyword_logprob
+    from workbench.tasks.priming.logprob import keyword_logprob
     from workbench.tasks import priming as pt
 
     task = get_task("priming")
@@ -186,7 +186,7 @@ def test_a_new_task_registers_and_its_metrics_are_checked(monkeypatch):
         train: list
         heldout: list
 
-    from workbench.train import Example
+    from workbench.data import Example
 
     spec = TaskSpec("toy", Cfg, lambda tok, cfg, bos: Split([cfg.seed] * cfg.n, [9]), lambda items: [Example((i,), (1,)) for i in items],
                     lambda model, split, pad_id=0: {"loss": 1.0})

@@ -170,7 +170,7 @@ def test_our_lora_saves_a_standard_peft_adapter(tmp_path):
 def test_run_folder_and_its_peft_export_load_the_same_tuned_model(base_dir, tmp_path):
     """Our run folder (adapter/) loads as an intervention as before; its peft export loads as a peft adapter;
     both give the same tuned logits."""
-    from workbench.artifacts import save_intervention
+    from workbench.methods import save_intervention
     from workbench.methods.lora import save_peft_adapter
     from workbench.models import load_model
     from workbench.models.tuned import load_pair
@@ -350,13 +350,3 @@ def test_real_smollm2_lora_as_peft_adapter(tmp_path):
     with torch.no_grad():
         theirs = PeftModel.from_pretrained(fresh, str(tmp_path / "peft")).eval()(input_ids=ids).logits
     assert (theirs - ours).abs().max() < 1e-5
-
-
-def test_app_reexports_the_library_loader():
-    """The app's loader is the library's (app.views.load keeps its public names)."""
-    import app.views.load as view
-    from workbench.models import tuned
-
-    assert view.load_pair is tuned.load_pair and view.LoadedPair is tuned.LoadedPair
-    assert view.adapter_dir is tuned.adapter_dir and view.available_devices is tuned.available_devices
-    assert view.DEFAULT_BASE == "smollm2-135m-instruct" and callable(view.run_folders) and callable(view.default_tuned)

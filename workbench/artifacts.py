@@ -1,8 +1,10 @@
-"""Artifacts: atomic writes, interventions as safetensors + JSON, and the results record.
+"""Artifacts: atomic writes, tensors as safetensors, JSON, and the results record.
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a killed
 process leaves either the old file or the new one, never half of one. Weights go through safetensors
-only (no pickle anywhere).
+only (no pickle anywhere). A saved intervention (``adapter.safetensors`` + ``adapter.json``) is written and rebuilt
+by :func:`workbench.methods.save_intervention` / :func:`~workbench.methods.load_intervention`, next to the method
+registry that knows each method's classes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from workbench.architecture import Dims
-from workbench.errors import CheckpointError, ConfigError, MismatchError
+from workbench.errors import CheckpointError
 
-FORMAT_VERSION = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK  # what open() would have given; mkstemp makes 0600
@@ -151,68 +151,6 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-# --- interventions --------------------------------------------------------------------------------
-def save_intervention(directory: str | os.PathLike, intervention: Any, model_info: Any) -> Path:
-    """Save ``intervention`` as ``adapter.safetensors`` + ``adapter.json`` in ``directory``.
-
-    The JSON records the method name, its config, the dimensions, and the model id and weight hash it
-    was trained on, so that loading onto another model can be refused.
-    """
-    directory = Path(directory)
-    atomic_save_tensors(directory / "adapter.safetensors", dict(intervention.state_dict()))
-    atomic_write_json(
-        directory / "adapter.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "method": intervention.method,
-            "config": intervention.config_dict(),
-            "dims": intervention.dims.to_dict(),
-            "model_id": model_info.id,
-            "model_weight_hash": model_info.weight_hash,
-            "versions": package_versions(),
-        },
-    )
-    return directory
-
-
-def load_intervention(directory: str | os.PathLike, model_info: Any, *, allow_other_model: bool = False) -> Any:
-    """Rebuild a saved intervention for the model described by ``model_info``.
-
-    Raises:
-        CheckpointError: missing or corrupt files, or tensors that do not fit the config.
-        MismatchError: the adapter was trained on a model with another weight hash (pass
-            ``allow_other_model=True`` to override deliberately) or other dimensions.
-    """
-    from workbench.config import config_from_dict
-    from workbench.methods import get_method
-
-    directory = Path(directory)
-    meta = read_json(directory / "adapter.json")
-    if meta.get("model_weight_hash") != model_info.weight_hash and not allow_other_model:
-        raise MismatchError(
-            f"{directory} was trained on {meta.get('model_id')!r} (weights {meta.get('model_weight_hash')}), "
-            f"not on {model_info.id!r} (weights {model_info.weight_hash}); load it onto the model it was trained on",
-            hint="to transfer it on purpose, pass", settings=("allow_other_model",),
-            python="load_intervention(..., allow_other_model=True)")
-    try:
-        saved = Dims.from_dict(meta["dims"])
-    except (ConfigError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{directory}/adapter.json: unreadable dims ({exc})") from exc
-    model_dims = Dims.coerce(model_info)
-    bad = saved.mismatches(model_dims)
-    if bad:
-        raise MismatchError(f"{directory}: dimensions differ (adapter, model): {bad}")
-    spec = get_method(meta["method"])
-    # the model's dims agree on every saved field and also know those older adapters did not record
-    intervention = spec.intervention_cls(config_from_dict(spec.config_cls, meta["config"]), model_dims)
-    state = load_tensors(directory / "adapter.safetensors")
-    try:
-        intervention.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{directory}: tensors do not match the saved config ({exc})") from exc
-    return intervention
 
 
 # --- results record -------------------------------------------------------------------------------

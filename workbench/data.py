@@ -1,7 +1,7 @@
 """The one data layer: :class:`Example`, right-padding, :func:`collate` and final-position logits.
 
-Your own files (JSONL / JSON / CSV / Parquet, or a hub dataset) are read by :mod:`workbench.datafiles`,
-whose main functions are also reachable here: ``workbench.data.load_rows``, ``to_examples``, ``corpus_texts``.
+Your own files (JSONL / JSON / CSV / Parquet, or a hub dataset) are read by :mod:`workbench.datafiles` (``load_rows``,
+``to_examples``, ``corpus_texts``), which builds on this module.
 
 Every batch in the workbench is *right*-padded (real tokens first, then ``pad_id``; mask 1 on real
 tokens), so position ``t`` of a row is the same position it has in the unpadded sequence and causal
@@ -11,7 +11,11 @@ needs each row's next-token logits calls :func:`final_position_logits`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
+import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,19 +28,6 @@ from torch.nn.utils.rnn import pad_sequence
 from workbench.errors import ConfigError
 
 IGNORE_INDEX = -100  # label of positions the loss skips (torch's cross_entropy default ignore_index)
-
-#: Your own data files (``workbench.data.load_rows`` ...), re-exported lazily from :mod:`workbench.datafiles`
-#: (which imports this module, so an eager import would be a cycle).
-_DATAFILES = ("DataRows", "load_rows", "to_examples", "encode_rows", "corpus_texts")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DATAFILES:
-        import workbench.datafiles as datafiles
-
-        return getattr(datafiles, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 @dataclass(frozen=True)
 class Example:
@@ -178,6 +169,37 @@ def vocab_size_of(model: nn.Module) -> int | None:
         return int(model.get_input_embeddings().num_embeddings)
     except (AttributeError, TypeError, NotImplementedError):
         return None
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """``sha256:…`` over what decides how text becomes ids: the vocabulary (token → id, added tokens included) and a
+    fast BPE tokenizer's merges. Which token plays EOS / PAD and the chat template are left out: fine-tunes change
+    them without changing any id. ``""`` when ``tok`` has no vocabulary to read. Remembered per tokenizer object
+    (and size, so added tokens count): ~0.5 s for a 49k-token BPE."""
+    try:
+        vocab = tok.get_vocab()
+    except (AttributeError, TypeError, NotImplementedError):
+        return ""
+    with contextlib.suppress(TypeError):  # an unhashable / non-weakref-able tokenizer is just not remembered
+        known = _FINGERPRINTS.get(tok)
+        if known is not None and known[0] == len(vocab):
+            return known[1]
+    fp = _fingerprint(tok, sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])))
+    with contextlib.suppress(TypeError):
+        _FINGERPRINTS[tok] = (len(vocab), fp)
+    return fp
+
+
+def _fingerprint(tok: Any, vocab: list) -> str:
+    h = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        with contextlib.suppress(Exception):  # merges are a bonus; the vocabulary alone is still a fingerprint
+            h.update(json.dumps(json.loads(backend.to_str())["model"].get("merges", []), ensure_ascii=False).encode())
+    return "sha256:" + h.hexdigest()
 
 
 def as_attention_mask(mask: Any, name: str = "attention_mask") -> Tensor:

@@ -36,7 +36,7 @@ class Intervention(nn.Module):
 
     Subclasses are built from ``(config, dims)`` where ``dims`` is a :class:`~workbench.architecture.Dims`,
     a :class:`~workbench.models.ModelInfo` or a dict with at least ``n_layers``, ``n_heads``, ``d_head``,
-    ``d_model``, ``d_mlp`` (so that :func:`workbench.artifacts.load_intervention` can rebuild them from
+    ``d_model``, ``d_mlp`` (so that :func:`workbench.methods.load_intervention` can rebuild them from
     JSON); ``self.dims`` is always a ``Dims``.
 
     Raises:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench.data import as_token_ids, right_pad, vocab_size_of
+from workbench.data import as_token_ids, right_pad, tokenizer_fingerprint, vocab_size_of
 from workbench.errors import ConfigError, MismatchError
 
 _DIMS = ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model", "d_mlp", "d_vocab")
@@ -75,8 +75,6 @@ class ModelPair:
         tuned tokenizer if given, the fingerprints recorded in the two ModelInfos at load time, and the passed
         tokenizer against the base's record — so two equal-size vocabularies that differ are caught even when
         only one tokenizer is passed."""
-        from workbench.models.load import tokenizer_fingerprint
-
         if self.tuned_tokenizer is not None and self.tuned_tokenizer.get_vocab() != self.tokenizer.get_vocab():
             return ["the tokenizers have different vocabularies"]
         base_fp, tuned_fp = (getattr(i, "tokenizer_hash", "") for i in (self.base_info, self.tuned_info))

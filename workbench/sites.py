@@ -48,7 +48,7 @@ class Site:
         neuron: optional MLP neuron index (only for ``mlp.hook_post``).
         pos: optional token position: an int (``None`` = all positions; negative counts from the end) or the
             name of a per-prompt position that the caller supplies (e.g. ``"query_label"``; see
-            :func:`probes.patching.site_mask`), so no position is ever hard-coded.
+            :func:`probes.patch_sites.site_mask`), so no position is ever hard-coded.
 
     Raises:
         ConfigError: unknown hook, negative layer, or a head / neuron on a hook that has none.

@@ -25,16 +25,7 @@ from workbench.data import Example, collate
 from workbench.distributed import DataParallel, accumulate
 from workbench.divergence import DivergenceGuard, current_restart_hint
 from workbench.errors import ConfigError, DivergenceError, NonFiniteLossError
-from workbench.losses import (  # noqa: F401  (answer_loss, answer_logprob, dpo_loss: re-exported, their old home)
-    answer_logits,
-    answer_logprob,
-    answer_loss,
-    dpo_loss,
-    preference_pairs,
-    reference_logprobs,
-    sft_loss,
-    target_logprob,
-)
+from workbench.losses import answer_logits, dpo_loss, preference_pairs, reference_logprobs, sft_loss, target_logprob
 
 
 @dataclass

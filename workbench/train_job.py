@@ -22,26 +22,37 @@ The job's JSON holds ``model``, ``method_config`` (the method's fields), ``train
 ``task`` and ``data`` together are refused. Output: ``runs/<name>/`` with ``adapter/``, ``results.json``
 (also trainable parameters, losses, seconds per step) and, with ``export``, ``exported/``.
 
+The job's steps are one small object, :class:`TrainJob` (``start_job`` checks, loads and builds the data; its
+``run`` evaluates the base model, trains, evaluates the tuned model and saves), over what it trains on: a
+:class:`TaskData` (a task's split) or a :class:`FileData` (your tokenized rows). A train config with
+``eval_every_steps`` also scores the held-out data during training (``results.json``: ``evals``).
+
 In Python::
 
     from workbench.train_job import TrainJobConfig, run_train_job
     run_dir = run_train_job(TrainJobConfig(method="lofit", data="train.jsonl", eval_data="eval.jsonl",
                                            train={"max_steps": 40}))
+
+A caller that goes on from the trained model (the quickstart study) runs the steps itself::
+
+    job = start_job(cfg, "runs", "my-run")          # nothing written yet
+    with run_folder(job.run_dir):
+        job.run()                                   # job.model, job.result.intervention, job.metrics stay
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from workbench.distributed import is_main_process
 from workbench.errors import ConfigError
 from workbench.intervention import Intervention
+from workbench.job_data import FileData, TaskData, read_data
 from workbench.runs import log_progress
 from workbench.tasks import get_task
 
@@ -139,10 +150,91 @@ def _json_details(details: dict[str, Any]) -> dict[str, Any]:
     return {k: {"method": v.method, "config": v.config_dict()} if isinstance(v, Intervention) else v for k, v in details.items()}
 
 
-def _check_ids(examples: list) -> torch.Tensor:
-    """``Int[Tensor, "batch pos"]``: up to 8 held-out prompts of the first one's length (no padding needed)."""
-    first = len(examples[0].prompt_ids)
-    return torch.tensor([e.prompt_ids for e in examples if len(e.prompt_ids) == first][:8], dtype=torch.long)
+def _evaluates_during_training(cfg: TrainJobConfig) -> bool:
+    """Whether any train config of the job (``train``, or one nested in ``method_config`` such as LoFiT's
+    ``offset``) asks for held-out evaluations during training (``eval_every_steps`` > 0)."""
+    def asks(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return False
+        every = value.get("eval_every_steps")
+        return (isinstance(every, int) and every > 0) or any(asks(v) for v in value.values())
+
+    return asks(cfg.train) or asks(cfg.method_config)
+
+
+# --- the job's steps ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainJob:
+    """One job on a loaded model; :meth:`run` takes the steps in order: evaluate the base model (main process
+    only), :meth:`train`, evaluate the tuned model, :meth:`save` into ``run_dir``. ``result`` (the
+    :class:`~workbench.finetune.FinetuneResult`) and ``metrics`` (what ``results.json`` holds) are filled in as the
+    steps run, so a caller can go on from the trained job. Built by :func:`start_job`."""
+
+    cfg: TrainJobConfig
+    run_dir: Path
+    model: Any
+    tok: Any
+    info: Any
+    data: TaskData | FileData
+    started: float = field(default_factory=time.time)
+    log: Callable[[str], Any] = log_progress
+    result: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> None:
+        """Every step, writing into ``run_dir`` (which the caller has created: :func:`workbench.runs.run_folder`)."""
+        main = is_main_process()
+        if main:
+            base = self.data.evaluate(self.model, "base")
+            self.log(f"base: {self.data.summary(base)}; training {self.cfg.method} on {len(self.data.examples())} examples")
+        self.train()
+        if not main:
+            return
+        with self.result.intervention.attach(self.model):
+            tuned = self.data.evaluate(self.model, "tuned")
+        self.log(f"tuned: {self.data.summary(tuned)}")
+        self.metrics = {**self.data.headline(base, tuned), "base": base, "tuned": tuned}
+        self.save()
+
+    def train(self) -> Any:
+        """Fine-tune ``cfg.method`` on the data's examples (checkpoints in ``run_dir/train``; held-out evaluations
+        during training when a train config asks for them)."""
+        from workbench.finetune import finetune
+
+        cfg, run_dir = self.cfg, self.run_dir
+        hint = (f"`workbench train {cfg.method} {self.data.source} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
+                "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
+        during = is_main_process() and _evaluates_during_training(cfg)
+        self.result = finetune(cfg.method, self.model, self.info, self.data.examples(), cfg.method_config, cfg.train,
+                               pad_id=self.tok.pad_token_id or 0, out_dir=run_dir / "train", restart_hint=hint,
+                               eval_fn=(lambda: self.data.evaluate(self.model, "during training")) if during else None)
+        return self.result
+
+    def save(self) -> None:
+        """Write ``adapter/``, what the method's spec saves beyond it (:attr:`~workbench.methods.MethodSpec.save_extras`:
+        e.g. a standard peft adapter, the ablation trained under), ``exported/`` when ``cfg.export`` (its max |Δlogit|
+        on the data's check prompts recorded), then ``results.json`` last, from ``metrics``."""
+        from workbench.artifacts import atomic_write_json, results_record
+        from workbench.export import export_hf, export_max_logit_diff
+        from workbench.methods import get_method, save_intervention
+        from workbench.models import load_model
+
+        cfg, result, run_dir, info = self.cfg, self.result, self.run_dir, self.info
+        save_intervention(run_dir / "adapter", result.intervention, info)
+        save_extras = get_method(cfg.method).save_extras
+        if save_extras is not None:
+            save_extras(run_dir, result, self.model, info)
+        tr = result.train_result
+        self.metrics.update({"n_trainable_parameters": result.intervention.n_trainable(), "losses": tr.losses,
+                             "seconds_per_step": tr.seconds_per_step, "details": _json_details(result.details),
+                             **({"evals": tr.evals} if tr.evals else {})})
+        if cfg.export:
+            clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
+            out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=self.tok, model_info=info)
+            self.metrics["export_max_abs_logit_diff"] = export_max_logit_diff(self.model, result.intervention, out, self.data.check_ids())
+            self.log(f"exported to {out} (max |Δlogit| {self.metrics['export_max_abs_logit_diff']:.2e})")
+        atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), self.metrics, {"base": info}, str(self.model.device),
+                                                                   self.started, time.time()))
 
 
 def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=log_progress) -> Path:
@@ -161,104 +253,33 @@ def run_train_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str 
             under ``overflow="refuse"`` (before the run folder exists); and as raised by loading and training,
             like ModelNotFoundError and NonFiniteLossError.
     """
+    from workbench.runs import run_folder
+
+    job = start_job(cfg, runs_dir, name, log)
+    with run_folder(job.run_dir) if is_main_process() else contextlib.nullcontext():
+        job.run()
+    return job.run_dir
+
+
+def start_job(cfg: TrainJobConfig, runs_dir: str | Path = "runs", name: str | None = None, log=log_progress) -> TrainJob:
+    """Everything :func:`run_train_job` does before it writes: check the job (:func:`check_job`), the run name and
+    ``runs_dir``, load the model, generate the task's split or tokenize the data files. Creates nothing.
+
+    Raises:
+        ConfigError, ModelNotFoundError: as :func:`run_train_job`.
+    """
     from workbench.models import load_model
-    from workbench.runs import plan_run, run_folder
+    from workbench.runs import plan_run
 
     started = time.time()
     checked = check_job(cfg)  # the model name and every data file, before the model loads
     if cfg.data is not None:
-        return _run_data_job(cfg, runs_dir, name, log, started, checked)
+        return _start_data_job(cfg, runs_dir, name, log, started, checked)
     task, task_cfg = get_task(cfg.task), cfg.task_settings()  # validated before the model loads
     run_dir = plan_run(runs_dir, name, time.strftime(f"train-{cfg.method}-{cfg.task}-%Y%m%d-%H%M%S"))
     model, tok, info = load_model(cfg.model)
     split = task.generate(tok, task_cfg, prepend_bos=info.prepend_bos)
-    with run_folder(run_dir) if is_main_process() else contextlib.nullcontext():
-        _train_into(run_dir, cfg, task, split, model, tok, info, started, log)
-    return run_dir
-
-
-def _save_outputs(run_dir: Path, cfg: TrainJobConfig, result: Any, model: Any, tok: Any, info: Any, metrics: dict[str, Any],
-                  check_ids: Any, started: float, log) -> None:
-    """Write a trained job's artifacts into ``run_dir``: ``adapter/``, what the method's spec saves beyond it
-    (:attr:`~workbench.methods.MethodSpec.save_extras`: e.g. a standard peft adapter, the ablation trained under),
-    ``exported/`` when ``cfg.export`` (its max |Δlogit| on the prompts ``check_ids()`` returns recorded), then
-    ``results.json`` last."""
-    from workbench.artifacts import atomic_write_json, results_record, save_intervention
-    from workbench.export import export_hf, export_max_logit_diff
-    from workbench.methods import get_method
-    from workbench.models import load_model
-
-    save_intervention(run_dir / "adapter", result.intervention, info)
-    save_extras = get_method(cfg.method).save_extras
-    if save_extras is not None:
-        save_extras(run_dir, result, model, info)
-    metrics.update({"n_trainable_parameters": result.intervention.n_trainable(), "losses": result.train_result.losses,
-                    "seconds_per_step": result.train_result.seconds_per_step, "details": _json_details(result.details)})
-    if cfg.export:
-        clean, _, _ = load_model(cfg.model)  # a plain copy: bridges / peft adapters never touch it
-        out = export_hf(clean, result.intervention, run_dir / "exported", tokenizer=tok, model_info=info)
-        metrics["export_max_abs_logit_diff"] = export_max_logit_diff(model, result.intervention, out, check_ids())
-        log(f"exported to {out} (max |Δlogit| {metrics['export_max_abs_logit_diff']:.2e})")
-    atomic_write_json(run_dir / "results.json", results_record(cfg.to_dict(), metrics, {"base": info}, str(model.device), started, time.time()))
-
-
-def _train_into(run_dir: Path, cfg: TrainJobConfig, task: Any, split: Any, model: Any, tok: Any, info: Any, started: float, log) -> None:
-    """The writing part of :func:`run_train_job`: train, evaluate, save into the (created) ``run_dir``."""
-    pad_id = tok.pad_token_id or 0
-    _train_evaluate_save(run_dir, cfg, model, tok, info, task.to_examples(split), f"--task {cfg.task}",
-                         lambda which: task.evaluate(model, split, pad_id=pad_id),
-                         lambda r: f"held-out accuracy {r['accuracy']:.3f} on {cfg.task}",
-                         lambda base, tuned: {"base_accuracy": base["accuracy"], "tuned_accuracy": tuned["accuracy"]},
-                         lambda: _check_ids(task.to_examples(split, "heldout")), started, log)
-
-
-def _train_evaluate_save(run_dir: Path, cfg: TrainJobConfig, model: Any, tok: Any, info: Any, examples: list, source: str,
-                         evaluate: Any, summary: Any, headline: Any, check_ids: Any, started: float, log) -> None:
-    """Task and data jobs alike: evaluate the base (``evaluate("base")``, main process only), train on ``examples``,
-    evaluate the tuned model, then :func:`_save_outputs` with ``headline(base, tuned)`` metrics first."""
-    from workbench.finetune import finetune
-
-    main = is_main_process()
-    if main:
-        base = evaluate("base")
-        log(f"base: {summary(base)}; training {cfg.method} on {len(examples)} examples")
-    hint = (f"`workbench train {cfg.method} {source} --config <job.json> --runs-dir {run_dir.parent} --name {run_dir.name}` "
-            "after lowering the learning rate in the job JSON (\"train\": {\"lr\": ...}, or the lr of the step that diverged)")
-    result = finetune(cfg.method, model, info, examples, cfg.method_config, cfg.train, pad_id=tok.pad_token_id or 0,
-                      out_dir=run_dir / "train", restart_hint=hint)
-    if not main:
-        return
-    with result.intervention.attach(model):
-        tuned = evaluate("tuned")
-    log(f"tuned: {summary(tuned)}")
-    metrics = {**headline(base, tuned), "base": base, "tuned": tuned}
-    _save_outputs(run_dir, cfg, result, model, tok, info, metrics, check_ids, started, log)
-
-
-# --- your own data ------------------------------------------------------------------------------------------------
-def _read_data(cfg: TrainJobConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """``(train_rows, eval_rows, data_record)``: both sources read and validated (no model needed)."""
-    from workbench.datafiles import load_rows
-    from workbench.datafiles.split import hold_out, overlap, row_key
-
-    rows = load_rows(cfg.data, fields=cfg.data_fields, shape=cfg.data_shape)
-    n_duplicates = len(rows) - len({row_key(r) for r in rows.rows})
-    repeated = f"{cfg.data}: {n_duplicates} of {len(rows)} rows repeat an earlier row (every field equal)"
-    warnings = [f"{repeated}; they are trained on as often as they occur"] if n_duplicates else []
-    if cfg.eval_data is not None:
-        train_rows, eval_rows = rows, load_rows(cfg.eval_data, fields=cfg.data_fields, shape=cfg.data_shape)
-        record = {"eval_source": "file"}
-        if train_rows.sha256 == eval_rows.sha256:
-            same = (f"is the training file itself ({cfg.data})" if Path(cfg.eval_data).resolve() == Path(cfg.data).resolve()
-                    else f"({cfg.eval_data}) has the content of the training file ({cfg.data})")
-            warnings.append(f"the eval data {same}: the held-out metrics are measured on the rows trained on, not on held-out rows")
-    else:
-        train_rows, eval_rows = hold_out(rows, cfg.eval_fraction, cfg.split_seed)
-        record = {"eval_source": "held_out", "eval_fraction": cfg.eval_fraction, "split_seed": cfg.split_seed}
-    record.update({"train": train_rows.describe(), "eval": eval_rows.describe(), "overlap": overlap(train_rows, eval_rows),
-                   "duplicate_train_file_rows": n_duplicates, "max_length": cfg.max_length, "overflow": cfg.overflow,
-                   "warnings": warnings})
-    return train_rows, eval_rows, record
+    return TrainJob(cfg, run_dir, model, tok, info, TaskData(cfg.task, task, split, tok.pad_token_id or 0), started, log)
 
 
 def check_job(cfg: TrainJobConfig) -> tuple[Any, Any, dict[str, Any]] | None:
@@ -274,15 +295,15 @@ def check_job(cfg: TrainJobConfig) -> tuple[Any, Any, dict[str, Any]] | None:
     """
     from workbench.models.load import check_model_name
 
-    result = _read_data(cfg) if cfg.data is not None else None
+    result = read_data(cfg) if cfg.data is not None else None
     check_model_name(cfg.model)
     return result
 
 
-def _run_data_job(cfg: TrainJobConfig, runs_dir: str | Path, name: str | None, log, started: float, checked: Any) -> Path:
+def _start_data_job(cfg: TrainJobConfig, runs_dir: str | Path, name: str | None, log, started: float, checked: Any) -> TrainJob:
     from workbench.datafiles import encode_rows
     from workbench.models import load_model
-    from workbench.runs import plan_run, run_folder
+    from workbench.runs import plan_run
 
     train_rows, eval_rows, record = checked  # every file checked before the model loads (check_job)
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(cfg.data).stem)[:60] or "data"
@@ -305,27 +326,6 @@ def _run_data_job(cfg: TrainJobConfig, runs_dir: str | Path, name: str | None, l
                                   "refuse them")
         if is_main_process():
             log(f"warning: {record['warnings'][-1]}")
-    with run_folder(run_dir) if is_main_process() else contextlib.nullcontext():
-        _train_data_into(run_dir, cfg, train_enc.examples, eval_enc.examples, eval_rows.shape, record, model, tok, info, started, log)
-    return run_dir
-
-
-def _train_data_into(run_dir: Path, cfg: TrainJobConfig, train_ex: list, eval_ex: list, shape: str, record: dict[str, Any],
-                     model: Any, tok: Any, info: Any, started: float, log) -> None:
-    """The writing part of a data job: evaluate base, train, evaluate tuned, save into ``run_dir``."""
-    from workbench.datafiles.evaluate import evaluate_examples
-
-    pad_id = tok.pad_token_id or 0
-    em = shape != "text"
     eos_ids = [tok.eos_token_id] if getattr(tok, "eos_token_id", None) is not None else []
-
-    def summary(r: dict[str, Any]) -> str:
-        return (f"held-out answer loss {r['answer_loss']:.3f} nats/token (perplexity {r['perplexity']:.2f})"
-                + (f", exact match {r['exact_match_answer']:.3f} (answer + EOS {r['exact_match_answer_eos']:.3f})" if em else ""))
-
-    _train_evaluate_save(run_dir, cfg, model, tok, info, train_ex, f"--data {cfg.data}",
-                         lambda which: evaluate_examples(model, eval_ex, pad_id=pad_id, exact_match=em, eos_ids=eos_ids,
-                                                         desc=f"eval {which}"),
-                         summary, lambda base, tuned: {"base_answer_loss": base["answer_loss"], "tuned_answer_loss": tuned["answer_loss"],
-                                                       "data": {k: v for k, v in record.items() if k != "warnings"},
-                                                       "warnings": record["warnings"]}, lambda: _check_ids(eval_ex), started, log)
+    data = FileData(cfg.data, train_enc.examples, eval_enc.examples, eval_rows.shape, record, tok.pad_token_id or 0, eos_ids)
+    return TrainJob(cfg, run_dir, model, tok, info, data, started, log)

@@ -41,7 +41,7 @@ def main() -> None:
         lens_window,
         tracked_logits,
     )
-    from app.views.load import load_pair
+    from workbench.models.tuned import load_pair
 
     pair = load_pair(args.base, args.tuned, "cpu").pair
     analyse_prompt(pair, "Hello")  # boot the bridges

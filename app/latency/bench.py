@@ -160,8 +160,8 @@ def merged_model(base: str, run: Path, out: Path) -> Path:
     target = out / f"merged-{run.name}"
     if (target / "config.json").is_file():
         return target
-    from workbench.artifacts import load_intervention
     from workbench.export import export_hf
+    from workbench.methods import load_intervention
     from workbench.models import load_model
 
     model, tok, info = load_model(base, device="cpu")

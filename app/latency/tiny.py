@@ -22,7 +22,9 @@ def save_tiny(directory: Path, seed: int = 0, hidden_size: int = 16, perturb_fro
     ``load_model(directory)`` loads them. ``perturb_from``: copy that model and add noise to its weights
     (a "fine-tuned" copy with the same tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    from workbench.models.tiny import tiny_llama
 
     if perturb_from is not None:
         model = AutoModelForCausalLM.from_pretrained(perturb_from)
@@ -39,10 +41,7 @@ def save_tiny(directory: Path, seed: int = 0, hidden_size: int = 16, perturb_fro
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         bpe.train_from_iterator(CORPUS * 5, trainer)
         tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", unk_token="<unk>", bos_token="<s>")
-        torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          num_key_value_heads=1, max_position_embeddings=512, pad_token_id=0, tie_word_embeddings=False)
-        model = LlamaForCausalLM(cfg).eval()
+        model = tiny_llama(len(tok), hidden_size=hidden_size, seed=seed, max_position_embeddings=512, attn_implementation=None)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
@@ -50,7 +49,7 @@ def save_tiny(directory: Path, seed: int = 0, hidden_size: int = 16, perturb_fro
 
 def save_tiny_run(run_dir: Path, base_dir: Path, heads=((0, 1), (1, 0))) -> Path:
     """A run folder with a LoFiT ``adapter/`` (random offsets) trained "on" the tiny base model."""
-    from workbench.artifacts import save_intervention
+    from workbench.methods import save_intervention
     from workbench.methods.lofit import LofitConfig, LofitOffsets
     from workbench.models import load_model
 
@@ -65,14 +64,14 @@ def quickstart_like_record(n_layers: int = 2, n_heads: int = 2, n_pos: int = 5) 
     """A results.json record with the main job's layout (small numbers), for the run-results view."""
     acc = lambda a: {"accuracy": a, "accuracy_among_objects": a, "logit_difference": a}  # noqa: E731
     grid = lambda r, c: [[0.1 * (i + j) for j in range(c)] for i in range(r)]  # noqa: E731
-    metrics = {"base": acc(0.3), "tuned": acc(0.9), "base_accuracy": 0.3, "tuned_accuracy": 0.9, "selected_heads": [[1, 0]],
-               "select_losses": [2.0, 1.5], "offset_losses": [1.4, 0.8], "evals": [{"step": 1, "accuracy": 0.5, "accuracy_among_objects": 0.6}],
-               "head_scores": grid(n_layers, n_heads), "n_trainable_parameters": 8,
+    metrics = {"base": acc(0.3), "tuned": acc(0.9), "base_accuracy": 0.3, "tuned_accuracy": 0.9, "losses": [1.4, 0.8],
+               "details": {"heads": [[1, 0]], "select_losses": [2.0, 1.5], "head_scores": grid(n_layers, n_heads)},
+               "evals": [{"step": 1, "accuracy": 0.5, "accuracy_among_objects": 0.6}], "n_trainable_parameters": 8,
                "diff": {"kl": [0.1] * n_pos, "resid_diff_norm": grid(n_layers, n_pos), "resid_rel_diff": grid(n_layers, n_pos),
                         "resid_cosine": grid(n_layers, n_pos), "head_diff_norm": grid(n_layers, n_heads), "n_prompts": 4}}
     from studies.quickstart.study import QuickstartConfig
 
-    config = {**QuickstartConfig.tiny().to_dict(), "model": "tiny", "n_boxes": 3}  # the quickstart's own config layout
+    config = {**QuickstartConfig.tiny().to_dict(), "model": "tiny", "n_boxes": 3, "study": "quickstart"}  # the quickstart's own layout
     return {"run_info": {"config": config, "finished": "2026-01-01T00:00:00"}, "meta_info": {}, "metrics": metrics}
 
 

@@ -38,7 +38,7 @@ class ViewContext:
 
     Attributes:
         page: ``streamlit`` or a container: where the view draws.
-        loaded: the :class:`~app.views.load.LoadedPair` (``"pair"``, ``"prompt"``).
+        loaded: the :class:`~app.views.load.SharedPair` (``"pair"``, ``"prompt"``).
         analysis: the prompt's :class:`~app.views.analysis.PromptAnalysis` (``"prompt"``).
         counterfactual: the counterfactual prompt, ``""`` when none (``"prompt"``).
         key: the pair's cache key (``"pair"``, ``"prompt"``).

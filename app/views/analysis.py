@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from probes.lens_chunked import chunked_logit_lens
+from probes.logit_lens import chunked_logit_lens
 from probes.diff.layers import head_diff_norm
 from probes.diff.prompts import per_token_kl
 from workbench.architecture import w_o
@@ -134,7 +134,7 @@ def tokenize_prompt(pair, prompt: str, max_tokens: int = MAX_PROMPT_TOKENS) -> I
 def logit_lens(model: nn.Module, resid: Float[Tensor, "n_layers pos d_model"], final_top: Int[Tensor, " pos"],
                rows_per_chunk: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """Logit lens over every layer and position, in chunks of ``rows_per_chunk`` (layer, position) rows with a
-    streaming top-1 (:func:`probes.lens_chunked.chunked_logit_lens`: never ``[n_layers, pos, d_vocab]``).
+    streaming top-1 (:func:`probes.logit_lens.chunked_logit_lens`: never ``[n_layers, pos, d_vocab]``).
 
     Returns:
         ``(top_ids [n_layers, pos], top_probs [n_layers, pos], final_token_prob [n_layers, pos])``.

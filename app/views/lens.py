@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from app.views.analysis import ROLES, PromptAnalysis
-from probes.lens_chunked import chunked_logit_lens
+from probes.logit_lens import chunked_logit_lens
 from workbench.architecture import (
     final_norm,
     logit_softcap,
@@ -77,7 +77,7 @@ class LensWindow:
 @torch.no_grad()
 def lens_window(pair, a: PromptAnalysis, start: int, stop: int, rows_per_chunk: int = 256) -> LensWindow:
     """Logit lens of both models over positions ``start .. stop - 1`` of ``a`` (from its ``resid_post``), in chunks
-    of ``rows_per_chunk`` (layer, position) rows with a streaming top-1 (:func:`probes.lens_chunked.chunked_logit_lens`).
+    of ``rows_per_chunk`` (layer, position) rows with a streaming top-1 (:func:`probes.logit_lens.chunked_logit_lens`).
 
     Raises:
         ConfigError: an empty or out-of-range window; a model without ``model.norm`` / ``lm_head``.
@@ -87,8 +87,11 @@ def lens_window(pair, a: PromptAnalysis, start: int, stop: int, rows_per_chunk: 
     out: dict[str, dict[str, Tensor]] = {"ids": {}, "probs": {}, "final": {}}
     for role, model, context in _models(pair):
         final_top = a.top_ids[role][start:stop, 0]
+        # the analysis is kept on the CPU; the lens runs where the unembedding is (a CUDA pair: CPU rows would meet
+        # CUDA weights in the final norm). tests/test_gpu.py checks it with the weights on the meta device.
+        resid = a.resid_post[role][:, start:stop].to(unembedding(model).weight.device)
         with context():
-            lens = chunked_logit_lens(model, a.resid_post[role][:, start:stop], final_top, k=1, rows_per_chunk=rows_per_chunk)
+            lens = chunked_logit_lens(model, resid, final_top, k=1, rows_per_chunk=rows_per_chunk)
         out["ids"][role], out["probs"][role], out["final"][role] = lens.top_ids[..., 0], lens.top_probs[..., 0], lens.target_prob
     seen = torch.cat([t.flatten() for t in out["ids"].values()]).unique().tolist()
     vocab = {int(t): a.vocab.get(int(t)) or pair.tokenizer.decode([int(t)]) for t in seen}

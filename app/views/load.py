@@ -1,8 +1,8 @@
 """Loading a base/tuned pair for the app (no streamlit here): run folders, peft adapters, model directories, HF ids.
 
-The loading itself lives in the library, :mod:`workbench.models.tuned` (studies and ``workbench diff`` use it
-too); this module re-exports it under the names the app and its tests use (:func:`load_pair`,
-:class:`LoadedPair`, :func:`adapter_dir`, :func:`available_devices`) and adds the app's run-folder helpers.
+The loading itself is the library's, :func:`workbench.models.tuned.load_pair` (studies and ``workbench diff`` use it
+too). What only the app needs lives here: :class:`SharedPair`, the loaded pair as every browser session shares it
+(a cache key and a lock), and the run-folder helpers of the sidebar.
 
 The tuned side of a pair is one of: a **run folder** or one of our **adapter folders** (the base with the saved
 intervention attached, one copy of the weights); a **peft adapter** folder or hub id (``adapter_config.json``;
@@ -15,16 +15,44 @@ app can show it in the page instead of a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.models.tuned import LoadedPair, adapter_dir, available_devices, load_pair
+import torch
 
-__all__ = ["DEFAULT_BASE", "LoadedPair", "adapter_dir", "available_devices", "default_tuned", "load_pair",
-           "run_folders", "runs_folder_problem"]
+from workbench.models.tuned import LoadedPair, load_pair
+
+__all__ = ["DEFAULT_BASE", "SharedPair", "default_tuned", "load_shared_pair", "run_folders", "runs_folder_problem"]
 
 #: The app's default base model (the bundled real model).
 DEFAULT_BASE = "smollm2-135m-instruct"
+
+
+@dataclass
+class SharedPair(LoadedPair):
+    """A :class:`~workbench.models.tuned.LoadedPair` as the app serves it: loaded once, shared by every session.
+
+    Attributes (beyond the LoadedPair's):
+        key: identifies the pair in the app's caches (both specs, the device and both models' weight hashes).
+        lock: serialises forward passes: attaching an intervention hooks the shared base weights, so two sessions
+            must not run the pair at the same time.
+    """
+
+    key: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+def load_shared_pair(base: str, tuned: str, device: str | None = None, dtype: torch.dtype | str | None = None) -> SharedPair:
+    """:func:`~workbench.models.tuned.load_pair` (same arguments, same errors), with the app's key and a fresh lock."""
+    loaded = load_pair(base, tuned, device, dtype)
+    pair = loaded.pair
+    key = hashlib.sha256(f"{loaded.base_spec}\0{loaded.tuned_spec}\0{loaded.device}\0{pair.base_info.weight_hash}\0"
+                         f"{pair.tuned_info.weight_hash}".encode()).hexdigest()[:16]
+    return SharedPair(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedPair)}, key=key)
 
 
 def run_folders(runs_dir: str | os.PathLike) -> list[Path]:

@@ -115,7 +115,7 @@ def view_of(intervention: nn.Module, model: nn.Module, analysis: PromptAnalysis 
 
 
 def method_views(loaded, analysis: PromptAnalysis | None = None, pos: int = -1) -> list[MethodView]:
-    """The views for a :class:`~app.views.load.LoadedPair`: by intervention method (weight changes for a
+    """The views for a :class:`~workbench.models.tuned.LoadedPair`: by intervention method (weight changes for a
     tuned model), then the extras other methods stored in its run folder (e.g. the ablation it was trained under).
 
     Raises:

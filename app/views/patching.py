@@ -8,8 +8,8 @@ tracked tokens' logit difference at the last position, ``logit(answer) − logit
 * **clean ← corrupt** / **corrupt ← clean** (causal tracing, Meng et al. 2022 §2.1) in one model: the target prompt
   runs with the sites' activations from the other prompt (the counterfactual), which must have as many tokens.
 
-Sites: every head's output ``attn.hook_z`` at the last position (:func:`probes.patching.head_sites`), every layer's
-``hook_resid_pre`` at the last position, or every (layer, position) (:func:`probes.patching.layer_pos_sites`).
+Sites: every head's output ``attn.hook_z`` at the last position (:func:`probes.patch_sites.head_sites`), every layer's
+``hook_resid_pre`` at the last position, or every (layer, position) (:func:`probes.patch_sites.layer_pos_sites`).
 The effect is ``metric(patched) − metric(target run)`` per site.
 """
 
@@ -23,7 +23,8 @@ from torch import Tensor
 
 from app.views import PageView, ViewContext, register_view
 from app.views.analysis import tokenize_prompt
-from probes.patching import Side, activation_patch, head_sites, layer_pos_sites
+from probes.patch_sites import Side, head_sites, layer_pos_sites
+from probes.patching import activation_patch
 from workbench import plots
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
@@ -100,7 +101,7 @@ def patch(pair, prompt: str, counterfactual: str | None, answer_id: int, contras
 
     src_model = None if source_role == target_role else Side.of(pair, source_role)
     # The pair's models are bridged once the analysis ran; the library then runs every variant whole by itself
-    # (probes.prefix_patching.takes_cache), so identical activations give zero effects (tests/test_app_research.py).
+    # (probes.shared_prefix.takes_cache), so identical activations give zero effects (tests/test_app_research.py).
     effects = activation_patch(Side.of(pair, target_role), site_list, target, source, metric, source_model=src_model)[:, 0]
     if sites == SITES[0]:
         effects = effects.reshape(dims.n_layers, dims.n_heads)

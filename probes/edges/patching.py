@@ -54,16 +54,16 @@ def run_variants(model: nn.Module, graph: Graph, clean_ids: Int[Tensor, "batch p
     """The metric of the clean run with each variant's edges patched (``masks[v]``), ``max_batch`` sequences per forward.
 
     ``corrupt`` / ``clean``: :func:`probes.edges.run.sender_run` on the corrupt / clean prompts. With ``clean`` (and a
-    model :func:`workbench_kernels.prefix_runner.supports`), variants are grouped by their lowest patched layer and run
+    model :func:`workbench_kernels.forward_from_layer.supports`), variants are grouped by their lowest patched layer and run
     from the clean residual stream there (layers below are the clean run's: same results, less compute). The caller runs
     this inside the model side's context; inputs are checked upstream.
     """
-    from workbench_kernels import prefix_runner
+    from workbench_kernels import forward_from_layer
 
     b = clean_ids.shape[0]
     per = max(1, max_batch // b)
     embeds = input_embeddings(model, clean_ids)
-    skip = clean is not None and prefix_runner.supports(model)
+    skip = clean is not None and forward_from_layer.supports(model)
     firsts = _first_layers(graph, masks) if skip else [0] * masks.shape[0]
     values: dict[int, Tensor] = {}
     for first in sorted(set(firsts)):
@@ -81,7 +81,7 @@ def _run_chunk(model: nn.Module, graph: Graph, embeds: Tensor, m: Tensor, corrup
                first: int, start: Tensor | None) -> Float[Tensor, "variant batch d_vocab"]:
     """One forward pass of the variants ``m`` ``[variant, n_senders, n_receivers]``; from layer ``first`` on the
     residual stream ``start`` when given (then senders below ``first`` keep their ``clean`` outputs)."""
-    from workbench_kernels import prefix_runner
+    from workbench_kernels import forward_from_layer
 
     v, b = m.shape[0], embeds.shape[0]
     active = m.any(0).any(1).nonzero().squeeze(1)  # senders some variant patches somewhere
@@ -114,7 +114,7 @@ def _run_chunk(model: nn.Module, graph: Graph, embeds: Tensor, m: Tensor, corrup
     with edge_hooks(model, graph, on_senders if len(active) else None, receiver):
         if start is None:
             return final_logits(model, embeds.repeat(v, 1, 1)).unflatten(0, (v, b))
-        logits = prefix_runner.run_from_layer(model, start.repeat(v, 1, 1), first)[:, -1]
+        logits = forward_from_layer.run_from_layer(model, start.repeat(v, 1, 1), first)[:, -1]
         return logits.to(torch.promote_types(logits.dtype, torch.float32)).unflatten(0, (v, b))
 
 

@@ -236,10 +236,10 @@ def prepare(model: nn.Module | Any, clean_ids: Any, corrupt_ids: Any, metric: An
         ConfigError: not a model / Side, ids that are not ``[batch, pos]`` token ids or whose shapes differ (unequal
             prompt lengths), a metric that is not callable, an unknown ``receivers`` or an unsupported architecture.
     """
-    from probes.patch_sites import _check_ids, as_side, check_metric
+    from probes.patch_sites import as_id_pair, as_side, check_metric
 
     side = as_side(model)
-    clean_ids, corrupt_ids = _check_ids(clean_ids, corrupt_ids, side, ("clean_ids", "corrupt_ids"))
+    clean_ids, corrupt_ids = as_id_pair(clean_ids, corrupt_ids, side, ("clean_ids", "corrupt_ids"))
     check_metric(metric)
     return side, Graph.of(side.model, receivers), clean_ids, corrupt_ids
 

@@ -51,9 +51,9 @@ import transformers
 from workbench.artifacts import atomic_write_json, package_versions
 from workbench.data import Example, collate
 from workbench.hooked import to_bridge
+from workbench.losses import answer_loss
 from workbench.methods.lofit import LofitConfig, LofitOffsets
 from workbench.models import load_model
-from workbench.train import answer_loss
 
 NAMES = ("plain_forward", "bridge_forward", "bridge_run_with_cache", "lofit_forward", "lofit_step", "lora_step")
 LABELS = {

@@ -5,7 +5,7 @@ on the machine hits all variants alike; wall and process-CPU seconds are reporte
 
 * ``lens``     the logit lens of every layer's ``hook_resid_post`` (30 layers) at 30 and 256 positions of a real
                prompt, top-5 plus the final top-1 token's probability: the materialising reference
-               (:func:`probes.lens_chunked.full_logit_lens`) and the streaming kernel
+               (:func:`probes.logit_lens.full_logit_lens`) and the streaming kernel
                (:func:`workbench_kernels.logit_lens.lens_topk`) at several tile sizes, its default last. Peak memory of each: the increase of
                VmHWM over the resident set after ``/proc/self/clear_refs`` <- 5. Equality with the reference checked.
 * ``hooks``    the cost of CAFT's hooks under LoFiT (the candidate for a fused hook call): a CAFT(LoFiT) training
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from workbench_kernels.logit_lens import lens_topk
-from probes.lens_chunked import full_logit_lens
+from probes.logit_lens import full_logit_lens
 from workbench.architecture import final_norm, logit_softcap, unembedding
 from workbench.artifacts import atomic_write_json, package_versions
 from workbench.hooked import record
@@ -146,7 +146,8 @@ def bench_hooks(model, tok, args) -> dict[str, Any]:
 
 def bench_compile(model, tok, args) -> dict[str, Any]:
     from probes import metrics
-    from probes.patching import activation_patch, head_sites
+    from probes.patch_sites import head_sites
+    from probes.patching import activation_patch
     from workbench.architecture import Dims
 
     dims = Dims.of(model)

@@ -41,8 +41,8 @@ import torch
 
 from studies.benchmarks.hooks_and_steps import CUDA, MARK, WARMUP, _status_kib, lofit_heads, make_batch, sync, time_it
 from workbench.artifacts import atomic_write_json, package_versions
+from workbench.losses import answer_loss
 from workbench.methods import get_method
-from workbench.train import answer_loss
 
 FORWARDS = ("plain_forward", "record_forward", "lofit_forward")
 BOUNDS = ("fwd_bwd_frozen", "fwd_bwd_all")

@@ -14,8 +14,9 @@
 6. CAFT with random directions (same count per layer).
 
 Writes ``results.json`` (the workbench results record) with in-distribution (``heldout``) and
-out-of-distribution (``ood``) accuracy among the two options for each arm, plus the trained inner
-adapters and ablations per arm. Defaults take ~3 min (LoFiT) / ~4 min (full) on 2 idle CPU cores.
+out-of-distribution (``ood``) accuracy among the two options for each arm, ``figures/`` (``figures.py``), plus the
+trained inner adapters and ablations per arm. Defaults take ~3 min (LoFiT) / ~4 min (full) on 2 idle CPU cores;
+``--config tiny`` is a smoke run (2 steps, 8 prompts per set).
 Source of the protocol:
 Casademunt et al., arXiv 2507.16795, 2025, §5 (toy spurious-cue tasks, baselines).
 """
@@ -29,12 +30,11 @@ from typing import Any
 
 import torch
 
-from studies.common import ShippedConfig
-from workbench.artifacts import atomic_write_json, results_record, save_intervention
+from studies.common import ShippedConfig, save_results
 from workbench.methods.caft.directions import choose_concept_components, pca_directions, random_directions
 from workbench.methods.caft.intervention import CaftIntervention
 from workbench.methods.caft.trainer import evaluate_with_ablation, train_caft
-from workbench.methods import get_method
+from workbench.methods import get_method, save_intervention
 from workbench.tasks import spurious_cue as sc
 from workbench.train import TrainConfig
 
@@ -133,6 +133,6 @@ def run(cfg: CheckConfig, out_dir: str | Path) -> dict[str, Any]:
     rand = {l: random_directions(dims.d_model, cfg.top_n, seed=cfg.seed + l) for l in cfg.layers}
     caft_arm("caft_random", CaftIntervention.from_directions(rand, dims, source="random"))
 
-    record = results_record(asdict(cfg), metrics, {"base": info}, "cpu", started, time.time())
-    atomic_write_json(out_dir / "results.json", record)
-    return record
+    from studies.caft_spurious.figures import figures
+
+    return save_results(out_dir, {**asdict(cfg), "study": "caft_spurious"}, metrics, {"base": info}, str(model.device), started, figures)

@@ -131,6 +131,7 @@ def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] 
         NonFiniteLossError: LoRA or DAS training diverged.
     """
     from probes import subspace as sp
+    from probes.layer_search import check_layer, layer_search
     from workbench.artifacts import atomic_save_tensors
     from workbench.finetune import finetune
     from workbench.models import load_model
@@ -170,10 +171,10 @@ def run(cfg: ContextKnobConfig, out_dir: str | Path, log: Callable[[str], None] 
     log("[4/8] layer search on the tuned model (attention outputs, flipped intent, last token)")
     t0 = time.time()
     s_t, s_s, s_a = flipped(split.train[: cfg.search_max_pairs])
-    search = sp.layer_search(model, s_t, s_s, s_a, threshold=cfg.search_threshold, relative=cfg.search_relative,
-                             adapter=adapter, **kw)
+    search = layer_search(model, s_t, s_s, s_a, threshold=cfg.search_threshold, relative=cfg.search_relative,
+                          adapter=adapter, **kw)
     das_layer = search.hi if cfg.das_layer is None else cfg.das_layer
-    sp.check_layer(das_layer, info.n_layers)
+    check_layer(das_layer, info.n_layers)
     timing["layer_search"] = time.time() - t0
     log(f"      window {search.lo}..{search.hi} (threshold {search.threshold:.3f} of full {search.full_value:.3f}, "
         f"clean {search.clean_value:.3f}); {search.n_evaluations} evaluations, {search.n_forward_passes} forward passes")

@@ -51,8 +51,9 @@ class BenchmarkConfig(ShippedConfig):
         corpus_docs, corpus_min_words, corpus_seed: the generic corpus (documents, their minimum length, sample seed).
         diff: ``workbench diff`` settings (:class:`studies.dataset_diff.ModelDiffConfig` fields) for every diff.
         top: ranked tokens scored per token readout (hits in the top ``top``, MRR).
-        dictionaries: ``null`` (no dictionary readouts) or ``{"corpus_docs": n, **PairRunSettings fields}``
-            (:class:`studies.dictionaries.pair_run.PairRunSettings`; ``store.layers`` is the ADL layer of the diff).
+        dictionaries: ``null`` (no dictionary readouts) or ``{"corpus_docs": n, "methods": [...], **PairRunSettings
+            fields}`` (:class:`studies.dictionaries.pair_run.PairRunSettings`; ``store.layers`` is the ADL layer of the
+            diff; ``methods``: the fine-tuning methods whose fine-tunes get dictionaries, default all).
 
     Raises:
         ConfigError: no control, an unknown organism or method, a non-positive size, or diff settings that
@@ -89,6 +90,10 @@ class BenchmarkConfig(ShippedConfig):
         self.diff_config("corpus.jsonl", "run")  # diff settings checked now, before any model loads
         if self.dictionaries is not None:
             self.dictionary_settings(0)
+            unknown = set(self.dictionary_methods()) - set(self.methods)
+            if unknown or not isinstance(self.dictionary_methods(), list):
+                raise ConfigError(f"BenchmarkConfig.dictionaries.methods must list methods of the benchmark ({sorted(self.methods)}), "
+                                  f"got {self.dictionaries.get('methods')!r}")
         for method in self.methods:
             self.train_config(method, "train.jsonl", "eval.jsonl")
 
@@ -98,6 +103,12 @@ class BenchmarkConfig(ShippedConfig):
 
         return config_from_dict(ModelDiffConfig, {**self.diff, "base": self.model, "tuned": tuned, "data": corpus,
                                                   "max_rows": self.corpus_docs})
+
+    def dictionary_methods(self) -> list[str]:
+        """The methods whose fine-tunes get dictionary readouts (none without ``dictionaries``)."""
+        if self.dictionaries is None:
+            return []
+        return self.dictionaries.get("methods", list(self.methods))
 
     def dictionary_settings(self, layer: int) -> tuple[int, Any]:
         """``(corpus_docs, PairRunSettings)`` of the dictionary readouts at ``layer``.
@@ -109,6 +120,7 @@ class BenchmarkConfig(ShippedConfig):
         from workbench.config import config_from_dict
 
         spec = dict(self.dictionaries or {})
+        spec.pop("methods", None)
         n = spec.pop("corpus_docs", None)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.corpus_docs:
             raise ConfigError(f"BenchmarkConfig.dictionaries.corpus_docs must be between 1 and corpus_docs={self.corpus_docs}, got {n!r}")
@@ -191,7 +203,7 @@ def run(cfg: BenchmarkConfig, out_dir: str | Path, log: Callable[[str], None] = 
                 log(f"[3/3] diffing {name} over the generic corpus")
                 run_diff(cfg.diff_config(str(corpus), str(run_dir)), diff_dir, log=log)
             record = json.loads((diff_dir / "results.json").read_text())
-            if cfg.dictionaries is not None:
+            if method in cfg.dictionary_methods():
                 record["metrics"]["dictionaries"] = _dictionaries(cfg, out, name, run_dir, record["metrics"]["adl"]["layer"], log)
             timing[name] = {"train_s": t1 - t0, "diff_s": time.time() - t1, **record["metrics"].get("timing_s", {})}
             fits[name] = {**_fit(run_dir), "kl_unrelated_nats_per_token": record["metrics"]["kl"]["mean_per_token"],

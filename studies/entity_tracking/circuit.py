@@ -24,15 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from probes.patching import (
-    HeadScores,
-    Metric,
-    Side,
-    attribution_patch,
-    head_sites,
-    path_patch,
-)
-from probes.path_patching import path_patch_runs
+from probes.patch_sites import Side, head_sites
+from probes.patching import HeadScores, Metric, attribution_patch
+from probes.path_patching import path_patch, path_patch_runs
 from workbench.architecture import Dims
 from workbench.runs import log_progress
 from workbench.sites import Site

@@ -168,14 +168,10 @@ def run(cfg: EntityTrackingStudyConfig, out_dir: str | Path, log: Callable[[str]
         NonFiniteLossError: tuning diverged.
     """
     from probes import metrics as pm
-    from probes.circuits import DCMConfig, DCMTask, cmap, dcm_many, faithfulness
-    from probes.patching import (
-        Side,
-        activation_patch,
-        attribution_patch,
-        head_sites,
-        mean_activations,
-    )
+    from probes.circuits import cmap, faithfulness
+    from probes.dcm import DCMConfig, DCMTask, dcm_many
+    from probes.patch_sites import Side, head_sites
+    from probes.patching import activation_patch, attribution_patch, mean_activations
     from studies.entity_tracking.circuit import GROUP_POS, find_circuit
     from workbench.architecture import Dims
     from workbench.hooked import module_hooks

@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.priming import keyword_logprob, log10_mean_ratio
+from probes.priming import log10_mean_ratio
 from studies.common import ShippedConfig, save_results
 from studies.priming.figures import figures
 from workbench.errors import ConfigError
 from workbench.runs import log_progress
 from workbench.tasks import priming as pt
+from workbench.tasks.priming.logprob import keyword_logprob
 from workbench.text_learning import LearnConfig, fresh_copy, learn_text
 
 ARMS = ("standard", "stepping_stone", "ignore_top_k")

@@ -1,7 +1,11 @@
 """Method registry: each method lives in its own folder and registers itself on import.
 
 ``register_method("lofit", LofitConfig, LofitOffsets)`` makes the name known to the CLI, to
-:func:`workbench.artifacts.load_intervention` and to :func:`available_methods`. There is no central enum.
+:func:`load_intervention` and to :func:`available_methods`. There is no central enum.
+
+A trained intervention is saved as ``adapter.safetensors`` + ``adapter.json`` (:func:`save_intervention`); the JSON
+names the method, so :func:`load_intervention` rebuilds it through this registry. (They live here, not in
+:mod:`workbench.artifacts`, which the method folders import: the registry sits above the files it writes.)
 
 What a method saves beyond its adapter (LoRA's standard peft adapter, CAFT's ablation) is declared on its
 spec (``save_extras`` / ``load_extras``), so the generic train job and the app name no method.
@@ -15,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.architecture import Dims
+from workbench.artifacts import atomic_save_tensors, atomic_write_json, load_tensors, package_versions, read_json
+from workbench.config import config_from_dict
+from workbench.errors import CheckpointError, ConfigError, MismatchError
 from workbench.registry import Registry
+
+#: Version of the ``adapter.json`` layout :func:`save_intervention` writes.
+ADAPTER_FORMAT_VERSION = 1
 
 #: ``(run_dir, result, model, model_info) -> None``: write what the method keeps beyond ``run_dir/adapter/``
 #: (``result`` is the :class:`~workbench.finetune.FinetuneResult` of training it; ``model`` the trained model).
@@ -93,3 +104,62 @@ def run_extras(run_dir: str | os.PathLike | None, model_info: Any, skip: str | N
             if extras:
                 found[spec.name] = extras
     return found
+
+
+# --- saved interventions --------------------------------------------------------------------------------
+def save_intervention(directory: str | os.PathLike, intervention: Any, model_info: Any) -> Path:
+    """Save ``intervention`` as ``adapter.safetensors`` + ``adapter.json`` in ``directory``.
+
+    The JSON records the method name, its config, the dimensions, and the model id and weight hash it
+    was trained on, so that loading onto another model can be refused.
+    """
+    directory = Path(directory)
+    atomic_save_tensors(directory / "adapter.safetensors", dict(intervention.state_dict()))
+    atomic_write_json(
+        directory / "adapter.json",
+        {
+            "format_version": ADAPTER_FORMAT_VERSION,
+            "method": intervention.method,
+            "config": intervention.config_dict(),
+            "dims": intervention.dims.to_dict(),
+            "model_id": model_info.id,
+            "model_weight_hash": model_info.weight_hash,
+            "versions": package_versions(),
+        },
+    )
+    return directory
+
+
+def load_intervention(directory: str | os.PathLike, model_info: Any, *, allow_other_model: bool = False) -> Any:
+    """Rebuild a saved intervention for the model described by ``model_info``.
+
+    Raises:
+        CheckpointError: missing or corrupt files, or tensors that do not fit the config.
+        MismatchError: the adapter was trained on a model with another weight hash (pass
+            ``allow_other_model=True`` to override deliberately) or other dimensions.
+    """
+    directory = Path(directory)
+    meta = read_json(directory / "adapter.json")
+    if meta.get("model_weight_hash") != model_info.weight_hash and not allow_other_model:
+        raise MismatchError(
+            f"{directory} was trained on {meta.get('model_id')!r} (weights {meta.get('model_weight_hash')}), "
+            f"not on {model_info.id!r} (weights {model_info.weight_hash}); load it onto the model it was trained on",
+            hint="to transfer it on purpose, pass", settings=("allow_other_model",),
+            python="load_intervention(..., allow_other_model=True)")
+    try:
+        saved = Dims.from_dict(meta["dims"])
+    except (ConfigError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{directory}/adapter.json: unreadable dims ({exc})") from exc
+    model_dims = Dims.coerce(model_info)
+    bad = saved.mismatches(model_dims)
+    if bad:
+        raise MismatchError(f"{directory}: dimensions differ (adapter, model): {bad}")
+    spec = get_method(meta["method"])
+    # the model's dims agree on every saved field and also know those older adapters did not record
+    intervention = spec.intervention_cls(config_from_dict(spec.config_cls, meta["config"]), model_dims)
+    state = load_tensors(directory / "adapter.safetensors")
+    try:
+        intervention.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory}: tensors do not match the saved config ({exc})") from exc
+    return intervention

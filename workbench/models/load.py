@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +29,7 @@ import torch
 
 from workbench.architecture import Dims, text_config
 from workbench.artifacts import refuse_pickle_only
+from workbench.data import tokenizer_fingerprint
 from workbench.errors import CheckpointError, ConfigError, ModelNotFoundError
 from workbench.models.cache import _ensure, hash_tensor, weights_hash
 from workbench.models.registry import DEFAULT_MODEL, REGISTRY, _unknown
@@ -100,37 +99,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if key not in _DTYPES:
         raise ConfigError(f"Unsupported dtype {dtype!r}; use one of float32, bfloat16, float16")
     return _DTYPES[key]
-
-
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def tokenizer_fingerprint(tok: Any) -> str:
-    """``sha256:…`` over what decides how text becomes ids: the vocabulary (token → id, added tokens included) and a
-    fast BPE tokenizer's merges. Which token plays EOS / PAD and the chat template are left out: fine-tunes change
-    them without changing any id. ``""`` when ``tok`` has no vocabulary to read. Remembered per tokenizer object
-    (and size, so added tokens count): ~0.5 s for a 49k-token BPE."""
-    try:
-        vocab = tok.get_vocab()
-    except (AttributeError, TypeError, NotImplementedError):
-        return ""
-    with contextlib.suppress(TypeError):  # an unhashable / non-weakref-able tokenizer is just not remembered
-        known = _FINGERPRINTS.get(tok)
-        if known is not None and known[0] == len(vocab):
-            return known[1]
-    fp = _fingerprint(tok, sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])))
-    with contextlib.suppress(TypeError):
-        _FINGERPRINTS[tok] = (len(vocab), fp)
-    return fp
-
-
-def _fingerprint(tok: Any, vocab: list) -> str:
-    h = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode())
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        with contextlib.suppress(Exception):  # merges are a bonus; the vocabulary alone is still a fingerprint
-            h.update(json.dumps(json.loads(backend.to_str())["model"].get("merges", []), ensure_ascii=False).encode())
-    return "sha256:" + h.hexdigest()
 
 
 def _info(model: Any, tok: Any, id_: str, path: str, weight_hash: str,

@@ -33,7 +33,6 @@ import copy
 import dataclasses
 import hashlib
 import os
-import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 
 from workbench.artifacts import refuse_pickle_only
+from workbench.data import tokenizer_fingerprint
 from workbench.errors import (
     CheckpointError,
     ConfigError,
@@ -54,8 +54,8 @@ from workbench.models.load import (
     _looks_like_path,
     hub_reachable,
     load_model,
-    tokenizer_fingerprint,
 )
+from workbench.pair import ModelPair
 
 __all__ = ["LoadedPair", "LoadedTuned", "adapter_dir", "available_devices", "load_pair", "load_tuned", "peft_adapter_dir"]
 
@@ -117,9 +117,6 @@ class LoadedPair:
             base) or ``"model"`` (full checkpoint).
         intervention: the loaded intervention (``None`` otherwise).
         run_dir: the run folder when the tuned side came from one.
-        key: a short string identifying this pair (used as a cache key by the app).
-        lock: serialises forward passes: attaching an intervention hooks the shared base weights, so
-            two sessions must not run the pair at the same time.
         warnings: see :attr:`LoadedTuned.warnings`.
         peft_type: the peft adapter's type, for ``tuned_kind == "peft"``.
     """
@@ -131,8 +128,6 @@ class LoadedPair:
     tuned_kind: str
     intervention: Any = None
     run_dir: Path | None = None
-    key: str = ""
-    lock: Any = field(default_factory=threading.Lock, repr=False)
     warnings: list[str] = field(default_factory=list)
     peft_type: str | None = None
 
@@ -324,7 +319,7 @@ def load_tuned(base_loaded: LoadedModel, tuned: str, device: str | None = None, 
             installed peft cannot load (the message names the type and the peft version).
         ConfigError: a peft adapter that cannot be merged into weights (prompt learning, tuners without a merge).
     """
-    from workbench.artifacts import load_intervention
+    from workbench.methods import load_intervention
 
     model, _tok, info = base_loaded
     base_spec = base_spec if base_spec is not None else info.id
@@ -376,8 +371,6 @@ def load_pair(base: str, tuned: str, device: str | None = None, dtype: torch.dty
         CheckpointError: a corrupt adapter, weights stored only as pickle (refused unopened, the message says how
             to convert them to safetensors), or a peft adapter type the installed peft cannot load.
     """
-    from workbench.pair import ModelPair
-
     base, tuned = (base or "").strip(), (tuned or "").strip()
     if not base:
         raise ConfigError("no base model: enter a registry name (e.g. smollm2-135m-instruct), a model directory or a Hugging Face id")
@@ -390,6 +383,5 @@ def load_pair(base: str, tuned: str, device: str | None = None, dtype: torch.dty
     loaded = load_model(base, device=device, dtype=dtype)
     model, tok, info = loaded
     t = load_tuned(loaded, tuned, device, dtype, base_spec=base)
-    key = hashlib.sha256(f"{base}\0{tuned}\0{device}\0{info.weight_hash}\0{t.info.weight_hash}".encode()).hexdigest()[:16]
     pair = ModelPair(model, t.model, tok, info, t.info, tuned_tokenizer=t.tokenizer, tuned_intervention=t.intervention)
-    return LoadedPair(pair, base, tuned, device, t.kind, t.intervention, t.run_dir, key, warnings=t.warnings, peft_type=t.peft_type)
+    return LoadedPair(pair, base, tuned, device, t.kind, t.intervention, t.run_dir, warnings=t.warnings, peft_type=t.peft_type)

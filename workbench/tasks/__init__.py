@@ -6,12 +6,15 @@ runs any task the same way::
     task = get_task("arithmetic")
     cfg = task.config(n_train=64)                      # validated settings (ConfigError on bad ones)
     split = task.generate(tok, cfg, prepend_bos=info.prepend_bos)
-    examples = task.to_examples(split)                 # list[workbench.train.Example], from split.train
+    examples = task.to_examples(split)                 # list[workbench.data.Example], from split.train
     metrics = task.evaluate(model, split)              # {"accuracy": .., task-specific ..} on split.heldout
 
-``register_task("arithmetic", TaskSpec(...))`` (in the task folder's ``task.py``, imported by its
-``__init__``) makes the name known to :func:`get_task`, :func:`available_tasks`, ``workbench train
---task`` and ``workbench tasks``. There is no central enum.
+``register_task("arithmetic", TaskSpec(...))`` (in the task folder's ``__init__.py``, its face) makes the name
+known to :func:`get_task`, :func:`available_tasks`, ``workbench train --task`` and ``workbench tasks``. There is
+no central enum. Every task folder has the same shape, so a newcomer adds a task by copying one:
+``generation.py`` (the settings dataclass, the items, the split: ``generate_split`` or ``generate``, and the
+training ``examples`` / ``to_examples``), ``evaluation.py`` (the metrics and ``evaluate_split``, the held-out
+metrics) and ``__init__.py``, which re-exports their public names and registers the spec.
 """
 
 from __future__ import annotations

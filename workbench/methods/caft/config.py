@@ -15,7 +15,7 @@ class CaftConfig:
 
     The directions themselves are tensors (buffers of :class:`~workbench.methods.caft.CaftIntervention`,
     saved in safetensors), not config; the config only fixes their shapes so that a saved ablation can
-    be rebuilt by :func:`workbench.artifacts.load_intervention`.
+    be rebuilt by :func:`workbench.methods.load_intervention`.
 
     Attributes:
         layers: block indices whose residual output (``blocks.{l}.hook_resid_post``) is ablated.

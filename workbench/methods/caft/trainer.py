@@ -186,7 +186,7 @@ def save_extras(run_dir: str | Path, result: Any, model: nn.Module, model_info: 
     """The spec's ``save_extras``: a run trained with :func:`caft_trainer` keeps the ablation it trained under
     (``details["ablation"]``) as an adapter folder ``run_dir/ablation/`` (its own ``adapter/`` holds the inner
     intervention, which the CAFT model is evaluated with)."""
-    from workbench.artifacts import save_intervention
+    from workbench.methods import save_intervention
 
     ablation = result.details.get("ablation")
     if isinstance(ablation, Intervention):
@@ -200,9 +200,10 @@ def load_extras(run_dir: str | Path, model_info: Any) -> dict[str, CaftIntervent
 
     Raises:
         CheckpointError / MismatchError / ConfigError: a stored ablation that cannot be loaded onto this
-            model (see :func:`workbench.artifacts.load_intervention`).
+            model (see :func:`workbench.methods.load_intervention`).
     """
-    from workbench.artifacts import load_intervention, read_json
+    from workbench.artifacts import read_json
+    from workbench.methods import load_intervention
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from workbench.architecture import mlp_projections  # noqa: F401  (also re-exported from workbench.methods.neft)
+from workbench.architecture import mlp_projections
 from workbench.errors import ConfigError, MismatchError
 from workbench.hooked import module_hooks
 from workbench.intervention import DimsLike, Intervention, init_param

@@ -36,15 +36,10 @@ from workbench.errors import (
     MismatchError,
     NonFiniteLossError,
 )
+from workbench.losses import sft_loss
 from workbench.methods.neft.config import SELECTION_MODES, NeftConfig
 from workbench.methods.neft.intervention import NeftIntervention, neuron_weights
-from workbench.train import (
-    TrainResult,
-    batch_indices,
-    fit,
-    seed_everything,
-    sft_loss,
-)
+from workbench.train import TrainResult, batch_indices, fit, seed_everything
 
 
 @dataclass

@@ -18,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import ConfigError
-from workbench.tasks.entity_tracking import BoxPrompt, to_tensors
+from workbench.tasks.entity_tracking.generation import BoxPrompt, to_tensors
 
 __all__ = ["POSITIONS", "accuracy_breakdown", "breakdown_lines", "final_logits", "query_position"]
 

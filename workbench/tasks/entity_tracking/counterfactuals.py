@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError
-from workbench.tasks.entity_tracking import (
+from workbench.tasks.entity_tracking.generation import (
     DEFAULT_LABELS,
     DEFAULT_OBJECTS,
     BoxPrompt,

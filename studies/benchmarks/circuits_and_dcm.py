@@ -1,6 +1,7 @@
-"""Side-by-side timing of the circuit search and DCM, old way vs new, in one process on the real model.
+"""Side-by-side timing of the entity-tracking study's circuit search, faithfulness and DCM, old way vs new, in one
+process on the real model (``studies/entity_tracking``: its README has the measured table).
 
-``python -m studies.entity_tracking.benchmark [--n-patch 10] [--candidates 60] [--n-dcm 32] [--dcm-steps 20]``
+``python -m studies.benchmarks.circuits_and_dcm [--n-patch 10] [--candidates 60] [--n-dcm 32] [--dcm-steps 20]``
 
 * **circuits** — the four-group path-patching search on the base model: the old way (per group: an attribution
   pass, the clean / corrupt / baseline runs recomputed by each ``path_patch`` call, every variant on the whole
@@ -30,18 +31,15 @@ import torch
 from torch import nn
 
 from probes import metrics as pm
-from probes.circuits import DCMConfig, DCMTask, dcm_many, faithfulness
-from probes.dcm import _mixed, _no_param_grads
-from probes.patch_sites import variant_masks
+from probes.circuits import faithfulness
+from probes.dcm import DCMConfig, DCMTask, _mixed, _no_param_grads, dcm_many
+from probes.patch_sites import Side, as_site_sets, head_sites, variant_masks
 from probes.patching import (
     PatchLayer,
-    Side,
-    _as_sets,
     _baseline,
     _effects,
     attribution_patch,
     cache,
-    head_sites,
     run_patched,
 )
 from studies.entity_tracking.circuit import GROUP_POS, GROUPS, _kv, find_circuit
@@ -52,7 +50,7 @@ from workbench.sites import Site
 def _old_path_patch(side, senders, receivers, target_ids, source_ids, metric, positions=None, max_batch=256):
     """``path_patch`` as it was before this change (clean / source / baseline per call, whole prompts)."""
     dims = Dims.of(side.model)
-    sets = _as_sets(senders)
+    sets = as_site_sets(senders)
     b, seq = target_ids.shape
     to_logits = isinstance(receivers, str)
     last = dims.n_layers if to_logits else max(r.layer for r in receivers)

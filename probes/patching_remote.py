@@ -1,4 +1,5 @@
-"""Activation and attribution patching through nnsight (``backend="nnsight"`` in :mod:`probes.patching`).
+"""Remote-capable patching: activation and attribution patching as nnsight traces (``backend="nnsight"`` in
+:mod:`probes.patching`), the form a remote NDIF server runs for models beyond one machine.
 
 Same inputs, same masks (:func:`probes.patch_sites.variant_masks`), same effects ``[variant, batch]`` as the hook
 path; only the runner differs: each patched forward pass is an ``nnsight`` trace that reads every patched site's
@@ -13,7 +14,7 @@ and source activations would travel with the request, the logits come back as sa
 exercised anywhere in this repository: there is no network here, so whether NDIF's serialiser accepts this trace
 body (it calls the small helpers below and ``metric``) is unverified. A Side with a context (our hook-based
 interventions, e.g. a tuned LoFiT side) cannot run remotely — its hooks live on local modules — and is refused.
-What is tested (``tests/test_nnsight_patching.py``): local traces on the real SmolLM2 and on a tiny model give the
+What is tested (``tests/test_patching_remote.py``): local traces on the real SmolLM2 and on a tiny model give the
 hook path's results; cross-model (CMAP) patching with the source on a tuned Side.
 
 Sites are the usual :class:`~workbench.sites.Site` objects; the envoy path of each comes from
@@ -35,10 +36,10 @@ from probes.patch_sites import (
     Positions,
     Side,
     SiteSet,
-    _as_sets,
-    _check_ids,
-    _parse,
+    as_id_pair,
+    as_site_sets,
     check_metric,
+    site_from_hook_name,
     variant_masks,
 )
 from workbench.architecture import Dims
@@ -83,7 +84,7 @@ class NnsightSide:
         elif isinstance(model, nn.Module):
             if tokenizer is None:
                 raise ConfigError("backend='nnsight' on a plain model needs its tokenizer: pass workbench.hooked.to_nnsight(model, "
-                                  "tokenizer) as the model, or call probes.patching_nnsight.*_nnsight(..., tokenizer=tok)")
+                                  "tokenizer) as the model, or call probes.patching_remote.*_nnsight(..., tokenizer=tok)")
             self.nn, self.hf = to_nnsight(model, tokenizer), model
         else:
             raise ConfigError(f"backend='nnsight' needs an nn.Module, a Side or an nnsight model, got {type(model).__name__}")
@@ -100,11 +101,12 @@ def _envoy(nn_model: Any, hook: str, layer: int) -> tuple[Any, str]:
 
 
 def _order(names: Sequence[str]) -> list[str]:
-    return sorted(dict.fromkeys(names), key=lambda n: (_parse(n).layer, FORWARD_ORDER[_parse(n).hook]))
+    sites = {n: site_from_hook_name(n) for n in names}
+    return sorted(sites, key=lambda n: (sites[n].layer, FORWARD_ORDER[sites[n].hook]))
 
 
 def _read(nn_model: Any, name: str) -> tuple[Any, str, Tensor]:
-    site = _parse(name)
+    site = site_from_hook_name(name)
     envoy, kind = _envoy(nn_model, site.hook, site.layer)
     value = envoy.input if kind == "input" else envoy.output
     return envoy, kind, value if isinstance(value, Tensor) else value[0]
@@ -146,7 +148,7 @@ def cache_nnsight(model: Any, input_ids: Int[Tensor, "batch pos"], hook_names: S
     with side.context(), _trace(side, input_ids.to(_device(side)), remote):
         for name in _order(hook_names):
             saved[name] = _read(side.nn, name)[2].save()
-    return {n: _to_site(saved[n], _parse(n).hook, side.dims) for n in hook_names}
+    return {n: _to_site(saved[n], site_from_hook_name(n).hook, side.dims) for n in hook_names}
 
 
 def _final_metric_logits(side: NnsightSide, ids: Tensor, patches: dict[str, tuple[Tensor, Tensor]], n_variants: int,
@@ -158,10 +160,10 @@ def _final_metric_logits(side: NnsightSide, ids: Tensor, patches: dict[str, tupl
         for name in _order(patches):
             envoy, kind, x = _read(side.nn, name)
             mask, src = patches[name]
-            v = _to_site(x, _parse(name).hook, dims).unflatten(0, (n_variants, b))
+            v = _to_site(x, site_from_hook_name(name).hook, dims).unflatten(0, (n_variants, b))
             mask = mask.to(v.device).reshape(mask.shape + (1,) * (v.ndim - mask.ndim))
             v = torch.where(mask, src.to(device=v.device, dtype=v.dtype).unsqueeze(0), v)
-            _write(envoy, kind, v.flatten(0, 1).flatten(-2) if _parse(name).hook in HEAD_HOOKS else v.flatten(0, 1))
+            _write(envoy, kind, v.flatten(0, 1).flatten(-2) if site_from_hook_name(name).hook in HEAD_HOOKS else v.flatten(0, 1))
         logits = side.nn.output.logits[:, -1].float().save()
     return logits.unflatten(0, (n_variants, b))
 
@@ -170,7 +172,7 @@ def _prepare(model, sites, target_ids, source_ids, source_model, positions, metr
     check_metric(metric)
     side = NnsightSide(model, tokenizer)
     src = side if source_model is None else NnsightSide(source_model, tokenizer)
-    target_ids, source_ids = _check_ids(target_ids, source_ids, side.hf)
+    target_ids, source_ids = as_id_pair(target_ids, source_ids, side.hf)
     if src is not side and any(getattr(src.dims, k) != getattr(side.dims, k) for k in ("n_layers", "n_heads", "d_head")):
         raise MismatchError(f"source model dimensions {src.dims} differ from the patched model's {side.dims}")
     masks = variant_masks(sites, *target_ids.shape, side.dims, positions)
@@ -191,7 +193,7 @@ def activation_patch_nnsight(model: Any, sites: Sequence[SiteSet], target_ids: I
     side, src, target_ids, source_ids, masks = _prepare(model, sites, target_ids, source_ids, source_model, positions,
                                                         metric, tokenizer)
     source = cache_nnsight(src, source_ids, list(masks), remote=remote)
-    n_variants, b = len(_as_sets(sites)), target_ids.shape[0]
+    n_variants, b = len(as_site_sets(sites)), target_ids.shape[0]
     device = _device(side)
     base = metric(_final_metric_logits(side, target_ids.to(device), {}, 1, b, remote)[0])
     per = max(1, max_batch // b)
@@ -230,9 +232,9 @@ def attribution_patch_nnsight(model: Any, sites: Sequence[SiteSet], target_ids: 
         with loss.backward():
             for name in reversed(names):
                 grads[name] = live[name].grad.save()
-    out = torch.zeros(len(_as_sets(sites)), target_ids.shape[0])
+    out = torch.zeros(len(as_site_sets(sites)), target_ids.shape[0])
     for name, mask in masks.items():
-        hook = _parse(name).hook
+        hook = site_from_hook_name(name).hook
         a, g = _to_site(acts[name], hook, side.dims), _to_site(grads[name], hook, side.dims)
         prod = (g * (source[name].to(a.device) - a)).sum(-1).cpu()  # [batch, pos, *head]
         out += (prod.unsqueeze(0) * mask).flatten(2).sum(-1)

@@ -6,7 +6,7 @@ Everything runs in ONE process on SmolLM2, side by side, each measurement the me
     ``attn.hook_z`` at every position, ``n_layers * n_heads`` variants): ``activation_patch(..., share_prefix=False)``
     (every variant recomputes every layer: the path before prefix sharing) against ``share_prefix=True`` (each variant
     runs only the layers from its head's layer up, from the target's residual stream there; positions cannot be shared,
-    every position is patched; :mod:`probes.prefix_patching`, :mod:`workbench_kernels.prefix_runner`).
+    every position is patched; :mod:`probes.shared_prefix`, :mod:`workbench_kernels.forward_from_layer`).
 (b) **TransformerLens** ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` on the same prompt pair with a
     ``TransformerBridge.boot_transformers`` of a second copy of the same weights (booting rewires the model and makes
     it eager; TL runs the *corrupted* tokens with the *clean* cache patched in, so it is called with our target as
@@ -20,7 +20,7 @@ The metric is the logit difference of two random tokens. The script checks that 
 effects (max |Δ| reported), records the wall time, the process CPU time over wall time (2.0 on an idle 2-core machine;
 lower means contention) and the load average, and writes ``<out>/benchmark.json``.
 
-Run:  python -m studies.benchmarks.prefix_patching [--prompts 48] [--seq 30] [--seq-all 25] [--repeats 1]
+Run:  python -m studies.benchmarks.shared_prefix [--prompts 48] [--seq 30] [--seq-all 25] [--repeats 1]
       [--compare-prompts 8] [--skip-tl] [--out runs/bench_prefix]
 """
 
@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 from probes import metrics
-from probes.patching import activation_patch, head_sites
+from probes.patch_sites import head_sites
+from probes.patching import activation_patch
 from workbench.artifacts import atomic_write_json, package_versions
 from workbench.models import load_model
 

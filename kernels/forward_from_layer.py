@@ -1,6 +1,6 @@
 """Run a Hugging Face decoder from decoder layer ``first`` on, given the residual stream entering that layer.
 
-Layer-prefix sharing in exact patching (:mod:`probes.prefix_patching`): a variant that patches nothing below layer
+Layer-prefix sharing in exact patching (:mod:`probes.shared_prefix`): a variant that patches nothing below layer
 ``l`` has the clean (target) run's residual stream entering layer ``l``, so layers ``0..l-1`` need not run again.
 :func:`run_from_layer` runs only layers ``first..`` plus the final norm and the unembedding, reusing the model's own
 forward for everything else — masks (full and sliding-window), rotary position embeddings per layer type, the final
@@ -15,9 +15,9 @@ of the cache must hold the keys / values of the cached positions; layers below a
 for sizes (the mask and position ids come from the cache length), so they may hold an untiled batch.
 
 Eager reference: :func:`run_from_layer_reference`, the model's full forward with a hook that replaces the input of
-layer ``first`` by ``hidden`` (layers below compute and are overwritten); ``tests/test_kernels_prefix_runner.py``
+layer ``first`` by ``hidden`` (layers below compute and are overwritten); ``tests/test_kernels_forward_from_layer.py``
 checks both agree on tiny Llama, Qwen2, Mistral and Gemma 3 models (sliding windows, embedding scaling, soft-cap),
-with and without a cache. Speed: ``studies/benchmarks/prefix_patching.py``.
+with and without a cache. Speed: ``studies/benchmarks/shared_prefix.py``.
 
 Supported: the Hugging Face families in :data:`SUPPORTED_MODEL_TYPES` as transformers 5 writes them (the decoder
 loop ``for layer in self.layers[:n]: hidden = layer(hidden, ...)`` with tensor outputs and embedding scaling inside

@@ -1,4 +1,4 @@
-"""kernels/prefix_runner.py: running decoder layers ``first..`` from a given residual stream equals the eager reference
+"""kernels/forward_from_layer.py: running decoder layers ``first..`` from a given residual stream equals the eager reference
 (the full forward with layer ``first``'s input replaced), on tiny Llama, Qwen2, Mistral and Gemma 3 models, with and
 without a key/value cache; hooks on the layers that run still fire; unsupported models are refused."""
 
@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from workbench_kernels.prefix_runner import (
+from workbench_kernels.forward_from_layer import (
     layers_skipped,
     run_from_layer,
     run_from_layer_reference,

@@ -1,4 +1,5 @@
-"""Prefix-shared exact patching: positions before the first patched one are the target run's, so compute them once.
+"""What every patch variant shares with the unpatched target run, computed once: the prefix of positions before the
+first patched one (its key/value cache) and of layers below the first patched layer (the residual stream entering it).
 
 In a causal model, the activations at positions ``< p`` of a patched run depend only on tokens and activations at
 positions ``< p``. When no variant patches anything before position ``p`` (the common case: patching at the last
@@ -12,7 +13,7 @@ Layers are shared too: a variant that patches nothing below decoder layer ``l`` 
 entering layer ``l``. The variants are grouped by their first patched layer (:func:`first_patched_layers`); the target
 runs once more (on the positions after the prefix, on a copy of its cache) recording the residual stream entering
 every group's ``l`` (:func:`target_suffix`; that run's logits are also the unpatched baseline), and each group then runs
-only layers ``l..`` (:func:`workbench_kernels.prefix_runner.run_from_layer`), batched over its variants, on a cache tiled in
+only layers ``l..`` (:func:`workbench_kernels.forward_from_layer.run_from_layer`), batched over its variants, on a cache tiled in
 layers ``l..`` only (the cached positions ``< p`` of those layers are the target's too). For the all-heads sweep that
 halves the layer work. A variant's group is the lowest layer any of its masks touches, so a patch inside layer ``l``
 (``attn.hook_z``, ``mlp.hook_post``, ``hook_resid_post``...) starts its variant at ``l`` with the clean stream.
@@ -24,9 +25,9 @@ cache; layers are then not shared.
 
 Not shared (the full run is used): recorded activations (they need every position), gradient runs, masks that
 broadcast over positions with any element set (positions only), and models whose forward takes no key/value cache
-(positions only). Layers are shared only where :func:`workbench_kernels.prefix_runner.supports` the model (the Hugging Face
+(positions only). Layers are shared only where :func:`workbench_kernels.forward_from_layer.supports` the model (the Hugging Face
 Llama / Qwen2 / Qwen3 / Mistral / Gemma families); for any other model only positions are shared, which is logged once
-(:func:`workbench_kernels.choose`; ``path_taken("prefix_patching")`` says which path the last sweep took).
+(:func:`workbench_kernels.choose`; ``path_taken("shared_prefix")`` says which path the last sweep took).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from probes.patch_sites import _parse
+from probes.patch_sites import site_from_hook_name
 from workbench.hooked import record
 from workbench.sites import Site
 
-from workbench_kernels import prefix_runner
+from workbench_kernels import forward_from_layer
 from workbench_kernels.paths import choose
 
 
@@ -142,7 +143,7 @@ def tiled_cache(cache: Any, n_variants: int, batch: int, first_layer: int = 0) -
     variant-major (row ``v * batch + i`` holds prompt ``i``), matching ``input_ids.repeat(n_variants, 1)``.
 
     Layers below ``first_layer`` keep the untiled tensors (a run from layer ``first_layer`` reads only their lengths,
-    :mod:`workbench_kernels.prefix_runner`). ``cache`` itself is never changed: each layer object is copied (a forward replaces
+    :mod:`workbench_kernels.forward_from_layer`). ``cache`` itself is never changed: each layer object is copied (a forward replaces
     its tensors by concatenation), the tensors are repeated once (a stride-0 view when ``batch`` is 1).
     """
     out = copy.copy(cache)
@@ -166,7 +167,7 @@ def first_patched_layers(masks: dict[str, Bool[Tensor, "variant batch pos *head"
     for group in ([masks] if isinstance(masks, dict) else masks):
         for name, mask in group.items():
             hit = mask.reshape(mask.shape[0], -1).any(1) if mask.ndim else mask.reshape(1)
-            layer = torch.tensor(_parse(name).layer)
+            layer = torch.tensor(site_from_hook_name(name).layer)
             if hit.shape[0] == 1:
                 hit = hit.expand(n_variants)
             first = torch.where(hit, torch.minimum(first, layer), first)
@@ -195,11 +196,11 @@ def layer_groups(first: Int[Tensor, " variant"]) -> list[tuple[int, Tensor]]:
 
 
 def shares_layers(model: nn.Module) -> bool:
-    """Whether layer-prefix sharing runs ``model`` (:func:`workbench_kernels.prefix_runner.supports` it); when it
+    """Whether layer-prefix sharing runs ``model`` (:func:`workbench_kernels.forward_from_layer.supports` it); when it
     does not, the positions-only path is recorded and its reason logged once (:func:`workbench_kernels.choose`)."""
-    if prefix_runner.supports(model):
-        choose("prefix_patching", "layers and positions")
+    if forward_from_layer.supports(model):
+        choose("shared_prefix", "layers and positions")
         return True
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    choose("prefix_patching", "positions only", f"layer-prefix sharing is not checked for {kind!r} or bridged models")
+    choose("shared_prefix", "positions only", f"layer-prefix sharing is not checked for {kind!r} or bridged models")
     return False

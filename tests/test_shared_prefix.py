@@ -1,4 +1,4 @@
-"""Prefix-shared exact patching (probes/prefix_patching.py): the target's prefix is computed once and reused through
+"""Prefix-shared exact patching (probes/shared_prefix.py): the target's prefix is computed once and reused through
 its key/value cache; results equal the full recomputation, and the variants really run on the suffix only."""
 
 from __future__ import annotations
@@ -8,15 +8,10 @@ import torch
 from conftest import make_tiny
 
 from probes import metrics
-from probes.patching import (
-    PatchLayer,
-    activation_patch,
-    head_sites,
-    layer_pos_sites,
-    path_patch,
-    run_patched,
-)
-from probes.prefix_patching import (
+from probes.patch_sites import head_sites, layer_pos_sites
+from probes.patching import PatchLayer, activation_patch, run_patched
+from probes.path_patching import path_patch
+from probes.shared_prefix import (
     first_patched_layers,
     first_patched_position,
     layer_groups,
@@ -190,9 +185,9 @@ def test_layer_and_position_sharing_equal_full_recomputation_across_architecture
     embeddings and soft-capped logits): heads at all positions, at the last position, and (layer, position) sweeps of
     the residual stream, with sharing on, equal the full recomputation; layer sharing really runs (layer 0 sees only
     the variants that patch it)."""
-    from test_kernels_prefix_runner import _tiny
+    from test_kernels_forward_from_layer import _tiny
 
-    from workbench_kernels.prefix_runner import supports
+    from workbench_kernels.forward_from_layer import supports
     from workbench.architecture import Dims
 
     model = _tiny(kind)
@@ -245,7 +240,7 @@ def test_unsupported_models_run_every_layer_with_the_same_results(monkeypatch, c
     which path ran is recorded and its reason logged once."""
     import logging
 
-    from probes import prefix_patching
+    from probes import shared_prefix
     from workbench_kernels.paths import path_taken
 
     model, info = make_tiny(0)
@@ -253,17 +248,17 @@ def test_unsupported_models_run_every_layer_with_the_same_results(monkeypatch, c
     sites = head_sites(info.dims, pos=-1)
     shared = activation_patch(model, sites, clean, corrupt, metric)
     monkeypatch.setattr(model.config, "model_type", "not-a-supported-family")
-    assert not prefix_patching.shares_layers(model)
+    assert not shared_prefix.shares_layers(model)
     seen, scope = _calls(model)
     with scope:
         fallback = activation_patch(model, sites, clean, corrupt, metric)
     torch.testing.assert_close(fallback, shared, atol=1e-5, rtol=1e-5)
     assert (0, 4 * B, 1) in seen  # all four variants through layer 0, on the last position only (positions still shared)
-    assert path_taken("prefix_patching") == "positions only"
+    assert path_taken("shared_prefix") == "positions only"
     monkeypatch.undo()
     with caplog.at_level(logging.INFO, logger="workbench_kernels"):
         activation_patch(model, sites, clean, corrupt, metric)
-    assert path_taken("prefix_patching") == "layers and positions"
+    assert path_taken("shared_prefix") == "layers and positions"
 
 
 def test_bridged_model_is_not_prefix_shared_and_equals_full_recomputation():
@@ -272,7 +267,7 @@ def test_bridged_model_is_not_prefix_shared_and_equals_full_recomputation():
     for a no-op patch. It must run whole (regression: found through the app's patching view)."""
     from conftest import tiny_llama_with_smollm2_tokenizer
 
-    from probes.prefix_patching import bridged, takes_cache
+    from probes.shared_prefix import bridged, takes_cache
     from workbench.architecture import Dims
     from workbench.hooked import to_bridge
 
@@ -293,7 +288,7 @@ def test_common_prefix_patch_equals_full_recomputation_and_variants_run_the_suff
     different head at positions 4..: the prefix runs once with that common patch, the variants from position 4."""
     from probes.circuits import faithfulness
     from probes.patching import mean_activations
-    from probes.prefix_patching import common_prefix_patch, first_differing_position
+    from probes.shared_prefix import common_prefix_patch, first_differing_position
 
     model, info = make_tiny(0)
     clean, _, metric = _data()

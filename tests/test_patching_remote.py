@@ -9,9 +9,9 @@ import torch
 
 from conftest import tiny_llama_with_smollm2_tokenizer
 from probes import metrics as pm
-from probes.patch_sites import Side
-from probes.patching import activation_patch, attribution_patch, head_sites, layer_pos_sites
-from probes.patching_nnsight import activation_patch_nnsight, cache_nnsight, is_nnsight
+from probes.patch_sites import Side, head_sites, layer_pos_sites
+from probes.patching import activation_patch, attribution_patch
+from probes.patching_remote import activation_patch_nnsight, cache_nnsight, is_nnsight
 from workbench.architecture import Dims
 from workbench.errors import ConfigError
 from workbench.hooked import hook_count, to_nnsight
@@ -116,7 +116,7 @@ def test_nnsight_patching_equals_hooks_on_smollm2(smollm2):
     nn_model = to_nnsight(model, tok)
     for fn in (activation_patch, attribution_patch):
         # nnsight recomputes every variant whole: compare with the hook path doing the same (the prefix-shared
-        # default differs from it by fp32 rounding, ~1e-5; tests/test_prefix_patching.py checks that path)
+        # default differs from it by fp32 rounding, ~1e-5; tests/test_shared_prefix.py checks that path)
         kw = {"share_prefix": False} if fn is activation_patch else {}
         ref = fn(model, sites, clean, corrupt, metric, **kw)
         got = fn(nn_model, sites, clean, corrupt, metric, backend="nnsight")
