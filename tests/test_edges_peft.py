@@ -234,3 +234,25 @@ def test_compare_pair_with_our_lora_intervention():
     torch.testing.assert_close(cmp.base.scores, eap_ig(plain, clean, corrupt, metric, steps=2, receivers="head").scores,
                                atol=1e-6, rtol=1e-5)
     assert cmp.delta.abs().max() > 1e-3
+
+
+
+def test_prompt_diff_reads_the_tuned_w_o_inside_the_tuned_context():
+    """The per-head output difference of ``probes.diff.prompts`` reads the tuned side's W_O while its adapters are on:
+    on the pair a LoRA run folder loads into, it equals the merged model's W_O (and the base's is the plain one)."""
+    from probes.diff.prompts import head_output_weights
+    from workbench.methods.lora import LoraIntervention, LoraMethodConfig
+    from workbench.pair import ModelPair
+
+    base, info = make_tiny(2, hidden_size=64)
+    merged, plain = copy.deepcopy(base), copy.deepcopy(base)
+    inter = LoraIntervention(LoraMethodConfig(r=2, alpha=4.0, target_modules=["o_proj"]), info)
+    inter.bind(base)
+    _randomise_lora(base)
+    inter.merge_into(merged)
+    pair = ModelPair(base, base, _Vocab(), info, info, tuned_tokenizer=_Vocab(), tuned_intervention=inter)
+    w_base, w_tuned = head_output_weights(pair)
+    for layer in range(2):
+        torch.testing.assert_close(w_base[layer], w_o(plain, layer), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(w_tuned[layer], w_o(merged, layer), atol=1e-5, rtol=1e-4)
+        assert (w_tuned[layer] - w_base[layer]).abs().max() > 1e-3

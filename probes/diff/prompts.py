@@ -7,6 +7,7 @@ and per-head output differences — on equal-length prompts, without streaming. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -49,6 +50,16 @@ class ModelDiff:
 
 
 @torch.no_grad()
+def head_output_weights(pair: Any) -> tuple[list[Tensor], list[Tensor]]:
+    """Each layer's W_O ``Float[Tensor, "d_model n_heads_x_d_head"]`` of the base and of the tuned side, the tuned one
+    read inside ``pair.tuned_context()``: an intervention on shared weights (a LoRA run's adapters) is on only there."""
+    n_layers = pair.base_info.n_layers
+    w_base = [w_o(pair.base, l) for l in range(n_layers)]
+    with pair.tuned_context():
+        w_tuned = [w_o(pair.tuned, l) for l in range(n_layers)]
+    return w_base, w_tuned
+
+
 def compare(pair, input_ids: Int[Tensor, "batch pos"], batch_size: int = 16) -> ModelDiff:
     """Run base and tuned on the same equal-length prompts and measure where they differ.
 
@@ -65,8 +76,7 @@ def compare(pair, input_ids: Int[Tensor, "batch pos"], batch_size: int = 16) -> 
     input_ids = as_token_ids(input_ids, "input_ids", vocab_size=vocab_size_of(pair.base))
     n_layers = pair.base_info.n_layers
     keep = lambda name: name.endswith("hook_resid_post") or name.endswith("attn.hook_z")  # noqa: E731
-    w_base = [w_o(pair.base, l) for l in range(n_layers)]
-    w_tuned = [w_o(pair.tuned, l) for l in range(n_layers)]
+    w_base, w_tuned = head_output_weights(pair)
     sums: dict[str, Tensor] = {}
 
     def add(key: str, value: Tensor) -> None:
