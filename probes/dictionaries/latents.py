@@ -89,7 +89,8 @@ def max_activating(dictionary: SparseDictionary, ordered_batches: Iterable[tuple
     idx = torch.as_tensor(latents, dtype=torch.long).flatten()
     if bool(((idx < 0) | (idx >= dictionary.config.n_latents)).any()):
         raise ConfigError(f"max_activating: latent indices must lie in [0, {dictionary.config.n_latents})")
-    vals = torch.full((len(idx), 0), float("-inf"))
+    n_latents = len(idx)
+    vals = torch.full((n_latents, 0), float("-inf"))
     where = torch.zeros((len(idx), 0), dtype=torch.long)
     was_training = dictionary.training
     dictionary.eval()

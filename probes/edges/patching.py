@@ -85,7 +85,8 @@ def _run_chunk(model: nn.Module, graph: Graph, embeds: Tensor, m: Tensor, corrup
 
     v, b = m.shape[0], embeds.shape[0]
     active = m.any(0).any(1).nonzero().squeeze(1)  # senders some variant patches somewhere
-    slot = torch.full((len(graph.senders),), -1, dtype=torch.long)
+    n_senders = len(graph.senders)
+    slot = torch.full((n_senders,), -1, dtype=torch.long)
     slot[active] = torch.arange(len(active))
     corr = corrupt.outputs[active]
     diff = corr.new_empty((len(active), v, *corr.shape[1:]))  # z_u^current − z_u^corrupt per active sender and variant
