@@ -26,18 +26,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import platform
-import statistics
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from probes.dictionaries import StoreSettings, collect_activations
 from probes.diff.corpus import token_rows
-from studies.benchmarks.diff_speed import corpus, perturbed_copy, timed
-from workbench.artifacts import atomic_write_json, package_versions
+from studies.benchmarks.diff_speed import compare_passes, corpus, perturbed_copy, report_passes
+from workbench.artifacts import atomic_write_json
 from workbench.data import right_pad
 from workbench.models import load_model
 from workbench.pair import ModelPair
@@ -81,37 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             collect_activations(pair, texts, Path(d) / "store", settings, corpus_sha256=digest, log=None)
             stored.append(sum(p.stat().st_size for p in (Path(d) / "store").glob("shard_*.safetensors")))
 
-    plain(), collect()  # warm-up
-    times: dict[str, list[tuple[float, float]]] = {"plain": [], "collect": []}
-    for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("collect", collect)):
-            times[name].append(timed(fn))
-    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
-    best = {k: min(w for w, _ in v) for k, v in times.items()}
-    best_cpu = {k: min(c for _, c in v) for k, v in times.items()}
-    cpu = {k: sum(c for _, c in v) / sum(w for w, _ in v) for k, v in times.items()}
-    tps = {k: n_tokens / v for k, v in med.items()}
-    tps_best = {k: n_tokens / v for k, v in best.items()}
-    ratio, ratio_best = tps["collect"] / tps["plain"], tps_best["collect"] / tps_best["plain"]
-    ratio_cpu = best_cpu["plain"] / best_cpu["collect"]
-    record = {"time": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(), "processor": platform.processor(),
-              "torch_threads": torch.get_num_threads(), "versions": package_versions(), "args": vars(args),
-              "settings": dataclasses.asdict(settings), "sites": [s.hook_name for s in settings.sites()],
-              "tuned": "deep copy of the base, every weight + N(0, (0.01·std W)²), seed 0",
-              "n_rows": len(rows), "n_tokens": n_tokens, "n_batches": len(batches), "store_bytes": stored[-1],
-              "wall_s": {k: [w for w, _ in v] for k, v in times.items()}, "median_s": med, "tokens_per_s": tps,
-              "cpu_s": {k: [c for _, c in v] for k, v in times.items()}, "best_s": best, "tokens_per_s_best": tps_best,
-              "cpu_per_wall": cpu, "ratio_collect_over_plain": ratio, "ratio_best_wall": ratio_best, "ratio_best_cpu": ratio_cpu}
+    record = compare_passes({"plain": plain, "collect": collect}, n_tokens, args.repeats, args,
+                            {"settings": dataclasses.asdict(settings), "sites": [s.hook_name for s in settings.sites()],
+                             "n_rows": len(rows), "n_batches": len(batches)})
+    record["store_bytes"] = stored[-1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "activation_store.json", record)
     print(f"{len(rows)} rows, {n_tokens} tokens, {len(batches)} batches of {args.batch} (max {args.max_length} tokens); sites "
           f"{record['sites']}, {args.dtype}, {stored[-1] / 2**20:.1f} MiB of shards; {torch.get_num_threads()} threads")
-    print("| pass | median s | best s | tokens/s (median) | tokens/s (best) | best CPU s | CPU/wall |\n|---|---:|---:|---:|---:|---:|---:|")
-    for k, label in (("plain", "two plain forwards (base + tuned)"), ("collect", "collect_activations (hooks, shards, manifest)")):
-        print(f"| {label} | {med[k]:.2f} | {best[k]:.2f} | {tps[k]:.1f} | {tps_best[k]:.1f} | {best_cpu[k]:.2f} | {cpu[k]:.2f} |")
-    print(f"ratio collect / plain, tokens/s: median {ratio:.2f}, best {ratio_best:.2f}; by process CPU time {ratio_cpu:.2f} "
-          f"(aim ≥ 0.8); wrote {out / 'activation_store.json'}")
+    report_passes(record, {"plain": "two plain forwards (base + tuned)", "collect": "collect_activations (hooks, shards, manifest)"},
+                  out / "activation_store.json")
     return 0
 
 

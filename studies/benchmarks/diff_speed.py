@@ -67,6 +67,45 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
+def compare_passes(passes: dict, n_tokens: int, repeats: int, args: argparse.Namespace, extra: dict) -> dict:
+    """Time ``passes`` (name -> no-argument callable; the first is the baseline) once as warm-up, then ``repeats``
+    times interleaved; the record of wall and process-CPU seconds, tokens/s (median and best) and the ratio of each
+    other pass to the baseline (by median wall, best wall and best CPU time), with the machine and versions."""
+    for fn in passes.values():
+        fn()  # warm-up
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in passes}
+    for _ in range(repeats):
+        for name, fn in passes.items():
+            times[name].append(timed(fn))
+    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    best = {k: min(w for w, _ in v) for k, v in times.items()}
+    best_cpu = {k: min(c for _, c in v) for k, v in times.items()}
+    base = next(iter(passes))
+    record = {"time": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(), "processor": platform.processor(),
+              "torch_threads": torch.get_num_threads(), "versions": package_versions(), "args": vars(args),
+              "tuned": "deep copy of the base, every weight + N(0, (0.01·std W)²), seed 0", **extra, "n_tokens": n_tokens,
+              "wall_s": {k: [w for w, _ in v] for k, v in times.items()}, "median_s": med,
+              "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
+              "cpu_s": {k: [c for _, c in v] for k, v in times.items()}, "best_s": best,
+              "tokens_per_s_best": {k: n_tokens / v for k, v in best.items()},
+              "cpu_per_wall": {k: sum(c for _, c in v) / sum(w for w, _ in v) for k, v in times.items()}}
+    for k in list(passes)[1:]:
+        record[f"ratio_{k}_over_{base}"] = med[base] / med[k]
+        record["ratio_best_wall"], record["ratio_best_cpu"] = best[base] / best[k], best_cpu[base] / best_cpu[k]
+    return record
+
+
+def report_passes(record: dict, labels: dict[str, str], path: Path) -> None:
+    """Print the record of :func:`compare_passes` as a markdown table and the ratio line (``labels``: pass -> row label)."""
+    print("| pass | median s | best s | tokens/s (median) | tokens/s (best) | best CPU s | CPU/wall |\n|---|---:|---:|---:|---:|---:|---:|")
+    for k, label in labels.items():
+        print(f"| {label} | {record['median_s'][k]:.2f} | {record['best_s'][k]:.2f} | {record['tokens_per_s'][k]:.1f} | "
+              f"{record['tokens_per_s_best'][k]:.1f} | {min(record['cpu_s'][k]):.2f} | {record['cpu_per_wall'][k]:.2f} |")
+    base, other = list(labels)[:2]
+    print(f"ratio {other} / {base}, tokens/s: median {record[f'ratio_{other}_over_{base}']:.2f}, best {record['ratio_best_wall']:.2f}; "
+          f"by process CPU time {record['ratio_best_cpu']:.2f} (aim ≥ 0.8); wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m studies.benchmarks.diff_speed", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/bench")
@@ -97,36 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     def diff() -> None:
         diff_corpus(pair, texts, settings)
 
-    plain(), diff()  # warm-up
-    times: dict[str, list[tuple[float, float]]] = {"plain": [], "diff": []}
-    for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("diff", diff)):
-            times[name].append(timed(fn))
-    med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
-    best = {k: min(w for w, _ in v) for k, v in times.items()}
-    best_cpu = {k: min(c for _, c in v) for k, v in times.items()}
-    cpu = {k: sum(c for _, c in v) / sum(w for w, _ in v) for k, v in times.items()}
-    tps = {k: n_tokens / v for k, v in med.items()}
-    tps_best = {k: n_tokens / v for k, v in best.items()}
-    ratio = tps["diff"] / tps["plain"]
-    ratio_best, ratio_cpu = tps_best["diff"] / tps_best["plain"], best_cpu["plain"] / best_cpu["diff"]
-    record = {"time": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(), "processor": platform.processor(),
-              "torch_threads": torch.get_num_threads(), "versions": package_versions(), "args": vars(args),
-              "tuned": "deep copy of the base, every weight + N(0, (0.01·std W)²), seed 0",
-              "n_rows": len(rows), "n_tokens": n_tokens, "n_batches": len(batches),
-              "wall_s": {k: [w for w, _ in v] for k, v in times.items()}, "median_s": med, "tokens_per_s": tps,
-              "cpu_s": {k: [c for _, c in v] for k, v in times.items()}, "best_s": best, "tokens_per_s_best": tps_best,
-              "cpu_per_wall": cpu, "ratio_diff_over_plain": ratio, "ratio_best_wall": ratio_best, "ratio_best_cpu": ratio_cpu}
+    record = compare_passes({"plain": plain, "diff": diff}, n_tokens, args.repeats, args,
+                            {"n_rows": len(rows), "n_batches": len(batches)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "diff_speed.json", record)
     print(f"{len(rows)} rows, {n_tokens} tokens, {len(batches)} batches of {args.batch} (max {args.max_length} tokens); "
           f"{torch.get_num_threads()} threads")
-    print("| pass | median s | best s | tokens/s (median) | tokens/s (best) | best CPU s | CPU/wall |\n|---|---:|---:|---:|---:|---:|---:|")
-    for k, label in (("plain", "two plain forwards (base + tuned)"), ("diff", "diff_corpus streaming pass")):
-        print(f"| {label} | {med[k]:.2f} | {best[k]:.2f} | {tps[k]:.1f} | {tps_best[k]:.1f} | {best_cpu[k]:.2f} | {cpu[k]:.2f} |")
-    print(f"ratio diff / plain, tokens/s: median {ratio:.2f}, best {ratio_best:.2f}; by process CPU time {ratio_cpu:.2f} "
-          f"(aim ≥ 0.8); wrote {out / 'diff_speed.json'}")
+    report_passes(record, {"plain": "two plain forwards (base + tuned)", "diff": "diff_corpus streaming pass"}, out / "diff_speed.json")
     return 0
 
 
