@@ -35,8 +35,7 @@ from app.cli import app
 from tests.conftest import tiny_llama_with_smollm2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ["quickstart", "method_comparison", "caft_spurious", "tuco", "priming", "context_knob", "entity_tracking", "dataset_diff", "diffing_benchmark", "dictionaries",
-           "own_finetune"]
+STUDIES = sorted(p.parent.name for p in (ROOT / "studies").glob("*/__main__.py"))  # a new study is a new folder
 COMMANDS = {"quickstart", "train", "fetch", "models", "methods", "tasks", "app", "diff"}
 
 
@@ -193,8 +192,7 @@ DRIVER = textwrap.dedent("""
 def test_every_study_entry_point_helps_and_refuses_an_unknown_config(tmp_path):
     """``python -m studies.<name> --help`` and ``--config nosuch`` (exit code 2, ``error:``, nothing written) for every
     study, in one subprocess (``runpy``, as ``-m`` does), and one plain ``python -m`` for the process exit code."""
-    on_disk = sorted(p.parent.name for p in (ROOT / "studies").glob("*/__main__.py"))
-    assert on_disk == sorted(STUDIES)
+    assert len(STUDIES) >= 11 and "quickstart" in STUDIES
     calls = []
     for study in STUDIES:
         calls += [[f"studies.{study}", ["--help"]], [f"studies.{study}", ["--config", "nosuch", "--out", str(tmp_path / study)]]]
