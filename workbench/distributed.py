@@ -53,6 +53,13 @@ def is_main_process() -> bool:
         return True
 
 
+def wait_for_every_process() -> None:
+    """A barrier across the processes of a multi-process launch (no-op for one process): e.g. every rank reads a
+    method cache before the main process may write it, so all ranks take the same path."""
+    if launched_world_size() > 1:
+        DataParallel.from_env().barrier()
+
+
 @dataclass
 class DataParallel:
     """Which process this is and how to combine gradients and losses across processes.

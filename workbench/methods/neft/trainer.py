@@ -28,7 +28,7 @@ from workbench.artifacts import (
     read_json,
 )
 from workbench.data import Example, collate
-from workbench.distributed import is_main_process
+from workbench.distributed import is_main_process, wait_for_every_process
 from workbench.errors import (
     CheckpointError,
     ConfigError,
@@ -278,6 +278,7 @@ def train_neft(
                 "seed": cfg.seed, "pad_id": pad_id, "n_examples": len(examples), "examples": _examples_digest(examples),
                 "model_weight_hash": weight_hash}
         scores = _cached_scores(select_dir, meta)
+        wait_for_every_process()  # every rank has looked at the cache before the main process may write it
         if scores is None:
             tuned = brief_full_finetune(model, examples, cfg.select_steps, cfg.select_lr, cfg.select_batch_size, cfg.seed,
                                         pad_id=pad_id, on_step=lambda _s, loss: select_losses.append(loss))
