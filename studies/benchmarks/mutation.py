@@ -38,7 +38,34 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from workbench.runs import log_progress
+if __name__ == "__main__":  # run as a script: this folder's kernels.py would shadow Hugging Face's `kernels` package
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def log_progress(message: str) -> None:
+    """A progress line on stderr. Not :func:`workbench.runs.log_progress`: this process must import nothing from the
+    repository, or every forked test run would reuse the unmutated modules (see :func:`check_parent_is_clean`)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_parent_is_clean() -> None:
+    """Refuse to fork test runs from a process that has imported the repository's own packages: the children would
+    reuse those already-imported, unmutated modules and every mutant would 'survive'."""
+    checkout = Path(__file__).resolve().parents[2]
+    env = Path(sys.prefix).resolve()  # a virtual environment inside the checkout is not the repository's code
+
+    def ours(mod) -> bool:
+        file = getattr(mod, "__file__", None)
+        if not isinstance(file, str) or not os.path.isabs(file):  # built-in or synthetic modules (torch.classes)
+            return False
+        path = Path(file).resolve()
+        return path != Path(__file__).resolve() and checkout in path.parents and env not in path.parents
+
+    loaded = sorted(name for name, mod in list(sys.modules.items()) if ours(mod))
+    if loaded:
+        raise SystemExit(f"the mutation runner has imported repository modules ({', '.join(loaded[:5])}); forked "
+                         "test runs would not see the mutants")
+
 
 CMP_SWAP = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE,
             ast.GtE: ast.Lt, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
@@ -315,6 +342,7 @@ def main(argv=None) -> None:
         only = {(m["file"], m["index"], m["op"], m["kind"]): m["status"] for f in prev.values() for m in f["mutants"]}
     if not a.no_fork:
         preload()
+        check_parent_is_clean()
     res = run(root, files, a.sample, a.out, log=lambda s: print(s, flush=True), only=only, fork=not a.no_fork)
     for f, r in res["files"].items():
         print(f, r["counts"], r["score"])
