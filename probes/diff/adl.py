@@ -101,10 +101,11 @@ def top_tokens(logits: Float[Tensor, " d_vocab"], k: int, decode: Any) -> list[d
 
 
 @torch.no_grad()
-def lens_tokens(model: nn.Module, delta: Float[Tensor, " d_model"], top_k: int = 20, decode: Any = str) -> dict[str, list]:
+def lens_tokens(model: nn.Module, delta: Float[Tensor, " d_model"], top_k: int, decode: Any = str) -> dict[str, list]:
     """Logit lens of δ: the top tokens of ``softmax(unembed(final_norm(δ)))`` ("positive") and of the same for −δ
     ("negative"), through ``model``'s own final norm, unembedding and soft-cap (the reference reads the fine-tuned
-    model; pass ``pair.tuned`` inside ``pair.tuned_context()``).
+    model; pass ``pair.tuned`` inside ``pair.tuned_context()``); ``top_k`` tokens each (the caller's setting, e.g.
+    :func:`~probes.diff.adl_readouts.adl_readouts`' ``top_k``).
 
     Raises:
         ConfigError: the model has no final norm / unembedding (:func:`workbench.architecture.readout`).

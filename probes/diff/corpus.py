@@ -133,7 +133,7 @@ def diff_corpus(pair: Any, texts: Iterable[str], settings: DiffSettings | None =
     if not first:
         raise ConfigError("the corpus is empty: no text with at least one token; pass a file with text rows")
 
-    kl, shift = KLStats(s.top_k_contexts, s.context_window, s.max_length), TokenShift(info.d_vocab)
+    kl, shift = KLStats(top_k=s.top_k_contexts, window=s.context_window, max_positions=s.max_length), TokenShift(info.d_vocab)
     layers, adl = LayerStats(n_layers, n_heads), DeltaAccumulator(s.adl_positions, info.d_model)
     lens = {"base": LensStats(n_layers), "tuned": LensStats(n_layers)}
     nll = {"base": TokenMean(), "tuned": TokenMean()}

@@ -28,14 +28,14 @@ class KLStats:
     """Running per-token KL over a corpus: token-weighted mean, per-row mean with a 95% CI over rows, mean by
     position, a histogram, and the ``top_k`` largest (row, position) pairs with their context.
 
-    Args:
+    Args (keywords; :class:`~probes.diff.corpus.DiffSettings` owns the first three's defaults):
         top_k: how many top-KL positions to keep (memory O(top_k · window)).
         window: tokens of context kept on each side of a top position.
         max_positions: length of the mean-by-position curve (positions past it are left out of that curve only).
         bins: upper edges (nats) of the histogram bins; the last bin is open.
     """
 
-    def __init__(self, top_k: int = 20, window: int = 12, max_positions: int = 512,
+    def __init__(self, *, top_k: int, window: int, max_positions: int,
                  bins: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 3.0)) -> None:
         self.top = StreamingTopK(top_k)
         self.window = int(window)

@@ -60,8 +60,9 @@ class TokenShift:
         n = max(self.n, 1)
         return self.dp / n, self.dlp / n
 
-    def result(self, top_k: int = 20, decode: Any = None) -> dict[str, Any]:
-        """The ``top_k`` tokens that rise / fall most by each statistic, as ``{"id", "token", "value"}`` rows."""
+    def result(self, top_k: int, decode: Any = None) -> dict[str, Any]:
+        """The ``top_k`` tokens that rise / fall most by each statistic, as ``{"id", "token", "value"}`` rows
+        (``top_k``: the caller's setting, :class:`~probes.diff.corpus.DiffSettings` ``top_k_tokens``)."""
         dp, dlp = self.means()
         dec = decode or str
 
