@@ -35,14 +35,18 @@ def _params(inter) -> list[torch.Tensor]:
     return [p.detach().clone() for p in inter.parameters()]
 
 
-@pytest.mark.parametrize("case", ["sft-offsets", "sft-scaling-l1", "dpo-offsets"])
+@pytest.mark.parametrize("case", ["sft-offsets", "sft-scaling-l1", "dpo-offsets", "sft-text-rows"])
 def test_accumulated_step_in_one_process_equals_the_plain_step(tiny, tiny_examples, case):
     """Two micro-batches of 4 in one process (the data-parallel / accumulation path: summed losses divided by the
     batch's answer-token count for SFT, its pair count for DPO, the regulariser's gradient added once) give the plain
-    8-row step's losses and parameters. Answers of 1 or 2 tokens make the token count differ from the row count."""
+    8-row step's losses and parameters. Answers of 1 or 2 tokens make the token count differ from the row count;
+    text rows (a one-token prompt, BOS, then every token is an answer token) put an answer label at position 1."""
     model, info = tiny
-    examples = [Example(e.prompt_ids, (7,) if i % 3 else (7, 11), rejected_ids=(9,) if "dpo" in case else None)
-                for i, e in enumerate(tiny_examples)]
+    if case == "sft-text-rows":
+        examples = [Example(e.prompt_ids[:1], e.prompt_ids[1:1 + 2 + i % 3]) for i, e in enumerate(tiny_examples)]
+    else:
+        examples = [Example(e.prompt_ids, (7,) if i % 3 else (7, 11), rejected_ids=(9,) if "dpo" in case else None)
+                    for i, e in enumerate(tiny_examples)]
     kind, l1 = (LofitScaling, 1e-2) if "l1" in case else (LofitOffsets, 0.0)
     loss = "dpo" if "dpo" in case else "sft"
     runs = []

@@ -292,18 +292,21 @@ def run(root: Path, files: dict[str, list[str]], sample: int, out: Path, log=log
     return results
 
 
-def summarize(runs: dict[str, Path]) -> str:
-    """A markdown table, one row per (run, file): killed / timeout / survived / not covered, and the score."""
+def summarize(runs: dict[str, str]) -> str:
+    """A markdown table, one row per (run, file): killed / timeout / survived / not covered, and the score. A run may
+    be several result files joined with ``+`` (runs split over snapshots); a file in more than one keeps its last."""
     rows = ["| run | file | mutants | killed | timeout | survived | not covered | score |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for label, path in runs.items():
-        res = json.loads(Path(path).read_text())
-        for file, r in res["files"].items():
+    for label, paths in runs.items():
+        files: dict = {}
+        for path in str(paths).split("+"):
+            files.update(json.loads(Path(path).read_text())["files"])
+        for file, r in files.items():
             c = r["counts"]
             rows.append(f"| {label} | `{file}` | {r['n_mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                         f"{c['not_covered']} | {r['score']:.0%} |")
-        t = res.get("total", {})
-        if t:
-            rows.append(f"| {label} | **all three** | {t['n_mutants']} | | | | | **{t['score']:.0%}** |")
+        total = sum(r["n_mutants"] for r in files.values())
+        caught = sum(r["counts"]["killed"] + r["counts"]["timeout"] for r in files.values())
+        rows.append(f"| {label} | **all files** | {total} | | | | | **{caught / max(1, total):.1%}** ({caught}) |")
     return "\n".join(rows)
 
 
