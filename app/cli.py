@@ -159,8 +159,10 @@ def train(
 
         run_dir = launch_processes(processes, cfg, runs_dir, name, log.print)
     else:
+        from app.launch_train import LAUNCHED_ENV
+
         run_dir = run_train_job(cfg, runs_dir, name, log=log.print)
-        if not is_main_process():
+        if not is_main_process() or os.environ.get(LAUNCHED_ENV):  # under --processes N the launcher prints the summary
             return
     m = json.loads((run_dir / "results.json").read_text())["metrics"]
     tail = f"{m['n_trainable_parameters']} trainable parameters, {m['seconds_per_step']:.2f} s/step; wrote {run_dir}"

@@ -25,6 +25,10 @@ from typing import Any, Callable
 from workbench.errors import WorkbenchError
 from workbench.runs import log_progress
 
+#: Set in the environment of the processes :func:`launch_processes` starts: the launcher prints the run's summary, so
+#: they do not (a process started by a plain ``accelerate launch`` still prints it on rank 0).
+LAUNCHED_ENV = "WORKBENCH_LAUNCHED_TRAIN"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -57,7 +61,7 @@ def launch_processes(processes: int, cfg: Any, runs_dir: Path, name: str | None,
     source = cfg.task if cfg.data is None else Path(cfg.data).stem
     default = time.strftime(f"train-{cfg.method}-{source}-%Y%m%d-%H%M%S")
     run_dir = plan_run(runs_dir, name, default)  # checked here, before anything starts
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}
+    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}
     with tempfile.TemporaryDirectory(prefix="workbench-launch-") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps(cfg.to_dict()))

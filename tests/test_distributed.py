@@ -58,9 +58,9 @@ def test_two_processes_train_what_one_process_trains_and_only_rank0_writes(tmp_p
     assert json.loads((tmp_path / "writes-rank1.json").read_text()) == [], "rank 1 wrote a checkpoint"
 
 
-def test_cli_processes_2_trains_what_one_process_trains_on_your_data(tmp_path):
+def test_cli_processes_2_trains_what_one_process_trains_on_your_data(tmp_path, capfd):
     """`workbench train lora --data F --processes 2` (accelerate launch, 2 gloo processes) writes one run folder with
-    the same adapter as `--processes 1`, and its LoRA also as a standard peft adapter."""
+    the same adapter as `--processes 1`, and its LoRA also as a standard peft adapter; the summary prints once."""
     from typer.testing import CliRunner
 
     from app.cli import app
@@ -77,8 +77,12 @@ def test_cli_processes_2_trains_what_one_process_trains_on_your_data(tmp_path):
     args = ["train", "lora", "--data", str(tmp_path / "train.jsonl"), "--max-length", "32", "--config", str(tmp_path / "job.json"),
             "--runs-dir", str(tmp_path / "runs")]
     for n in (1, 2):
+        capfd.readouterr()
         result = CliRunner().invoke(app, args + ["--name", f"p{n}", "--processes", str(n)])
         assert result.exit_code == 0, result.output
+        from_processes = capfd.readouterr().out  # what the started processes printed (the launcher's is result.output)
+        summary = f"lora on {tmp_path / 'train.jsonl'}: held-out answer loss"  # the command's last line
+        assert result.output.count(summary) + from_processes.count(summary) == 1, (n, result.output, from_processes)
     one, two = (load_file(str(tmp_path / "runs" / f"p{n}" / "adapter" / "adapter.safetensors")) for n in (1, 2))
     close(one, two)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["p1", "p2"]
