@@ -245,7 +245,7 @@ def diff_command(
     name: Optional[str] = typer.Option(None, help="run folder name inside --runs-dir (default: diff-<time>)"),
     out: Optional[Path] = typer.Option(None, help="the run folder itself, inside --runs-dir (instead of --name)"),
     batch_size: Optional[int] = typer.Option(None, help="rows per forward pass (default 8)"),
-    max_rows: Optional[int] = typer.Option(None, help="rows read from the corpus (default 256)"),
+    max_rows: Optional[int] = typer.Option(None, help="rows read from the corpus (default 2000)"),
     max_length: Optional[int] = typer.Option(None, help="tokens kept per row (default 128)"),
     layer: Optional[int] = typer.Option(None, help="Activation Difference Lens layer (default: int(0.5 * (n_layers - 1)))"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: the first available)"),
