@@ -231,6 +231,37 @@ def tiny_dirs(tmp_path_factory):
     return base, tuned, run, other, root / "runs"
 
 
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A loaded base/tuned pair (:func:`workbench.models.tuned.load_pair`) of the app's tiny saved base and a perturbed
+    copy of it, on the CPU."""
+    from app.latency.tiny import save_tiny
+    from workbench.models.tuned import load_pair
+
+    root = tmp_path_factory.mktemp("tiny_pair")
+    base = save_tiny(root / "base")
+    tuned = save_tiny(root / "tuned", seed=1, perturb_from=base)
+    return load_pair(str(base), str(tuned), "cpu").pair
+
+
+def raw_ids(tok, text: str) -> list[int]:
+    """``text``'s token ids without any special token the tokenizer would add."""
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def bos_adding(tok):
+    """A copy of ``tok`` whose ``add_special_tokens=True`` puts its BOS first (as Llama's and Gemma's tokenizers do)."""
+    import copy
+
+    from tokenizers import processors
+
+    out = copy.deepcopy(tok)
+    out._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    assert out("hi")["input_ids"] == [tok.bos_token_id] + raw_ids(tok, "hi")
+    return out
+
+
 def execute_notebook(path, out_env: str, out_dir, monkeypatch, timeout: int = 300):
     """Run a study notebook top to bottom, in memory, with ``out_env`` pointing at ``out_dir`` and the kernel's
     working directory beside it (nothing is written into the repository); fail on any error output. Returns the

@@ -13,33 +13,19 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bos_adding, raw_ids
 
-from app.latency.tiny import save_tiny
 from probes.diff import DiffSettings, diff_corpus, token_rows
 
 TEXTS = ["Paris is the capital of France.", "Hello", "The apple is in Box F, the key is in Box C.", "Hello world."]
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    from workbench.models.tuned import load_pair
-
-    root = tmp_path_factory.mktemp("corpus_pass")
-    base = save_tiny(root / "base")
-    tuned = save_tiny(root / "tuned", seed=1, perturb_from=base)
-    return load_pair(str(base), str(tuned), "cpu").pair
-
-
-def _raw(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def test_token_rows_put_bos_first_only_when_asked_and_truncate_with_it(pair):
+def test_token_rows_put_bos_first_only_when_asked_and_truncate_with_it(tiny_pair):
     """``prepend_bos``: the tokenizer's BOS, then the text's own ids, cut to ``max_length`` tokens BOS included;
     without it the text's ids alone; a tokenizer without a BOS adds nothing; texts without tokens are skipped."""
-    tok = pair.tokenizer
+    tok = tiny_pair.tokenizer
     assert tok.bos_token_id is not None
-    raw = [_raw(tok, t) for t in TEXTS]
+    raw = [raw_ids(tok, t) for t in TEXTS]
     assert list(token_rows(TEXTS + [""], tok, 6, prepend_bos=True)) == [([tok.bos_token_id] + r)[:6] for r in raw]
     assert list(token_rows(TEXTS, tok, 6, prepend_bos=False)) == [r[:6] for r in raw]
     no_bos = copy.deepcopy(tok)
@@ -48,32 +34,28 @@ def test_token_rows_put_bos_first_only_when_asked_and_truncate_with_it(pair):
     assert list(token_rows(TEXTS, no_bos, 100, prepend_bos=True)) == raw
 
 
-def test_token_rows_of_a_bos_adding_tokenizer_add_no_special_tokens(pair):
+def test_token_rows_of_a_bos_adding_tokenizer_add_no_special_tokens(tiny_pair):
     """A tokenizer that adds its BOS by itself (as Llama's does) still gives each text's plain ids, and the BOS
-    exactly once with ``prepend_bos``: BOS is the pair's choice, never the tokenizer's."""
-    from tokenizers import processors
-
-    tok = pair.tokenizer
-    adds = copy.deepcopy(tok)
-    adds._tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
-    raw = [_raw(tok, t) for t in TEXTS]
+    exactly once with ``prepend_bos``: BOS is the caller's choice, never the tokenizer's."""
+    tok = tiny_pair.tokenizer
+    adds = bos_adding(tok)
+    raw = [raw_ids(tok, t) for t in TEXTS]
     assert adds(TEXTS[0])["input_ids"] == [tok.bos_token_id] + raw[0]
     assert list(token_rows(TEXTS, adds, 100, prepend_bos=False)) == raw
     assert list(token_rows(TEXTS, adds, 100, prepend_bos=True)) == [[tok.bos_token_id] + r for r in raw]
 
 
 @torch.no_grad()
-def _plain_kl_and_nll(pair, texts):
+def _plain_kl_and_nll(tiny_pair, texts):
     """Mean per-token KL(P_tuned ‖ P_base) over every real position and each model's mean next-token NLL over the
     positions that have a next token, from one unpadded forward of each model per row."""
     kls, nll_b, nll_t, n_next = [], 0.0, 0.0, 0
     for text in texts:
-        ids = ([pair.tokenizer.bos_token_id] if pair.prepend_bos else []) + _raw(pair.tokenizer, text)
+        ids = ([tiny_pair.tokenizer.bos_token_id] if tiny_pair.prepend_bos else []) + raw_ids(tiny_pair.tokenizer, text)
         x = torch.tensor([ids])
-        lb = pair.base(input_ids=x).logits[0].float().log_softmax(-1)
-        with pair.tuned_context():
-            lt = pair.tuned(input_ids=x).logits[0].float().log_softmax(-1)
+        lb = tiny_pair.base(input_ids=x).logits[0].float().log_softmax(-1)
+        with tiny_pair.tuned_context():
+            lt = tiny_pair.tuned(input_ids=x).logits[0].float().log_softmax(-1)
         kls.append(F.kl_div(lb, lt, log_target=True, reduction="none").sum(-1))
         nll_b += float(F.cross_entropy(lb[:-1], x[0, 1:], reduction="sum"))
         nll_t += float(F.cross_entropy(lt[:-1], x[0, 1:], reduction="sum"))
@@ -81,28 +63,28 @@ def _plain_kl_and_nll(pair, texts):
     return float(torch.cat(kls).mean()), nll_b / n_next, nll_t / n_next
 
 
-def test_a_tokenizer_without_pad_token_still_pads_and_matches_unpadded_forwards(pair):
+def test_a_tokenizer_without_pad_token_still_pads_and_matches_unpadded_forwards(tiny_pair):
     """With no pad token (``pad_token_id is None``) the rows of a batch are still padded and masked: the KL and
     each model's NLL equal plain unpadded forwards, row by row (logits reduced in chunks of 3 positions, so chunks
     cross rows and the last one is partial)."""
-    p = copy.copy(pair)
-    p.tokenizer = copy.deepcopy(pair.tokenizer)
+    p = copy.copy(tiny_pair)
+    p.tokenizer = copy.deepcopy(tiny_pair.tokenizer)
     p.tokenizer.pad_token = None
     assert p.tokenizer.pad_token_id is None
     got = diff_corpus(p, TEXTS, DiffSettings(batch_size=4, lens_token_stride=1, chunk_positions=3)).metrics
-    kl, nll_b, nll_t = _plain_kl_and_nll(pair, TEXTS)
+    kl, nll_b, nll_t = _plain_kl_and_nll(tiny_pair, TEXTS)
     assert got["n_batches"] == 1 and got["kl"]["mean_per_token"] == pytest.approx(kl, rel=1e-4)
     assert got["nll"]["base_nats_per_token"] == pytest.approx(nll_b, rel=1e-5)
     assert got["nll"]["tuned_nats_per_token"] == pytest.approx(nll_t, rel=1e-5)
 
 
-def test_by_default_the_lens_reads_every_128th_real_token(pair):
+def test_by_default_the_lens_reads_every_128th_real_token(tiny_pair):
     """README: the logit lens reads every 128th real token. Two rows of 96 tokens (one batch of 192 real tokens) are
     read at their 64th and 192nd tokens: 2 positions per model."""
     text = "the" + " the" * 95
-    rows = list(token_rows([text, text], pair.tokenizer, 128, pair.prepend_bos))
+    rows = list(token_rows([text, text], tiny_pair.tokenizer, 128, tiny_pair.prepend_bos))
     assert sum(map(len, rows)) == 192
-    got = diff_corpus(pair, [text, text]).metrics["logit_lens"]
+    got = diff_corpus(tiny_pair, [text, text]).metrics["logit_lens"]
     assert got["base"]["n_positions"] == got["tuned"]["n_positions"] == len(range(63, 192, 128)) == 2
 
 

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from conftest import bos_adding, raw_ids
 
 from probes.diff.patchscope import patched_probs, patchscope, placeholder_position
 from workbench.errors import ConfigError
@@ -23,16 +24,12 @@ def tiny():
     return tiny_llama_with_smollm2_tokenizer()
 
 
-def _raw_ids(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
 def test_placeholder_position_adds_bos_only_when_asked(tiny):
     """Without ``prepend_bos`` the ids are exactly the tokenizer's ids of the prompt and the position is its last
     token ("?"); with it, the tokenizer's BOS comes first and the position moves by one; a tokenizer without a BOS
     adds nothing."""
     _, tok = tiny
-    raw = _raw_ids(tok, PROMPT)
+    raw = raw_ids(tok, PROMPT)
     assert tok.bos_token_id is not None and raw[0] != tok.bos_token_id
     assert placeholder_position(tok, PROMPT) == (raw, len(raw) - 1)
     assert placeholder_position(tok, PROMPT, prepend_bos=True) == ([tok.bos_token_id] + raw, len(raw))
@@ -42,22 +39,11 @@ def test_placeholder_position_adds_bos_only_when_asked(tiny):
     assert placeholder_position(no_bos, PROMPT, prepend_bos=True) == (raw, len(raw) - 1)
 
 
-def bos_adding(tok):
-    """A copy of ``tok`` whose ``add_special_tokens=True`` puts its BOS first (as Llama's and Gemma's tokenizers do)."""
-    from tokenizers import processors
-
-    out = copy.deepcopy(tok)
-    out._tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
-    assert out("hi")["input_ids"] == [tok.bos_token_id] + _raw_ids(tok, "hi")
-    return out
-
-
 def test_placeholder_position_of_a_bos_adding_tokenizer_adds_no_special_tokens(tiny):
     """A tokenizer that adds its BOS by itself still gives the prompt's plain ids (and the BOS exactly once with
     ``prepend_bos``): BOS is the caller's choice, never the tokenizer's."""
     _, tok = tiny
-    raw = _raw_ids(tok, PROMPT)
+    raw = raw_ids(tok, PROMPT)
     adds = bos_adding(tok)
     assert placeholder_position(adds, PROMPT) == (raw, len(raw) - 1)
     assert placeholder_position(adds, PROMPT, prepend_bos=True) == ([tok.bos_token_id] + raw, len(raw))
@@ -66,9 +52,9 @@ def test_placeholder_position_of_a_bos_adding_tokenizer_adds_no_special_tokens(t
 def test_placeholder_at_the_start_of_the_prompt_is_found(tiny):
     """A placeholder at character 0 is a placeholder (``rfind`` returns 0, not "missing"): its token is position 0."""
     _, tok = tiny
-    assert placeholder_position(tok, "?") == (_raw_ids(tok, "?"), 0)
+    assert placeholder_position(tok, "?") == (raw_ids(tok, "?"), 0)
     ids, pos = placeholder_position(tok, "? is the question")
-    assert pos == 0 and ids == _raw_ids(tok, "? is the question")
+    assert pos == 0 and ids == raw_ids(tok, "? is the question")
     with pytest.raises(ConfigError, match="no placeholder"):
         placeholder_position(tok, "no question mark here")
 
@@ -97,7 +83,7 @@ def test_default_readout_reads_the_prompt_without_bos_and_keeps_twenty_tokens(ti
     model, tok = tiny
     g = torch.Generator().manual_seed(3)
     delta = torch.randn(model.config.hidden_size, generator=g)
-    ids = _raw_ids(tok, PROMPT)
+    ids = raw_ids(tok, PROMPT)
     pos, layer, norm, scales = len(ids) - 1, 0, 2.0, [1.5, 4.0]
     got = patchscope(model, tok, delta, layer, norm, scales, [PROMPT], decode=str)
     plain = _hand_probs(model, ids, pos, layer)
@@ -114,7 +100,7 @@ def test_patched_probs_has_one_row_per_vector_and_a_last_unpatched_row(tiny):
     vector i, the last row the unpatched forward."""
     model, tok = tiny
     g = torch.Generator().manual_seed(4)
-    ids = _raw_ids(tok, PROMPT)
+    ids = raw_ids(tok, PROMPT)
     pos, layer = len(ids) - 1, 1
     vectors = torch.randn(2, model.config.hidden_size, generator=g) * 3
     got = patched_probs(model, ids, pos, layer, vectors)
@@ -127,7 +113,7 @@ def test_tokens_are_kept_only_from_each_prompts_top_hundred(tiny):
     """The per-prompt cut is the top-100 (README): with one prompt and room for every kept token, the readout is
     exactly the plain forward's 100 most probable tokens, in order; ``k_each`` is reported as 100."""
     model, tok = tiny
-    ids = _raw_ids(tok, PROMPT)
+    ids = raw_ids(tok, PROMPT)
     got = patchscope(model, tok, torch.ones(model.config.hidden_size), 0, 1.0, [1.0], [PROMPT], top_k=1000, decode=str)
     probs = _hand_probs(model, ids, len(ids) - 1, 0)
     order = sorted(range(len(probs)), key=lambda t: -float(probs[t]))[:100]
@@ -145,7 +131,7 @@ def test_kept_tokens_and_novel_mass_match_a_hand_readout_over_three_prompts(tiny
     delta, layer, norm, scales = torch.randn(model.config.hidden_size, generator=g), 0, 2.0, [0.5, 8.0, 40.0]
     hand = []
     for prompt in DEFAULT_PROMPTS:
-        ids = _raw_ids(tok, prompt)
+        ids = raw_ids(tok, prompt)
         rows = [_hand_probs(model, ids, len(ids) - 1, layer, delta / delta.norm() * norm * s) for s in scales]
         hand.append(torch.stack(rows + [_hand_probs(model, ids, len(ids) - 1, layer)]))
     plain = set().union(*(set(p[-1].topk(20).indices.tolist()) for p in hand))
@@ -166,7 +152,7 @@ def test_patching_the_residual_with_itself_has_the_mass_beyond_the_unpatched_top
     unpatched distribution, and its novel mass is the probability of its ranks 21 … 100 (top-100 kept, the unpatched
     top-20 left out)."""
     model, tok = tiny
-    ids = _raw_ids(tok, PROMPT)
+    ids = raw_ids(tok, PROMPT)
     pos, layer, seen = len(ids) - 1, 0, []
     handle = model.model.layers[layer].register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o)[0, pos].clone()))
     try:

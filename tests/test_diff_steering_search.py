@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from conftest import bos_adding, raw_ids
 
 from probes.diff.steering import (
     continuation_nll,
@@ -36,33 +37,18 @@ def tiny():
     return model, tok
 
 
-def _raw(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def _bos_adding(tok):
-    """A copy of ``tok`` whose ``add_special_tokens=True`` puts its BOS first (as Llama's tokenizer does)."""
-    from tokenizers import processors
-
-    out = copy.deepcopy(tok)
-    out._tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
-    assert out("hi")["input_ids"] == [tok.bos_token_id] + _raw(tok, "hi")
-    return out
-
-
 def test_encode_prompt_renders_the_user_turn_with_the_generation_prompt_by_default(tiny):
     """By default a prompt is the template's user turn plus the generation prompt (rendered here by hand), with no
     special token the tokenizer would add; ``chat=False`` (or no template) gives the raw text's ids, BOS first only
     with ``prepend_bos`` and a BOS to put."""
     _, tok = tiny
-    chat = _raw(tok, "<user>Hi there</user><bot>")
-    raw = _raw(tok, "Hi there")
+    chat = raw_ids(tok, "<user>Hi there</user><bot>")
+    raw = raw_ids(tok, "Hi there")
     bos = tok.bos_token_id
     assert encode_prompt(tok, "Hi there") == chat
     assert encode_prompt(tok, "Hi there", chat=False) == raw
     assert encode_prompt(tok, "Hi there", chat=False, prepend_bos=True) == [bos] + raw
-    adds = _bos_adding(tok)
+    adds = bos_adding(tok)
     assert encode_prompt(adds, "Hi there") == chat and encode_prompt(adds, "Hi there", chat=False) == raw
     plain = copy.deepcopy(tok)
     plain.chat_template = None
@@ -100,12 +86,12 @@ def test_the_default_search_is_the_references(tiny, monkeypatch):
     assert [c["alpha"] for c in world.calls[:2]] == pytest.approx([0.0, 50.0])
     assert len(out["by_alpha"]) == len(world.calls) == 13
     assert {(c["n"], c["max_new"], c["temperature"]) for c in world.calls} == {(10, 128, 1.2)}
-    assert all(c["ids"] == _raw(tok, "<user>Hi there</user><bot>") for c in world.calls)
+    assert all(c["ids"] == raw_ids(tok, "<user>Hi there</user><bot>") for c in world.calls)
     assert 30 - 100 / 2 ** 12 <= out["chosen_alpha"] <= 30 and out["reference_nll_nats"] == [2.0]
     assert out["chat_template"] is True
     world.calls.clear()
     plain = steering_search(model, tok, torch.ones(model.config.hidden_size), 0, 1.0, ["Hi there"], chat=False, steps=1)
-    assert plain["chat_template"] is False and world.calls[0]["ids"] == _raw(tok, "Hi there")
+    assert plain["chat_template"] is False and world.calls[0]["ids"] == raw_ids(tok, "Hi there")
 
 
 def test_coherent_share_is_the_fraction_of_coherent_samples(tiny, monkeypatch):
@@ -139,7 +125,7 @@ def test_samples_report_distinct_fraction_text_without_special_tokens_and_a_fini
     """Each sample's distinct fraction is its distinct tokens over its tokens (0 for an empty one), its text leaves
     special tokens out, and the prompt's reference NLL is the median over the unsteered samples with a finite NLL."""
     model, tok = tiny
-    words = _raw(tok, "Hello world again")
+    words = raw_ids(tok, "Hello world again")
     special = tok.convert_tokens_to_ids("<|im_start|>")
     samples = [[], words[:1] * 4 + words[1:2] * 4, words[:1] + [special] + words[1:]]
     monkeypatch.setattr(st, "sample_steered", lambda *a: samples)
@@ -175,7 +161,7 @@ def test_samples_come_from_the_whole_distribution_and_end_at_eos(tiny, eos_plant
     cut: first tokens rank far below the top 50 of a plain forward) and run the full length without EOS; steered
     toward a planted EOS every sample ends at its first EOS, which is not kept."""
     model, tok = tiny
-    ids = _raw(tok, "Tell me about yourself.")
+    ids = raw_ids(tok, "Tell me about yourself.")
     layer = model.config.num_hidden_layers - 1
     plain = sample_steered(model, tok, ids, None, layer, 6, 4, 1.0, seed=0)
     order = model(input_ids=torch.tensor([ids])).logits[0, -1].argsort(descending=True).tolist()
