@@ -206,6 +206,11 @@ def _worker(out: Path, options: dict) -> None:
             (out / f"{name}.losses.json").write_text(json.dumps(res.train_result.losses))
     _inject(None)
     (out / f"writes-rank{rank}.json").write_text(json.dumps(writes))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # leave together and tear gloo down before exit: a rank that exits with its process group
+        dist.barrier()  # alive can abort ("terminate called without an active exception", seen once under CI load)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
